@@ -1,0 +1,112 @@
+# pgbroker — plain GNU make. `make`, `make test`, `make demo`, `make bench`.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CC      ?= cc
+PKGS    := libpq liburing
+CFLAGS_WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wformat=2 -Wno-format-nonliteral -Werror
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 $(CFLAGS_WARN) -MMD -MP -D_GNU_SOURCE -I. -Icommon -Iclient
+ifdef SANITIZE
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+# pkg-config is consulted only when these are needed (not for `make deps`).
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CRIT_LIBS  = $(shell pkg-config --libs criterion 2>/dev/null)
+CFLAGS += $(PKG_CFLAGS)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+COMMON_SRC := $(wildcard common/*.c)
+COMMON_OBJ := $(COMMON_SRC:.c=.o)
+COMMON_PIC := $(COMMON_SRC:.c=.pic.o)
+BROKER_SRC := $(wildcard broker/*.c)
+BROKER_OBJ := $(BROKER_SRC:.c=.o)
+CLIENT_SRC := $(wildcard client/*.c)
+CLIENT_OBJ := $(CLIENT_SRC:.c=.o)
+CLIENT_PIC := $(CLIENT_SRC:.c=.pic.o)
+
+TOOLS := tools/poolstat tools/pgb_demo
+UNIT_SRC  := $(wildcard tests/unit/*.c)
+UNIT_BIN  := tests/unit/unit_tests
+INTEG_SRC := $(wildcard tests/integ/test_*.c)
+INTEG_LIB := tests/integ/harness.o
+INTEG_BIN := tests/integ/integ_tests
+
+ALL := broker/pgbroker client/libpgbroker.a client/libpgbroker.so $(TOOLS)
+
+.PHONY: all deps test unit integ demo bench install clean check-deps
+all: $(ALL)
+
+%.o: %.c
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+%.pic.o: %.c
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
+
+broker/pgbroker: $(BROKER_OBJ) $(COMMON_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lpthread
+
+client/libpgbroker.a: $(CLIENT_OBJ) $(COMMON_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+client/libpgbroker.so: $(CLIENT_PIC) $(COMMON_PIC) client/libpgbroker.map
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -shared -Wl,--version-script=client/libpgbroker.map \
+		-Wl,-soname,libpgbroker.so.0 -o $@ $(CLIENT_PIC) $(COMMON_PIC)
+
+tools/poolstat: tools/poolstat.o $(COMMON_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
+
+tools/pgb_demo: tools/pgb_demo.o client/libpgbroker.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
+
+$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS)
+
+$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS)
+
+# Install what is missing, then build. Both set-up commands start here.
+deps:
+	@sh tools/deps.sh
+
+test: deps
+	$(MAKE) all $(UNIT_BIN) $(INTEG_BIN)
+	./$(UNIT_BIN) --jobs 2
+	sh tools/run-integ.sh ./$(INTEG_BIN)
+
+unit: $(UNIT_BIN)
+	./$(UNIT_BIN)
+
+demo: deps
+	$(MAKE) all
+	sh tools/demo.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 755 broker/pgbroker tools/poolstat $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 client/libpgbroker.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 client/libpgbroker.so $(DESTDIR)$(PREFIX)/lib/libpgbroker.so.0
+	ln -sf libpgbroker.so.0 $(DESTDIR)$(PREFIX)/lib/libpgbroker.so
+	install -m 644 client/pgbroker.h $(DESTDIR)$(PREFIX)/include/
+
+clean:
+	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d
+
+-include $(wildcard */*.d */*/*.d)

@@ -1,0 +1,760 @@
+/* Agents: registration on the unix socket, their channels, reading requests
+ * out of the request ring and streaming responses into the response ring.
+ * Everything an agent can write is read once, checked, and a channel that
+ * breaks a rule costs that agent its connection and nobody else anything. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "clock.h"
+#include "futex.h"
+
+#define HELLO_TIMEOUT_NS (5 * 1000000000LL)
+#define SERVICE_BUDGET 64     /* frames read per agent per pass */
+
+static void response_free(struct response *rs)
+{
+	if (rs->res)
+		PQclear(rs->res);
+	free(rs);
+}
+
+void request_free(struct request *r)
+{
+	if (!r)
+		return;
+	free(r->blob);
+	free(r->params);
+	free(r);
+}
+
+struct agent *agent_by_tag(struct broker *b, uint64_t tag)
+{
+	uint32_t slot = TAG_SLOT(tag);
+	struct agent *a;
+
+	if (slot >= (uint32_t)b->cfg.max_agents)
+		return NULL;
+	a = b->agents[slot];
+	if (!a || a->gen != TAG_GEN(tag) || a->state == AG_GONE)
+		return NULL;
+	return a;
+}
+
+int agent_listen(struct broker *b)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct io_uring_sqe *sqe;
+	char pid[32];
+	int fd;
+
+	if (mkdir(b->cfg.dir, 0755) < 0 && errno != EEXIST) {
+		log_error("cannot create run directory %s: %s", b->cfg.dir, strerror(errno));
+		return -1;
+	}
+	snprintf(b->lock_path, sizeof(b->lock_path), "%s/pgbroker.lock", b->cfg.dir);
+	snprintf(b->sock_path, sizeof(b->sock_path), "%s/pgbroker.sock", b->cfg.dir);
+	b->lock_fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (b->lock_fd < 0) {
+		log_error("cannot open %s: %s", b->lock_path, strerror(errno));
+		return -1;
+	}
+	/* The lock, not the socket file, says who owns the directory: a
+	 * second broker must never unlink a live broker's socket. */
+	if (flock(b->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		char other[32] = "";
+		ssize_t n = pread(b->lock_fd, other, sizeof(other) - 1, 0);
+
+		other[n > 0 ? n : 0] = '\0';
+		other[strcspn(other, "\n")] = '\0';
+		log_error("another pgbroker (pid %s) is already running on %s",
+			  *other ? other : "?", b->cfg.dir);
+		close(b->lock_fd);
+		b->lock_fd = -1;
+		return -1;
+	}
+	snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	if (ftruncate(b->lock_fd, 0) < 0 || pwrite(b->lock_fd, pid, strlen(pid), 0) < 0)
+		log_warn("cannot write pid to %s: %s", b->lock_path, strerror(errno));
+	if (strlen(b->sock_path) >= sizeof(sa.sun_path)) {
+		log_error("socket path too long: %s", b->sock_path);
+		return -1;
+	}
+	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
+	unlink(b->sock_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    chmod(b->sock_path, 0666) < 0 || listen(fd, 1024) < 0) {
+		log_error("cannot listen on %s: %s", b->sock_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	b->listen_fd = fd;
+	sqe = uring_sqe(b);
+	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	io_uring_sqe_set_data64(sqe, tag_make(TAG_ACCEPT, 0, 0));
+	return 0;
+}
+
+static int peer_allowed(const struct broker *b, const struct ucred *cr)
+{
+	if (cr->uid == geteuid())
+		return 1;
+	for (int i = 0; i < b->cfg.n_allow_uids; i++)
+		if (b->cfg.allow_uids[i] == cr->uid)
+			return 1;
+	for (int i = 0; i < b->cfg.n_allow_gids; i++)
+		if (b->cfg.allow_gids[i] == cr->gid)
+			return 1;
+	return 0;
+}
+
+static void send_reply(int fd, const struct reg_reply *rep, int chan_fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct iovec iov = { (void *)rep, sizeof(*rep) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (chan_fd >= 0) {
+		struct cmsghdr *cm;
+
+		msg.msg_control = cbuf;
+		msg.msg_controllen = sizeof(cbuf);
+		cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &chan_fd, sizeof(int));
+	}
+	/* A fresh socket's buffer is empty: this never blocks. */
+	if (sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)sizeof(*rep))
+		log_debug("registration reply not sent: %s", strerror(errno));
+}
+
+static void refuse(int fd, int status, const char *why)
+{
+	struct reg_reply rep = { .magic = REG_MAGIC, .version = CHAN_VERSION, .status = status };
+
+	snprintf(rep.message, sizeof(rep.message), "%s", why);
+	send_reply(fd, &rep, -1);
+	close(fd);
+}
+
+void agent_accept(struct broker *b, int fd)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+	struct agent *a;
+
+	if (b->stopping) {
+		refuse(fd, -ESHUTDOWN, "broker is shutting down");
+		return;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || !peer_allowed(b, &cr)) {
+		log_warn("refused agent pid %d uid %d: not allowed", (int)cr.pid, (int)cr.uid);
+		b->st.c.agents_refused++;
+		refuse(fd, -EACCES, "uid not allowed by this broker");
+		return;
+	}
+	if (b->nfree == 0 || !(a = calloc(1, sizeof(*a)))) {
+		log_warn("refused agent pid %d: max_agents=%d reached", (int)cr.pid,
+			 b->cfg.max_agents);
+		b->st.c.agents_refused++;
+		refuse(fd, -EUSERS, "too many agents (max_agents reached)");
+		return;
+	}
+	a->slot = b->free_slots[--b->nfree];
+	a->gen = ++b->agent_gen;
+	a->state = AG_HELLO;
+	a->sock = fd;
+	a->pid = cr.pid;
+	a->uid = cr.uid;
+	a->since_ms = wall_ms();
+	a->hello_deadline_ns = b->now_ns + HELLO_TIMEOUT_NS;
+	list_init(&a->queue);
+	list_init(&a->responses);
+	list_init(&a->wake_link);
+	list_init(&a->ready_link);
+	list_init(&a->blocked_link);
+	list_init(&a->doom_link);
+	list_add_tail(&b->hello, &a->hello_link);
+	b->agents[a->slot] = a;
+	b->nagents++;
+	uring_poll(b, fd, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
+}
+
+/* The channel: a sealed memfd, so the agent can neither shrink it under
+ * the broker (SIGBUS) nor grow it. */
+static int chan_create(struct broker *b, struct agent *a)
+{
+	uint32_t ring = (uint32_t)b->cfg.channel_size_kb * 1024;
+	uint64_t size = chan_size_for(ring);
+	int fd = memfd_create("pgbroker-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	void *map;
+
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+		goto fail;
+	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		goto fail;
+	a->chan = map;
+	a->chan_size = size;
+	a->chan->magic = CHAN_MAGIC;
+	a->chan->version = CHAN_VERSION;
+	a->chan->ring_size = ring;
+	ring_init(&a->req, &a->chan->req, chan_req_data(a->chan, ring), ring);
+	ring_init(&a->resp, &a->chan->resp, chan_resp_data(a->chan, ring), ring);
+	return fd;
+fail:
+	{
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+}
+
+/* Arm the futex wait on the agent's bell unless there is work right now.
+ * Returns 1 when there is (the caller services the agent again). */
+static int agent_arm(struct broker *b, struct agent *a)
+{
+	uint32_t v;
+
+	if (a->bell_armed || a->doom)
+		return 0;
+	__atomic_store_n(&a->chan->broker_armed, 1, __ATOMIC_SEQ_CST);
+	v = __atomic_load_n(&a->chan->broker_bell, __ATOMIC_SEQ_CST);
+	if (ring_has_data(&a->req) && a->nqueued < (uint32_t)b->cfg.max_inflight_per_agent)
+		return 1;
+	uring_futex_wait(b, &a->chan->broker_bell, v, tag_make(TAG_BELL, a->slot, a->gen));
+	a->bell_armed = 1;
+	return 0;
+}
+
+void agent_on_hello(struct broker *b, struct agent *a, int res)
+{
+	struct reg_hello h;
+	struct reg_reply rep = { .magic = REG_MAGIC, .version = CHAN_VERSION };
+	ssize_t n;
+	int fd;
+
+	if (res < 0) {
+		agent_fail(b, a, "registration poll failed");
+		return;
+	}
+	n = recv(a->sock, &h, sizeof(h), MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		uring_poll(b, a->sock, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
+		return;
+	}
+	if (n != (ssize_t)sizeof(h) || h.magic != REG_MAGIC) {
+		agent_fail(b, a, "bad registration message");
+		return;
+	}
+	if (h.version != CHAN_VERSION) {
+		refuse(dup(a->sock), -EPROTO, "client library version does not match the broker");
+		agent_fail(b, a, "client version mismatch");
+		return;
+	}
+	fd = chan_create(b, a);
+	if (fd < 0) {
+		log_error("cannot create channel: %s", strerror(-fd));
+		refuse(dup(a->sock), fd, "broker could not create a channel");
+		agent_fail(b, a, "channel creation failed");
+		return;
+	}
+	rep.ring_size = a->chan->ring_size;
+	rep.chan_size = a->chan_size;
+	rep.agent_id = a->slot;
+	send_reply(a->sock, &rep, fd);
+	close(fd);
+	list_del(&a->hello_link);
+	a->state = AG_READY;
+	b->st.c.agents_registered++;
+	log_debug("agent %u registered: pid %d uid %d", a->slot, (int)a->pid, (int)a->uid);
+	uring_poll(b, a->sock, POLLIN | POLLRDHUP, tag_make(TAG_HUP, a->slot, a->gen));
+	agent_arm(b, a);
+}
+
+void agent_wake(struct broker *b, struct agent *a)
+{
+	if (!a->want_wake) {
+		a->want_wake = 1;
+		list_add_tail(&b->wake, &a->wake_link);
+	}
+}
+
+/* Once per loop pass: wake the agents we produced for that sleep. The
+ * FUTEX_WAKEs ride in the same io_uring submit as everything else. */
+void agent_run_wakes(struct broker *b)
+{
+	struct list *pos;
+
+	while ((pos = list_pop(&b->wake))) {
+		struct agent *a = list_entry(pos, struct agent, wake_link);
+
+		a->want_wake = 0;
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&a->chan->agent_sleeping, __ATOMIC_RELAXED)) {
+			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
+			uring_futex_wake(b, &a->chan->agent_bell);
+		}
+	}
+}
+
+static void agent_kick(struct broker *b, struct agent *a);
+
+static void enqueue_error(struct broker *b, struct agent *a, uint32_t id,
+			  const char *sqlstate, const char *msg)
+{
+	b->st.c.statements++;
+	b->st.c.failed++;
+	a->statements++;
+	agent_respond_error(b, a, id, sqlstate, "%s", msg);
+}
+
+static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64_t n,
+			uint32_t id)
+{
+	struct request *r;
+	const char *why;
+
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		free(blob);
+		enqueue_error(b, a, id, "PB006", "broker out of memory");
+		return;
+	}
+	r->blob = blob;
+	r->id = id;
+	r->agent = a;
+	r->start_ns = b->now_ns;
+	list_init(&r->link);
+	if (req_decode(blob, n, &r->v, &why) < 0) {
+		char msg[128];
+
+		snprintf(msg, sizeof(msg), "malformed request: %s", why);
+		request_free(r);
+		b->st.c.protocol_errors++;
+		enqueue_error(b, a, id, "PB006", msg);
+		return;
+	}
+	r->flags = r->v.flags;
+	if (r->v.nparams) {
+		r->params = malloc(sizeof(char *) * r->v.nparams);
+		if (!r->params) {
+			request_free(r);
+			enqueue_error(b, a, id, "PB006", "broker out of memory");
+			return;
+		}
+		req_params(&r->v, r->params);
+	}
+	if (b->stopping) {
+		request_free(r);
+		enqueue_error(b, a, id, "PB005", "broker is shutting down");
+		return;
+	}
+	list_add_tail(&a->queue, &r->link);
+	a->nqueued++;
+	agent_kick(b, a);
+}
+
+/* Run the agent's next statement when it has none running: an agent's
+ * statements run one after another, as on one connection. */
+static void agent_kick(struct broker *b, struct agent *a)
+{
+	while (!a->running && !a->doom && !list_empty(&a->queue)) {
+		struct request *r = list_entry(list_pop(&a->queue), struct request, link);
+
+		a->nqueued--;
+		if (a->txn_lost) {
+			a->txn_lost = 0;
+			enqueue_error(b, a, r->id, "08006",
+				      "the connection to PostgreSQL was lost inside this transaction; "
+				      "it was rolled back");
+			request_free(r);
+			continue;
+		}
+		a->running = r;
+		a->statements++;
+		pool_submit(b, r);
+	}
+}
+
+void agent_request_done(struct broker *b, struct request *r)
+{
+	struct agent *a = r->agent;
+
+	request_free(r);
+	if (!a)
+		return;
+	a->running = NULL;
+	agent_kick(b, a);
+}
+
+/* Copy frames out of the request ring into whole requests. */
+static void read_requests(struct broker *b, struct agent *a, int *budget)
+{
+	uint64_t max = (uint64_t)b->cfg.max_request_kb * 1024;
+	int consumed = 0;
+
+	while (*budget > 0 && !a->doom) {
+		struct frame_hdr h;
+		int rc;
+
+		if (a->nqueued >= (uint32_t)b->cfg.max_inflight_per_agent) {
+			/* Backpressure: leave the rest in the ring until this
+			 * agent's backlog drains. */
+			break;
+		}
+		rc = ring_peek(&a->req, &h);
+		if (rc == 0)
+			break;
+		(*budget)--;
+		if (rc < 0 || h.type != FRAME_REQ) {
+			agent_fail(b, a, rc < 0 ? "request ring corrupt" : "unknown frame type");
+			return;
+		}
+		if (h.flags & FRAME_FIRST) {
+			if (a->in_blob || a->in_discard) {
+				agent_fail(b, a, "new request inside an unfinished one");
+				return;
+			}
+			a->in_id = h.id;
+			a->in_total = h.aux;
+			a->in_got = 0;
+			if (a->in_total > max)
+				a->in_discard = 1;
+			else if (a->in_total < sizeof(struct req_head) ||
+				 !(a->in_blob = malloc(a->in_total))) {
+				agent_fail(b, a, "request length out of range");
+				return;
+			}
+		} else if ((!a->in_blob && !a->in_discard) || h.id != a->in_id) {
+			agent_fail(b, a, "request frame out of sequence");
+			return;
+		}
+		if (h.len > a->in_total - a->in_got) {
+			agent_fail(b, a, "request frame longer than its request");
+			return;
+		}
+		if (a->in_blob)
+			ring_read(&a->req, 0, a->in_blob + a->in_got, h.len);
+		a->in_got += h.len;
+		ring_consume(&a->req, &h);
+		consumed = 1;
+		if (!(h.flags & FRAME_LAST))
+			continue;
+		if (a->in_got != a->in_total) {
+			agent_fail(b, a, "request shorter than announced");
+			return;
+		}
+		if (a->in_discard) {
+			char msg[160];
+
+			snprintf(msg, sizeof(msg),
+				 "statement of %llu bytes exceeds max_request_kb=%d",
+				 (unsigned long long)a->in_total, b->cfg.max_request_kb);
+			enqueue_error(b, a, a->in_id, "PB004", msg);
+		} else {
+			request_new(b, a, a->in_blob, a->in_total, a->in_id);
+		}
+		a->in_blob = NULL;
+		a->in_discard = 0;
+	}
+	if (consumed && __atomic_load_n(&a->chan->req.need_space, __ATOMIC_RELAXED))
+		agent_wake(b, a);
+}
+
+void agent_service(struct broker *b, struct agent *a)
+{
+	int budget = SERVICE_BUDGET;
+
+	a->bell_armed = 0;
+	__atomic_store_n(&a->chan->broker_armed, 0, __ATOMIC_RELAXED);
+	for (;;) {
+		read_requests(b, a, &budget);
+		agent_flush(b, a);
+		if (a->doom)
+			return;
+		if (budget <= 0) {
+			if (list_empty(&a->ready_link))
+				list_add_tail(&b->ready, &a->ready_link);
+			return;
+		}
+		if (!agent_arm(b, a))
+			return;
+	}
+}
+
+void agent_run_ready(struct broker *b)
+{
+	struct list batch;
+	struct list *pos;
+
+	/* Take this pass's list: agents that still have work re-add themselves. */
+	list_init(&batch);
+	if (list_empty(&b->ready))
+		return;
+	batch = b->ready;
+	batch.next->prev = &batch;
+	batch.prev->next = &batch;
+	list_init(&b->ready);
+	while ((pos = list_pop(&batch))) {
+		struct agent *a = list_entry(pos, struct agent, ready_link);
+
+		if (!a->doom && !a->bell_armed)
+			agent_service(b, a);
+	}
+}
+
+static const char *pg_value(void *ctx, uint32_t row, uint32_t col, uint32_t *len)
+{
+	PGresult *res = ctx;
+
+	if (PQgetisnull(res, (int)row, (int)col))
+		return NULL;
+	*len = (uint32_t)PQgetlength(res, (int)row, (int)col);
+	return PQgetvalue(res, (int)row, (int)col);
+}
+
+static const char *pg_fname(void *ctx, uint32_t col)
+{
+	return PQfname(ctx, (int)col);
+}
+
+static void respond(struct broker *b, struct agent *a, struct response *rs)
+{
+	list_add_tail(&a->responses, &rs->link);
+	a->nresponses++;
+	agent_flush(b, a);
+}
+
+void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
+			 const char *sqlstate, const char *fmt, ...)
+{
+	struct response *rs = calloc(1, sizeof(*rs));
+	va_list ap;
+
+	if (!rs) {
+		agent_fail(b, a, "out of memory for a response");
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(rs->msg, sizeof(rs->msg), fmt, ap);
+	va_end(ap);
+	rs->id = id;
+	snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s", sqlstate);
+	rs->src.err = rs->msg;
+	rs->src.cmd = "";
+	resp_measure(&rs->src);
+	a->errors++;
+	respond(b, a, rs);
+}
+
+void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res)
+{
+	struct response *rs;
+	ExecStatusType st = PQresultStatus(res);
+	int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
+
+	rs = calloc(1, sizeof(*rs));
+	if (!rs) {
+		PQclear(res);
+		agent_fail(b, a, "out of memory for a response");
+		return;
+	}
+	rs->id = id;
+	rs->res = res;
+	rs->src.head.ok = ok;
+	if (!ok) {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s",
+			 state ? state : "XX000");
+		a->errors++;
+	}
+	rs->src.head.ntuples = (uint32_t)PQntuples(res);
+	rs->src.head.nfields = (uint32_t)PQnfields(res);
+	rs->src.head.cmd_tuples = strtoull(PQcmdTuples(res), NULL, 10);
+	rs->src.err = PQresultErrorMessage(res);
+	rs->src.cmd = PQcmdStatus(res);
+	rs->src.ctx = res;
+	rs->src.fname = pg_fname;
+	rs->src.value = pg_value;
+	if (resp_measure(&rs->src) == 0) {
+		PQclear(res);
+		free(rs);
+		agent_respond_error(b, a, id, "PB004", "result too large to deliver (over 2 GiB)");
+		return;
+	}
+	respond(b, a, rs);
+}
+
+/* Stream queued responses into the response ring as far as it has room. */
+void agent_flush(struct broker *b, struct agent *a)
+{
+	uint32_t max_frame = a->resp.size / 2;
+
+	while (!list_empty(&a->responses) && !a->doom) {
+		struct response *rs = list_entry(a->responses.next, struct response, link);
+		uint64_t left = rs->src.head.total - rs->cur.done;
+		int64_t space = ring_space(&a->resp);
+		uint32_t room, n;
+
+		if (space < 0) {
+			agent_fail(b, a, "response ring corrupt");
+			return;
+		}
+		room = ring_frame_room((uint32_t)space);
+		if (room > max_frame)
+			room = max_frame;
+		if (room < left && room < a->resp.size / 8) {
+			__atomic_store_n(&a->chan->resp.need_space, 1, __ATOMIC_SEQ_CST);
+			if (!a->blocked_since_ns) {
+				a->blocked_since_ns = b->now_ns;
+				list_add_tail(&b->blocked, &a->blocked_link);
+			}
+			/* The agent may have drained the ring meanwhile. */
+			if (ring_space(&a->resp) > space)
+				continue;
+			return;
+		}
+		n = left < room ? (uint32_t)left : room;
+		struct frame_hdr h = {
+			.type = FRAME_RESP, .id = rs->id, .aux = (uint32_t)rs->src.head.total,
+			.flags = rs->cur.done == 0 ? FRAME_FIRST : 0,
+		};
+		h.len = n;
+		if (rs->cur.done + n == rs->src.head.total)
+			h.flags |= FRAME_LAST;
+		ring_write_hdr(&a->resp, &h);
+		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, n);
+		ring_publish(&a->resp, n);
+		agent_wake(b, a);
+		if (rs->cur.done == rs->src.head.total) {
+			list_del(&rs->link);
+			a->nresponses--;
+			response_free(rs);
+		}
+	}
+	if (a->blocked_since_ns) {
+		a->blocked_since_ns = 0;
+		list_del(&a->blocked_link);
+		__atomic_store_n(&a->chan->resp.need_space, 0, __ATOMIC_RELAXED);
+	}
+}
+
+void agent_fail(struct broker *b, struct agent *a, const char *why)
+{
+	if (a->doom)
+		return;
+	a->doom = why;
+	list_add_tail(&b->doomed, &a->doom_link);
+}
+
+static void agent_free(struct broker *b, struct agent *a)
+{
+	struct list *pos;
+
+	list_del(&a->hello_link);
+	a->state = AG_GONE;
+	pool_agent_gone(b, a);
+	while ((pos = list_pop(&a->queue)))
+		request_free(list_entry(pos, struct request, link));
+	while ((pos = list_pop(&a->responses)))
+		response_free(list_entry(pos, struct response, link));
+	list_del(&a->wake_link);
+	list_del(&a->ready_link);
+	list_del(&a->blocked_link);
+	free(a->in_blob);
+	if (a->bell_armed)
+		uring_cancel(b, tag_make(TAG_BELL, a->slot, a->gen));
+	uring_cancel(b, tag_make(TAG_HUP, a->slot, a->gen));
+	uring_cancel(b, tag_make(TAG_HELLO, a->slot, a->gen));
+	if (a->chan)
+		munmap(a->chan, a->chan_size);
+	close(a->sock);
+	b->agents[a->slot] = NULL;
+	b->free_slots[b->nfree++] = a->slot;
+	b->nagents--;
+	b->st.c.agents_gone++;
+	free(a);
+}
+
+/* Disconnects happen here, at the end of a pass, so no handler ever finds
+ * an agent freed under it. */
+void agent_run_doomed(struct broker *b)
+{
+	struct list *pos;
+
+	while ((pos = list_pop(&b->doomed))) {
+		struct agent *a = list_entry(pos, struct agent, doom_link);
+
+		if (strcmp(a->doom, "hang-up") == 0)
+			log_debug("agent %u (pid %d) disconnected", a->slot, (int)a->pid);
+		else
+			log_warn("agent %u (pid %d) disconnected: %s", a->slot, (int)a->pid, a->doom);
+		if (strcmp(a->doom, "hang-up") != 0 && a->state == AG_READY)
+			b->st.c.protocol_errors++;
+		agent_free(b, a);
+	}
+}
+
+void agent_timers(struct broker *b, int64_t *next_ns)
+{
+	struct list *pos, *tmp;
+	int64_t send_timeout = (int64_t)b->cfg.send_timeout_ms * 1000000;
+
+	while (!list_empty(&b->hello)) {
+		struct agent *a = list_entry(b->hello.next, struct agent, hello_link);
+
+		if (a->hello_deadline_ns > b->now_ns) {
+			if (a->hello_deadline_ns < *next_ns)
+				*next_ns = a->hello_deadline_ns;
+			break;
+		}
+		list_del(&a->hello_link);
+		agent_fail(b, a, "no registration within 5 s");
+	}
+	list_for_each_safe(pos, tmp, &b->blocked) {
+		struct agent *a = list_entry(pos, struct agent, blocked_link);
+		int64_t due = a->blocked_since_ns + send_timeout;
+
+		if (due <= b->now_ns)
+			agent_fail(b, a, "stopped reading its responses (send_timeout_ms)");
+		else if (due < *next_ns)
+			*next_ns = due;
+	}
+}
+
+void agent_close_all(struct broker *b)
+{
+	for (int i = 0; i < b->cfg.max_agents; i++) {
+		struct agent *a = b->agents[i];
+
+		if (!a)
+			continue;
+		if (a->chan) {
+			__atomic_store_n(&a->chan->broker_state, BROKER_CLOSING, __ATOMIC_SEQ_CST);
+			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
+			futex_wake(&a->chan->agent_bell);
+		}
+		agent_fail(b, a, "hang-up");
+	}
+	agent_run_doomed(b);
+}

@@ -1,0 +1,223 @@
+/* pgbroker daemon: the objects every broker module works on. */
+#ifndef PGB_BROKER_H
+#define PGB_BROKER_H
+
+#include <liburing.h>
+#include <libpq-fe.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "chan.h"
+#include "config.h"
+#include "list.h"
+#include "proto.h"
+#include "stats.h"
+
+/* io_uring user_data: kind | slot | generation (see tag_make). */
+enum tag_kind {
+	TAG_NONE = 0,
+	TAG_ACCEPT,
+	TAG_SIGNAL,
+	TAG_HELLO,      /* new agent socket readable: its hello */
+	TAG_HUP,        /* agent socket hang-up */
+	TAG_BELL,       /* agent channel futex wait */
+	TAG_BACKEND,    /* libpq socket poll */
+	TAG_IGNORE,     /* wakes, cancels: nothing to do on completion */
+};
+
+static inline uint64_t tag_make(enum tag_kind k, uint32_t slot, uint32_t gen)
+{
+	return (uint64_t)k << 56 | (uint64_t)(slot & 0xffffff) << 32 | gen;
+}
+#define TAG_KIND(t) ((enum tag_kind)((t) >> 56))
+#define TAG_SLOT(t) ((uint32_t)((t) >> 32) & 0xffffff)
+#define TAG_GEN(t)  ((uint32_t)(t))
+
+struct agent;
+struct backend;
+
+/* One statement from an agent, from its arrival to its last response byte. */
+struct request {
+	struct list link;         /* agent->queue, broker waitq */
+	struct agent *agent;      /* NULL once the agent is gone */
+	uint32_t id;
+	uint32_t flags;
+	uint8_t *blob;            /* the request as received */
+	struct req_view v;
+	const char **params;
+	int64_t enq_ns;           /* when it started waiting for a backend */
+	int64_t start_ns;         /* when it arrived */
+	int waiting;              /* on the broker's waitq */
+	struct backend *be;       /* running there */
+};
+
+/* A result on its way to an agent. */
+struct response {
+	struct list link;         /* agent->responses */
+	uint32_t id;
+	PGresult *res;            /* NULL for the broker's own errors */
+	struct resp_src src;
+	struct resp_cursor cur;
+	char msg[256];            /* broker's own error text */
+	char sqlstate[8];
+};
+
+enum agent_state { AG_HELLO, AG_READY, AG_GONE };
+
+struct agent {
+	uint32_t slot, gen;
+	enum agent_state state;
+	int sock;
+	pid_t pid;
+	uid_t uid;
+	int64_t since_ms;
+	int64_t hello_deadline_ns;
+	struct list hello_link;   /* broker hello list while AG_HELLO */
+
+	struct chan_shm *chan;
+	uint64_t chan_size;
+	struct ring req, resp;    /* broker's own positions; never re-read from shm */
+	int bell_armed;           /* a TAG_BELL wait is in the ring */
+	int want_wake;            /* on the wake list */
+	struct list wake_link;
+	int ready;                /* on the ready list: has more to read */
+	struct list ready_link;
+
+	/* request being assembled from frames */
+	uint8_t *in_blob;
+	uint64_t in_total, in_got;
+	uint32_t in_id;
+	int in_discard;           /* too large: frames dropped until FRAME_LAST */
+
+	struct list queue;        /* requests not yet running, in order */
+	uint32_t nqueued;
+	struct request *running;  /* the one statement this agent has in flight */
+	struct backend *pinned;   /* backend holding this agent's transaction */
+	int txn_lost;             /* pinned backend died: next statement is told */
+	struct list responses;    /* results to stream, in order */
+	int64_t blocked_since_ns; /* response waiting for ring space since */
+	struct list blocked_link; /* broker blocked list while that is set */
+	uint32_t nresponses;
+	const char *doom;         /* set: disconnect at the end of this pass */
+	struct list doom_link;
+
+	uint64_t statements, errors;
+};
+
+enum be_state {
+	BE_FREE = 0,
+	BE_CONNECTING,
+	BE_IDLE,
+	BE_BUSY,      /* running an agent's statement */
+	BE_PINNED,    /* idle inside an agent's transaction */
+	BE_RESET,     /* running the broker's own clean-up statement */
+};
+
+struct backend {
+	uint32_t slot, gen;
+	enum be_state state;
+	PGconn *pg;
+	int fd;
+	uint32_t poll_seq;        /* generation of the armed poll */
+	int poll_events;          /* events of the armed poll, 0 when none */
+	int flushing;             /* output not yet flushed: wants POLLOUT */
+	struct list link;         /* idle list or connecting list */
+	struct request *req;
+	struct agent *owner;      /* pinned to this agent */
+	PGresult *res;            /* result kept while draining */
+	int64_t created_ns, last_used_ns, deadline_ns;
+	int pg_pid;
+	int in_txn;               /* the running statement started inside a transaction */
+	int unsupported;          /* COPY and the like: answer PB009 */
+	int copy_out;             /* draining COPY OUT data */
+	uint64_t served;
+};
+
+struct broker {
+	struct pgb_config cfg;
+	struct io_uring ring;
+	int listen_fd, lock_fd, signal_fd;
+	char sock_path[300], lock_path[300], stats_path[300];
+	int stopping;
+	int64_t stop_deadline_ns;
+
+	struct agent **agents;    /* by slot */
+	uint32_t *free_slots;
+	uint32_t nfree;
+	uint32_t nagents;
+	uint32_t agent_gen;
+	struct list hello;        /* agents that have not said hello yet, oldest first */
+	struct list wake;         /* agents to wake at the end of this pass */
+	struct list ready;        /* agents with unread requests (budget ran out) */
+	struct list blocked;      /* agents whose response ring is full */
+	struct list doomed;       /* agents to disconnect at the end of this pass */
+
+	struct backend *backends; /* max_pool_size slots */
+	struct list idle;         /* most recently used first */
+	struct list connecting;
+	uint32_t ntotal, nconnecting, nidle, nbusy, npinned;
+	struct list waitq;        /* requests waiting for a backend, FIFO */
+	uint32_t nwaiting;
+	int64_t next_connect_ns;  /* backoff after connect failures */
+	uint32_t connect_fails;   /* consecutive */
+	char last_connect_error[256];
+
+	struct stats_seg *seg;
+	struct stats_data st;     /* broker's working copy, published per pass */
+	int st_dirty;
+	int64_t now_ns;
+};
+
+/* log.c */
+enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+extern int log_level;
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)  do { if (log_level >= LOG_WARN) log_msg(LOG_WARN, __VA_ARGS__); } while (0)
+#define log_info(...)  do { if (log_level >= LOG_INFO) log_msg(LOG_INFO, __VA_ARGS__); } while (0)
+#define log_debug(...) do { if (log_level >= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+
+/* uring.c */
+struct io_uring_sqe *uring_sqe(struct broker *b);
+void uring_poll(struct broker *b, int fd, unsigned events, uint64_t tag);
+void uring_cancel(struct broker *b, uint64_t tag);
+void uring_futex_wait(struct broker *b, uint32_t *word, uint32_t val, uint64_t tag);
+void uring_futex_wake(struct broker *b, uint32_t *word);
+
+/* agent.c */
+int agent_listen(struct broker *b);
+void agent_accept(struct broker *b, int fd);
+void agent_on_hello(struct broker *b, struct agent *a, int res);
+void agent_service(struct broker *b, struct agent *a);
+void agent_fail(struct broker *b, struct agent *a, const char *why);
+void agent_run_doomed(struct broker *b);
+void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res);
+void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
+			 const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+void agent_request_done(struct broker *b, struct request *r);
+void agent_flush(struct broker *b, struct agent *a);
+void agent_wake(struct broker *b, struct agent *a);
+void agent_run_wakes(struct broker *b);
+void agent_run_ready(struct broker *b);
+void agent_timers(struct broker *b, int64_t *next_ns);
+void agent_close_all(struct broker *b);
+struct agent *agent_by_tag(struct broker *b, uint64_t tag);
+void request_free(struct request *r);
+
+/* pool.c */
+int pool_init(struct broker *b);
+void pool_submit(struct broker *b, struct request *r);
+void pool_on_poll(struct broker *b, struct backend *be, int res);
+void pool_agent_gone(struct broker *b, struct agent *a);
+void pool_timers(struct broker *b, int64_t *next_ns);
+void pool_close_all(struct broker *b);
+struct backend *pool_by_tag(struct broker *b, uint64_t tag);
+void pool_shutdown(struct broker *b);
+
+/* stats.c */
+int stats_open(struct broker *b);
+void stats_publish(struct broker *b);
+void stats_close(struct broker *b);
+
+#endif

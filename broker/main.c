@@ -1,0 +1,255 @@
+/* pgbroker: one io_uring loop waits on the registration socket, agent
+ * doorbells and hang-ups, libpq sockets, signals and the next timer. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "clock.h"
+
+#define SHUTDOWN_GRACE_NS (5 * 1000000000LL)
+#define MAX_WAIT_NS (1000000000LL)
+
+static void arm_signal(struct broker *b)
+{
+	uring_poll(b, b->signal_fd, POLLIN, tag_make(TAG_SIGNAL, 0, 0));
+}
+
+static void begin_shutdown(struct broker *b, const char *why)
+{
+	if (b->stopping)
+		return;
+	log_info("%s: shutting down", why);
+	b->stopping = 1;
+	b->stop_deadline_ns = b->now_ns + SHUTDOWN_GRACE_NS;
+	pool_shutdown(b);
+}
+
+static void on_signal(struct broker *b)
+{
+	struct signalfd_siginfo si;
+
+	while (read(b->signal_fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+			begin_shutdown(b, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+	}
+	arm_signal(b);
+}
+
+static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
+{
+	uint64_t tag = io_uring_cqe_get_data64(cqe);
+	struct agent *a;
+	struct backend *be;
+
+	switch (TAG_KIND(tag)) {
+	case TAG_ACCEPT:
+		if (cqe->res >= 0)
+			agent_accept(b, cqe->res);
+		else if (cqe->res != -ECANCELED)
+			log_warn("accept: %s", strerror(-cqe->res));
+		if (!(cqe->flags & IORING_CQE_F_MORE) && !b->stopping) {
+			struct io_uring_sqe *sqe = uring_sqe(b);
+
+			io_uring_prep_multishot_accept(sqe, b->listen_fd, NULL, NULL,
+						       SOCK_CLOEXEC | SOCK_NONBLOCK);
+			io_uring_sqe_set_data64(sqe, tag);
+		}
+		break;
+	case TAG_SIGNAL:
+		on_signal(b);
+		break;
+	case TAG_HELLO:
+		if ((a = agent_by_tag(b, tag)) && a->state == AG_HELLO)
+			agent_on_hello(b, a, cqe->res);
+		break;
+	case TAG_HUP:
+		if ((a = agent_by_tag(b, tag)))
+			agent_fail(b, a, "hang-up");
+		break;
+	case TAG_BELL:
+		if ((a = agent_by_tag(b, tag)) && !a->doom)
+			agent_service(b, a);
+		break;
+	case TAG_BACKEND:
+		if ((be = pool_by_tag(b, tag)))
+			pool_on_poll(b, be, cqe->res);
+		break;
+	default:
+		break;
+	}
+}
+
+static int setup_ring(struct broker *b)
+{
+	struct io_uring_params p = { 0 };
+	unsigned entries = 1024;
+	int rc;
+
+	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+	p.cq_entries = 16384;
+	rc = io_uring_queue_init_params(entries, &b->ring, &p);
+	if (rc < 0) {
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_CQSIZE;
+		p.cq_entries = 16384;
+		rc = io_uring_queue_init_params(entries, &b->ring, &p);
+	}
+	if (rc < 0) {
+		log_error("io_uring setup failed: %s", strerror(-rc));
+		return rc;
+	}
+	struct io_uring_probe *probe = io_uring_get_probe_ring(&b->ring);
+	int ok = probe && io_uring_opcode_supported(probe, 51 /* FUTEX_WAIT */);
+
+	io_uring_free_probe(probe);
+	if (!ok) {
+		log_error("this kernel's io_uring lacks FUTEX_WAIT (Linux 6.7 or later is needed)");
+		return -ENOSYS;
+	}
+	return 0;
+}
+
+static int setup_signals(struct broker *b)
+{
+	sigset_t set;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -errno;
+	b->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (b->signal_fd < 0)
+		return -errno;
+	arm_signal(b);
+	return 0;
+}
+
+static int run(struct broker *b)
+{
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		struct __kernel_timespec ts;
+		unsigned head, n = 0;
+		int64_t next;
+
+		b->now_ns = clock_ns();
+		next = b->now_ns + MAX_WAIT_NS;
+		agent_run_ready(b);
+		pool_timers(b, &next);
+		agent_timers(b, &next);
+		agent_run_doomed(b);
+		agent_run_wakes(b);
+		stats_publish(b);
+		if (b->stopping && (b->nbusy == 0 || b->now_ns >= b->stop_deadline_ns))
+			return 0;
+		if (!list_empty(&b->ready))
+			next = b->now_ns;
+		if (b->stopping && b->stop_deadline_ns < next)
+			next = b->stop_deadline_ns;
+		next -= b->now_ns;
+		if (next < 0)
+			next = 0;
+		ts.tv_sec = next / 1000000000LL;
+		ts.tv_nsec = next % 1000000000LL;
+		int rc = io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
+			log_error("io_uring wait: %s", strerror(-rc));
+			return -1;
+		}
+		b->now_ns = clock_ns();
+		io_uring_for_each_cqe(&b->ring, head, cqe) {
+			handle_cqe(b, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&b->ring, n);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct broker broker;
+	struct broker *b = &broker;
+	char err[512];
+	int rc;
+
+	if (config_load(&b->cfg, argc, argv, err, sizeof(err)) < 0) {
+		fprintf(stderr, "pgbroker: %s\n", err);
+		return 2;
+	}
+	if (b->cfg.want_help) {
+		config_usage(stdout, argv[0]);
+		return 0;
+	}
+	if (*b->cfg.dsn) {
+		char *perr = NULL;
+		PQconninfoOption *o = PQconninfoParse(b->cfg.dsn, &perr);
+
+		if (!o) {
+			fprintf(stderr, "pgbroker: dsn: invalid connection string: %s",
+				perr ? perr : "out of memory\n");
+			PQfreemem(perr);
+			return 2;
+		}
+		PQconninfoFree(o);
+	}
+	if (b->cfg.want_check) {
+		config_print(&b->cfg, stdout);
+		return 0;
+	}
+	log_level = b->cfg.log_level;
+	b->listen_fd = b->lock_fd = b->signal_fd = -1;
+	list_init(&b->hello);
+	list_init(&b->wake);
+	list_init(&b->ready);
+	list_init(&b->blocked);
+	list_init(&b->doomed);
+	b->agents = calloc((size_t)b->cfg.max_agents, sizeof(*b->agents));
+	b->free_slots = calloc((size_t)b->cfg.max_agents, sizeof(*b->free_slots));
+	if (!b->agents || !b->free_slots) {
+		log_error("out of memory");
+		return 1;
+	}
+	for (int i = b->cfg.max_agents - 1; i >= 0; i--)
+		b->free_slots[b->nfree++] = (uint32_t)i;
+	b->now_ns = clock_ns();
+	if (setup_ring(b) < 0 || setup_signals(b) < 0 || agent_listen(b) < 0)
+		return 1;
+	rc = stats_open(b);
+	if (rc < 0) {
+		log_error("cannot create stats segment in %s: %s", b->cfg.dir, strerror(-rc));
+		unlink(b->sock_path);
+		return 1;
+	}
+	if (pool_init(b) < 0) {
+		log_error("out of memory");
+		return 1;
+	}
+	log_info("listening on %s (pool %d..%d..%d)", b->sock_path, b->cfg.min_pool_size,
+		 b->cfg.pool_size, b->cfg.max_pool_size);
+	if (b->cfg.ready_fd >= 0) {
+		if (write(b->cfg.ready_fd, "ready\n", 6) != 6)
+			log_warn("cannot write to --ready-fd %d", b->cfg.ready_fd);
+		close(b->cfg.ready_fd);
+	}
+	rc = run(b);
+	/* Unlink first: from here on nobody new finds this broker. */
+	unlink(b->sock_path);
+	agent_close_all(b);
+	pool_close_all(b);
+	stats_close(b);
+	io_uring_queue_exit(&b->ring);
+	unlink(b->lock_path);
+	close(b->lock_fd);
+	free(b->agents);
+	free(b->free_slots);
+	log_info("stopped");
+	return rc < 0 ? 1 : 0;
+}

@@ -1,0 +1,704 @@
+/* The backend pool: non-blocking libpq connections, who runs what where,
+ * transaction pinning, the FIFO of statements waiting for a backend, and
+ * growing and shrinking between min_pool_size and max_pool_size. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backoff.h"
+#include "broker.h"
+#include "clock.h"
+
+#define MS 1000000LL
+
+enum close_reason { CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_SHUTDOWN };
+
+static void be_close(struct broker *b, struct backend *be, enum close_reason why);
+static void be_start(struct broker *b, struct backend *be, struct request *r);
+static void pool_grow(struct broker *b);
+
+struct backend *pool_by_tag(struct broker *b, uint64_t tag)
+{
+	uint32_t slot = TAG_SLOT(tag);
+	struct backend *be;
+
+	if (slot >= (uint32_t)b->cfg.max_pool_size)
+		return NULL;
+	be = &b->backends[slot];
+	if (be->state == BE_FREE || be->poll_seq != TAG_GEN(tag))
+		return NULL;
+	return be;
+}
+
+/* The one place a backend changes state: counters and lists follow it. */
+static void be_set_state(struct broker *b, struct backend *be, enum be_state to)
+{
+	switch (be->state) {
+	case BE_CONNECTING: b->nconnecting--; list_del(&be->link); break;
+	case BE_IDLE: b->nidle--; list_del(&be->link); break;
+	case BE_BUSY: b->nbusy--; break;
+	case BE_PINNED: b->npinned--; break;
+	default: break;
+	}
+	be->state = to;
+	switch (to) {
+	case BE_CONNECTING: b->nconnecting++; list_add_tail(&b->connecting, &be->link); break;
+	case BE_IDLE: b->nidle++; list_add_head(&b->idle, &be->link); break;
+	case BE_BUSY: b->nbusy++; break;
+	case BE_PINNED: b->npinned++; break;
+	default: break;
+	}
+}
+
+/* Keep exactly one poll armed per backend, for the events it needs now. */
+static void be_arm(struct broker *b, struct backend *be, int events)
+{
+	if (be->poll_events == events)
+		return;
+	if (be->poll_events)
+		uring_cancel(b, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
+	be->poll_seq++;
+	be->poll_events = events;
+	uring_poll(b, be->fd, (unsigned)events, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
+}
+
+static void notice_quiet(void *arg, const char *msg)
+{
+	(void)arg;
+	log_debug("backend notice: %s", msg);
+}
+
+static void connect_one(struct broker *b)
+{
+	static const char *const keys[] = {
+		"dbname", "options", "keepalives", "keepalives_idle", "keepalives_interval",
+		"keepalives_count", "fallback_application_name", NULL,
+	};
+	char options[1024], idle[32];
+	const char *vals[8];
+	PQconninfoOption *info;
+	const char *user_opts = "";
+	struct backend *be = NULL;
+
+	for (int i = 0; i < b->cfg.max_pool_size; i++)
+		if (b->backends[i].state == BE_FREE) {
+			be = &b->backends[i];
+			break;
+		}
+	if (!be)
+		return;
+	/* Merge the broker's session settings into the user's own options. */
+	info = PQconninfoParse(b->cfg.dsn, NULL);
+	for (PQconninfoOption *o = info; o && o->keyword; o++)
+		if (strcmp(o->keyword, "options") == 0 && o->val)
+			user_opts = o->val;
+	snprintf(options, sizeof(options),
+		 "%s -c statement_timeout=%d -c client_connection_check_interval=1000",
+		 user_opts, b->cfg.statement_timeout_ms);
+	PQconninfoFree(info);
+	snprintf(idle, sizeof(idle), "%d", (b->cfg.keepalive_initial_delay_ms + 999) / 1000);
+	vals[0] = b->cfg.dsn;
+	vals[1] = options;
+	vals[2] = "1";
+	vals[3] = idle;
+	vals[4] = "10";
+	vals[5] = "3";
+	vals[6] = "pgbroker";
+	vals[7] = NULL;
+
+	memset(&be->link, 0, sizeof(be->link));
+	list_init(&be->link);
+	be->pg = PQconnectStartParams(keys, vals, 1);
+	be->created_ns = b->now_ns;
+	be->deadline_ns = b->now_ns + (int64_t)b->cfg.connection_timeout_ms * MS;
+	be->req = NULL;
+	be->owner = NULL;
+	be->res = NULL;
+	be->served = 0;
+	be->flushing = 0;
+	be->poll_events = 0;
+	be->unsupported = 0;
+	be->copy_out = 0;
+	b->ntotal++;
+	be_set_state(b, be, BE_CONNECTING);
+	if (!be->pg || PQstatus(be->pg) == CONNECTION_BAD) {
+		snprintf(b->last_connect_error, sizeof(b->last_connect_error), "%s",
+			 be->pg ? PQerrorMessage(be->pg) : "out of memory");
+		b->st.c.connect_failures++;
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	PQsetNoticeProcessor(be->pg, notice_quiet, NULL);
+	be->fd = PQsocket(be->pg);
+	/* PQconnectStart: behave as if PGRES_POLLING_WRITING was returned. */
+	be_arm(b, be, POLLOUT);
+}
+
+static void connect_failed(struct broker *b, struct backend *be, const char *why)
+{
+	struct backoff bo = {
+		.base_ms = b->cfg.retry_delay_ms,
+		.cap_ms = b->cfg.retry_max_delay_ms,
+		.jitter_pct = 100,
+	};
+	char *nl;
+
+	snprintf(b->last_connect_error, sizeof(b->last_connect_error), "%s", why);
+	if ((nl = strchr(b->last_connect_error, '\n')))
+		*nl = '\0';
+	b->connect_fails++;
+	b->st.c.connect_failures++;
+	b->next_connect_ns = b->now_ns + backoff_delay_ms(&bo, (int)b->connect_fails) * MS;
+	log_warn("connection to PostgreSQL failed (%u in a row): %s", b->connect_fails,
+		 b->last_connect_error);
+	be_close(b, be, CLOSE_BROKEN);
+}
+
+/* A backend is free for the next statement: the oldest waiter gets it. */
+static void be_release(struct broker *b, struct backend *be)
+{
+	be->owner = NULL;
+	be->last_used_ns = b->now_ns;
+	if (!list_empty(&b->waitq) && !b->stopping) {
+		struct request *r = list_entry(list_pop(&b->waitq), struct request, link);
+
+		r->waiting = 0;
+		b->nwaiting--;
+		be_start(b, be, r);
+		return;
+	}
+	be_set_state(b, be, BE_IDLE);
+	be_arm(b, be, POLLIN);
+}
+
+static void connect_done(struct broker *b, struct backend *be)
+{
+	PQsetnonblocking(be->pg, 1);
+	be->pg_pid = PQbackendPID(be->pg);
+	be->fd = PQsocket(be->pg);
+	b->connect_fails = 0;
+	b->st.c.connects++;
+	log_debug("backend %u connected (pid %d)", be->slot, be->pg_pid);
+	be_release(b, be);
+}
+
+static void on_connect_poll(struct broker *b, struct backend *be)
+{
+	switch (PQconnectPoll(be->pg)) {
+	case PGRES_POLLING_READING:
+		be->fd = PQsocket(be->pg);
+		be_arm(b, be, POLLIN);
+		break;
+	case PGRES_POLLING_WRITING:
+		be->fd = PQsocket(be->pg);
+		be_arm(b, be, POLLOUT);
+		break;
+	case PGRES_POLLING_OK:
+		connect_done(b, be);
+		break;
+	default:
+		connect_failed(b, be, PQerrorMessage(be->pg));
+		break;
+	}
+}
+
+/* Tell the agent whose statement was on a backend that just broke. */
+static void fail_request(struct broker *b, struct backend *be)
+{
+	struct request *r = be->req;
+
+	be->req = NULL;
+	if (!r)
+		return;
+	if (r->agent) {
+		b->st.c.statements++;
+		b->st.c.failed++;
+		if (be->in_txn)
+			agent_respond_error(b, r->agent, r->id, "08006",
+					    "connection to PostgreSQL lost inside a transaction; "
+					    "the transaction was rolled back");
+		else
+			agent_respond_error(b, r->agent, r->id, "08007",
+					    "connection to PostgreSQL lost while the statement ran; "
+					    "it may or may not have been applied");
+	}
+	agent_request_done(b, r);
+}
+
+static void be_close(struct broker *b, struct backend *be, enum close_reason why)
+{
+	if (be->state == BE_FREE)
+		return;
+	if (be->owner) {
+		be->owner->pinned = NULL;
+		if (why == CLOSE_BROKEN)
+			be->owner->txn_lost = 1;
+		be->owner = NULL;
+	}
+	if (be->poll_events)
+		uring_cancel(b, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
+	be->poll_events = 0;
+	be->poll_seq++;
+	be_set_state(b, be, BE_FREE);
+	b->ntotal--;
+	switch (why) {
+	case CLOSE_IDLE: b->st.c.closed_idle++; break;
+	case CLOSE_BROKEN: b->st.c.closed_broken++; break;
+	case CLOSE_VALIDATION: b->st.c.closed_validation++; break;
+	case CLOSE_LIFETIME: b->st.c.closed_lifetime++; break;
+	default: break;
+	}
+	if (be->res)
+		PQclear(be->res);
+	be->res = NULL;
+	if (be->pg)
+		PQfinish(be->pg);
+	be->pg = NULL;
+	fail_request(b, be);
+	pool_grow(b);
+}
+
+/* Run the broker's own statement (ROLLBACK) on a backend nobody owns. */
+static void be_reset(struct broker *b, struct backend *be, const char *sql)
+{
+	be->owner = NULL;
+	be_set_state(b, be, BE_RESET);
+	if (!PQsendQuery(be->pg, sql)) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	int rc = PQflush(be->pg);
+	if (rc < 0) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be->flushing = rc == 1;
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+static void be_start(struct broker *b, struct backend *be, struct request *r)
+{
+	int ok, rc;
+
+	be->in_txn = be->state == BE_PINNED;
+	be->req = r;
+	r->be = be;
+	if (r->enq_ns)
+		stats_hist_add(&b->st.acquire, (uint64_t)(b->now_ns - r->enq_ns) / 1000);
+	else
+		stats_hist_add(&b->st.acquire, 0);
+	be_set_state(b, be, BE_BUSY);
+	if (r->v.nparams == 0)
+		ok = PQsendQuery(be->pg, r->v.sql);
+	else
+		ok = PQsendQueryParams(be->pg, r->v.sql, (int)r->v.nparams, NULL, r->params,
+				       NULL, NULL, 0);
+	if (!ok) {
+		/* Nothing went out: safe to run it elsewhere. */
+		log_debug("backend %u: send failed: %s", be->slot, PQerrorMessage(be->pg));
+		be->req = NULL;
+		r->be = NULL;
+		if (!be->in_txn) {
+			b->st.c.retried++;
+			be_close(b, be, CLOSE_BROKEN);
+			pool_submit(b, r);
+			return;
+		}
+		be->req = r;
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	rc = PQflush(be->pg);
+	if (rc < 0) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be->flushing = rc == 1;
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+/* PQexec's rule: the last result, but an error wins. */
+static void keep_result(struct backend *be, PGresult *x)
+{
+	if (!be->res || PQresultStatus(x) == PGRES_FATAL_ERROR ||
+	    PQresultStatus(be->res) != PGRES_FATAL_ERROR) {
+		if (be->res)
+			PQclear(be->res);
+		be->res = x;
+	} else {
+		PQclear(x);
+	}
+}
+
+static void statement_done(struct broker *b, struct backend *be)
+{
+	struct request *r = be->req;
+	PGresult *res = be->res;
+	PGTransactionStatusType ts = PQtransactionStatus(be->pg);
+	struct agent *a = r ? r->agent : NULL;
+
+	be->res = NULL;
+	be->req = NULL;
+	if (r) {
+		int ok = res && (PQresultStatus(res) == PGRES_COMMAND_OK ||
+				 PQresultStatus(res) == PGRES_TUPLES_OK ||
+				 PQresultStatus(res) == PGRES_EMPTY_QUERY);
+		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+		be->served++;
+		b->st.c.statements++;
+		if (!ok || be->unsupported)
+			b->st.c.failed++;
+		if (state && strcmp(state, "57014") == 0)
+			b->st.c.statement_timeouts++;
+		stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
+		if (a && be->unsupported)
+			agent_respond_error(b, a, r->id, "PB009",
+					    "COPY is not supported through pgbroker");
+		else if (a && res)
+			agent_respond(b, a, r->id, res), res = NULL;
+		else if (a)
+			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+	}
+	if (res)
+		PQclear(res);
+	be->unsupported = 0;
+
+	if (PQstatus(be->pg) == CONNECTION_BAD || ts == PQTRANS_UNKNOWN ||
+	    ts == PQTRANS_ACTIVE) {
+		if (r)
+			agent_request_done(b, r);
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	if (ts == PQTRANS_IDLE) {
+		if (a && a->pinned == be)
+			a->pinned = NULL;
+		be_release(b, be);
+	} else if (a && !a->doom) {
+		/* Inside a transaction: this backend is the agent's until it ends. */
+		be->owner = a;
+		a->pinned = be;
+		be->last_used_ns = b->now_ns;
+		be_set_state(b, be, BE_PINNED);
+		be_arm(b, be, POLLIN);
+	} else {
+		if (a && a->pinned == be)
+			a->pinned = NULL;
+		be_reset(b, be, "ROLLBACK");
+	}
+	if (r)
+		agent_request_done(b, r);
+}
+
+/* Read whatever the server sent; complete the statement when it is done. */
+static void drain(struct broker *b, struct backend *be)
+{
+	for (;;) {
+		PGresult *x;
+
+		if (be->copy_out) {
+			char *buf;
+			int n;
+
+			while ((n = PQgetCopyData(be->pg, &buf, 1)) > 0)
+				PQfreemem(buf);
+			if (n == 0)
+				break;
+			be->copy_out = 0;
+		}
+		if (PQisBusy(be->pg))
+			break;
+		x = PQgetResult(be->pg);
+		if (!x) {
+			if (be->state == BE_RESET) {
+				if (PQtransactionStatus(be->pg) == PQTRANS_IDLE &&
+				    PQstatus(be->pg) == CONNECTION_OK)
+					be_release(b, be);
+				else
+					be_close(b, be, CLOSE_BROKEN);
+			} else {
+				statement_done(b, be);
+			}
+			return;
+		}
+		switch (PQresultStatus(x)) {
+		case PGRES_COPY_IN:
+			be->unsupported = 1;
+			PQclear(x);
+			PQputCopyEnd(be->pg, "COPY FROM STDIN is not supported through pgbroker");
+			be->flushing = PQflush(be->pg) == 1;
+			break;
+		case PGRES_COPY_OUT:
+			be->unsupported = 1;
+			be->copy_out = 1;
+			PQclear(x);
+			break;
+		case PGRES_COPY_BOTH:
+			PQclear(x);
+			be->unsupported = 1;
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		default:
+			if (be->state == BE_RESET)
+				PQclear(x);
+			else
+				keep_result(be, x);
+			break;
+		}
+	}
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+void pool_on_poll(struct broker *b, struct backend *be, int res)
+{
+	be->poll_events = 0;   /* one-shot: it fired */
+	if (be->state == BE_CONNECTING) {
+		on_connect_poll(b, be);
+		return;
+	}
+	if (res < 0 && res != -ECANCELED) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	if (be->flushing && (res & POLLOUT)) {
+		int rc = PQflush(be->pg);
+
+		if (rc < 0) {
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		}
+		be->flushing = rc == 1;
+	}
+	if ((res & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(be->pg)) {
+		log_info("backend %u (pid %d) lost: %s", be->slot, be->pg_pid,
+			 PQerrorMessage(be->pg));
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	switch (be->state) {
+	case BE_BUSY:
+	case BE_RESET:
+		drain(b, be);
+		break;
+	case BE_IDLE:
+	case BE_PINNED:
+		/* Nothing is expected: a server that speaks now is closing. */
+		if (PQstatus(be->pg) == CONNECTION_BAD) {
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		}
+		while (!PQisBusy(be->pg)) {
+			PGresult *x = PQgetResult(be->pg);
+
+			if (!x)
+				break;
+			PQclear(x);
+		}
+		if (PQstatus(be->pg) == CONNECTION_BAD) {
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		}
+		be_arm(b, be, POLLIN);
+		break;
+	default:
+		break;
+	}
+}
+
+void pool_submit(struct broker *b, struct request *r)
+{
+	struct agent *a = r->agent;
+	struct backend *be;
+
+	if (b->stopping) {
+		b->st.c.statements++;
+		b->st.c.failed++;
+		agent_respond_error(b, a, r->id, "PB005", "broker is shutting down");
+		agent_request_done(b, r);
+		return;
+	}
+	if (a->pinned) {
+		be_start(b, a->pinned, r);
+		return;
+	}
+	while (!list_empty(&b->idle)) {
+		be = list_entry(b->idle.next, struct backend, link);
+		if (PQstatus(be->pg) != CONNECTION_OK) {
+			be_close(b, be, CLOSE_VALIDATION);
+			continue;
+		}
+		be_start(b, be, r);
+		return;
+	}
+	r->enq_ns = b->now_ns;
+	r->waiting = 1;
+	list_add_tail(&b->waitq, &r->link);
+	b->nwaiting++;
+	pool_grow(b);
+}
+
+void pool_agent_gone(struct broker *b, struct agent *a)
+{
+	struct request *r = a->running;
+
+	a->running = NULL;
+	if (r && r->waiting) {
+		list_del(&r->link);
+		b->nwaiting--;
+		request_free(r);
+	} else if (r) {
+		/* Mid-statement: close the backend; PostgreSQL notices the
+		 * closed socket (client_connection_check_interval) and rolls
+		 * back. The request goes with it. */
+		struct backend *be = r->be;
+
+		r->agent = NULL;
+		if (be && be->req == r) {
+			log_info("agent %u gone mid-statement: closing backend %u (pid %d)",
+				 a->slot, be->slot, be->pg_pid);
+			be_close(b, be, CLOSE_BROKEN);
+		}
+	}
+	if (a->pinned) {
+		struct backend *be = a->pinned;
+
+		a->pinned = NULL;
+		if (be->state == BE_PINNED) {
+			log_debug("agent %u gone inside a transaction: rolling back backend %u",
+				  a->slot, be->slot);
+			be_reset(b, be, "ROLLBACK");
+		}
+	}
+}
+
+static void pool_grow(struct broker *b)
+{
+	uint32_t limit = (uint32_t)b->cfg.pool_size;
+	uint32_t want = 0;
+
+	if (b->stopping || b->now_ns < b->next_connect_ns)
+		return;
+	if (!list_empty(&b->waitq)) {
+		struct request *head = list_entry(b->waitq.next, struct request, link);
+
+		if (b->now_ns - head->enq_ns >= (int64_t)b->cfg.reserve_timeout_ms * MS)
+			limit = (uint32_t)b->cfg.max_pool_size;
+	}
+	if (b->nwaiting > b->nconnecting)
+		want = b->nwaiting - b->nconnecting;
+	if (b->ntotal + want < (uint32_t)b->cfg.min_pool_size)
+		want = (uint32_t)b->cfg.min_pool_size - b->ntotal;
+	/* While connects fail, probe with one at a time. */
+	if (b->connect_fails && want > 1)
+		want = b->nconnecting ? 0 : 1;
+	while (want-- > 0 && b->ntotal < limit)
+		connect_one(b);
+}
+
+static const char *acquire_error(struct broker *b, char *buf, size_t n)
+{
+	if (b->connect_fails)
+		snprintf(buf, n, "no backend within acquire_timeout_ms=%d: cannot connect to "
+			 "PostgreSQL: %s", b->cfg.acquire_timeout_ms, b->last_connect_error);
+	else
+		snprintf(buf, n, "no backend free within acquire_timeout_ms=%d (pool %u/%d busy)",
+			 b->cfg.acquire_timeout_ms, b->ntotal, b->cfg.max_pool_size);
+	return buf;
+}
+
+void pool_timers(struct broker *b, int64_t *next_ns)
+{
+	int64_t acq = (int64_t)b->cfg.acquire_timeout_ms * MS;
+	int64_t idle = (int64_t)b->cfg.idle_timeout_ms * MS;
+	struct list *pos, *tmp;
+
+	while (!list_empty(&b->waitq)) {
+		struct request *r = list_entry(b->waitq.next, struct request, link);
+		char msg[512];
+
+		if (r->enq_ns + acq > b->now_ns) {
+			if (r->enq_ns + acq < *next_ns)
+				*next_ns = r->enq_ns + acq;
+			if (r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS > b->now_ns &&
+			    r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS < *next_ns)
+				*next_ns = r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS;
+			break;
+		}
+		list_del(&r->link);
+		r->waiting = 0;
+		b->nwaiting--;
+		b->st.c.acquire_timeouts++;
+		b->st.c.statements++;
+		b->st.c.failed++;
+		agent_respond_error(b, r->agent, r->id, b->connect_fails ? "PB010" : "PB001", "%s",
+				    acquire_error(b, msg, sizeof(msg)));
+		agent_request_done(b, r);
+	}
+	list_for_each_safe(pos, tmp, &b->connecting) {
+		struct backend *be = list_entry(pos, struct backend, link);
+
+		if (be->deadline_ns <= b->now_ns)
+			connect_failed(b, be, "connection_timeout_ms expired");
+		else if (be->deadline_ns < *next_ns)
+			*next_ns = be->deadline_ns;
+	}
+	while (b->ntotal > (uint32_t)b->cfg.min_pool_size && !list_empty(&b->idle)) {
+		struct backend *be = list_entry(b->idle.prev, struct backend, link);
+
+		if (be->last_used_ns + idle > b->now_ns) {
+			if (be->last_used_ns + idle < *next_ns)
+				*next_ns = be->last_used_ns + idle;
+			break;
+		}
+		log_debug("backend %u idle for %d ms: closing", be->slot, b->cfg.idle_timeout_ms);
+		be_close(b, be, CLOSE_IDLE);
+	}
+	pool_grow(b);
+	if (b->next_connect_ns > b->now_ns && b->next_connect_ns < *next_ns &&
+	    (b->nwaiting || b->ntotal < (uint32_t)b->cfg.min_pool_size))
+		*next_ns = b->next_connect_ns;
+}
+
+int pool_init(struct broker *b)
+{
+	b->backends = calloc((size_t)b->cfg.max_pool_size, sizeof(*b->backends));
+	if (!b->backends)
+		return -ENOMEM;
+	for (int i = 0; i < b->cfg.max_pool_size; i++) {
+		b->backends[i].slot = (uint32_t)i;
+		list_init(&b->backends[i].link);
+	}
+	list_init(&b->idle);
+	list_init(&b->connecting);
+	list_init(&b->waitq);
+	pool_grow(b);
+	return 0;
+}
+
+/* Stop taking statements: waiting ones are answered now. */
+void pool_shutdown(struct broker *b)
+{
+	struct list *pos;
+
+	while ((pos = list_pop(&b->waitq))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		r->waiting = 0;
+		b->nwaiting--;
+		b->st.c.statements++;
+		b->st.c.failed++;
+		agent_respond_error(b, r->agent, r->id, "PB005", "broker is shutting down");
+		agent_request_done(b, r);
+	}
+}
+
+void pool_close_all(struct broker *b)
+{
+	for (int i = 0; i < b->cfg.max_pool_size; i++)
+		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
+	free(b->backends);
+	b->backends = NULL;
+}

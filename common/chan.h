@@ -1,0 +1,73 @@
+/* The per-agent channel: one sealed memfd holding a request ring (agent ->
+ * broker), a response ring (broker -> agent) and the wake-up words. Only the
+ * broker and that one agent map it. The broker never trusts anything the
+ * agent can write here; the header fields it needs are kept broker-side. */
+#ifndef PGB_CHAN_H
+#define PGB_CHAN_H
+
+#include <stdint.h>
+#include "ring.h"
+
+#define CHAN_MAGIC   0x43424750u /* "PGBC" */
+#define CHAN_VERSION 1u
+#define CHAN_HDR_SIZE 4096u
+
+/* Registration handshake over the unix socket. */
+#define REG_MAGIC 0x52424750u /* "PGBR" */
+struct reg_hello {
+	uint32_t magic;
+	uint32_t version;
+	uint32_t flags;
+	uint32_t reserved;
+};
+struct reg_reply {
+	uint32_t magic;
+	uint32_t version;
+	int32_t status;        /* 0 ok, else a negative errno-like code */
+	uint32_t ring_size;
+	uint64_t chan_size;
+	uint32_t agent_id;     /* slot number, for display */
+	char message[108];     /* why, when status != 0 */
+};
+
+enum broker_state { BROKER_RUNNING = 0, BROKER_CLOSING = 1 };
+
+struct chan_shm {
+	uint32_t magic;
+	uint32_t version;
+	uint32_t ring_size;
+	uint32_t broker_state;   /* enum broker_state, written by the broker */
+
+	struct ring_ctl req;     /* agent produces, broker consumes */
+	struct ring_ctl resp;    /* broker produces, agent consumes */
+
+	/* The broker waits (io_uring FUTEX_WAIT) on broker_bell while
+	 * broker_armed is set; an agent that made progress bumps the bell and
+	 * wakes it only then. Symmetrically the agent sleeps on agent_bell with
+	 * agent_sleeping set. The flags are hints: a wrong value costs a wake-up
+	 * or a timeout slice, never correctness. */
+	_Alignas(64) uint32_t broker_bell;
+	uint32_t broker_armed;
+	_Alignas(64) uint32_t agent_bell;
+	uint32_t agent_sleeping;
+};
+
+_Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");
+
+static inline uint64_t chan_size_for(uint32_t ring_size)
+{
+	return CHAN_HDR_SIZE + 2ull * ring_size;
+}
+
+static inline uint8_t *chan_req_data(struct chan_shm *c, uint32_t ring_size)
+{
+	(void)ring_size;
+	return (uint8_t *)c + CHAN_HDR_SIZE;
+}
+
+static inline uint8_t *chan_resp_data(struct chan_shm *c, uint32_t ring_size)
+{
+	return (uint8_t *)c + CHAN_HDR_SIZE + ring_size;
+}
+
+#endif

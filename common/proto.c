@@ -1,0 +1,278 @@
+/* Request and response blobs; see proto.h. */
+#include "proto.h"
+
+#include <string.h>
+
+#define MAX_BLOB (1ull << 31)
+
+uint64_t req_encoded_len(const char *sql, uint32_t nparams, const char *const *values)
+{
+	uint64_t n = sizeof(struct req_head) + strlen(sql) + 1 + 4ull * nparams;
+
+	if (nparams > REQ_MAX_PARAMS)
+		return 0;
+	for (uint32_t i = 0; i < nparams; i++)
+		if (values[i])
+			n += strlen(values[i]) + 1;
+	return n >= MAX_BLOB ? 0 : n;
+}
+
+void req_encode(uint8_t *buf, const char *sql, uint32_t nparams,
+		const char *const *values, uint32_t flags)
+{
+	struct req_head h = {
+		.sql_len = (uint32_t)strlen(sql) + 1,
+		.nparams = nparams,
+		.flags = flags,
+	};
+	uint8_t *p = buf;
+
+	memcpy(p, &h, sizeof(h));
+	p += sizeof(h);
+	memcpy(p, sql, h.sql_len);
+	p += h.sql_len;
+	uint8_t *lens = p;
+	p += 4ull * nparams;
+	for (uint32_t i = 0; i < nparams; i++) {
+		int32_t len = -1;
+
+		if (values[i]) {
+			len = (int32_t)strlen(values[i]);
+			memcpy(p, values[i], (size_t)len + 1);
+			p += len + 1;
+		}
+		memcpy(lens + 4ull * i, &len, 4);
+	}
+}
+
+int req_decode(const uint8_t *buf, uint64_t n, struct req_view *v, const char **why)
+{
+	struct req_head h;
+	uint64_t at;
+
+	if (n < sizeof(h) || n >= MAX_BLOB) {
+		*why = "request size out of range";
+		return -1;
+	}
+	memcpy(&h, buf, sizeof(h));
+	if (h.sql_len == 0 || h.sql_len > n - sizeof(h)) {
+		*why = "statement length out of range";
+		return -1;
+	}
+	if (h.nparams > REQ_MAX_PARAMS) {
+		*why = "too many parameters";
+		return -1;
+	}
+	at = sizeof(h) + h.sql_len;
+	if (buf[at - 1] != '\0' || memchr(buf + sizeof(h), '\0', h.sql_len) != buf + at - 1) {
+		*why = "statement text is not a string";
+		return -1;
+	}
+	if (4ull * h.nparams > n - at) {
+		*why = "parameter lengths out of range";
+		return -1;
+	}
+	v->sql = (const char *)buf + sizeof(h);
+	v->nparams = h.nparams;
+	v->flags = h.flags;
+	v->lens = buf + at;
+	at += 4ull * h.nparams;
+	v->data = (const char *)buf + at;
+	for (uint32_t i = 0; i < h.nparams; i++) {
+		int32_t len;
+
+		memcpy(&len, v->lens + 4ull * i, 4);
+		if (len == -1)
+			continue;
+		if (len < 0 || (uint64_t)len + 1 > n - at || buf[at + (uint64_t)len] != '\0') {
+			*why = "parameter value out of range";
+			return -1;
+		}
+		at += (uint64_t)len + 1;
+	}
+	if (at != n) {
+		*why = "trailing bytes after the parameters";
+		return -1;
+	}
+	return 0;
+}
+
+void req_params(const struct req_view *v, const char **vals)
+{
+	const char *p = v->data;
+
+	for (uint32_t i = 0; i < v->nparams; i++) {
+		int32_t len;
+
+		memcpy(&len, v->lens + 4ull * i, 4);
+		if (len == -1) {
+			vals[i] = NULL;
+			continue;
+		}
+		vals[i] = p;
+		p += len + 1;
+	}
+}
+
+/* --- responses --- */
+
+static const char *item_text(const struct resp_src *src, uint64_t item, uint32_t *len)
+{
+	uint64_t nf = src->head.nfields;
+	const char *s;
+
+	if (item == 1 || item == 2) {
+		s = item == 1 ? src->err : src->cmd;
+		s = s ? s : "";
+		*len = (uint32_t)strlen(s);
+		return s;
+	}
+	item -= 3;
+	if (item < nf) {
+		s = src->fname(src->ctx, (uint32_t)item);
+		*len = (uint32_t)strlen(s);
+		return s;
+	}
+	item -= nf;
+	return src->value(src->ctx, (uint32_t)(item / nf), (uint32_t)(item % nf), len);
+}
+
+static uint64_t item_count(const struct resp_src *src)
+{
+	return 3 + (uint64_t)src->head.nfields * (1 + (uint64_t)src->head.ntuples);
+}
+
+static uint64_t item_size(const char *s, uint32_t len)
+{
+	return s ? 4ull + len + 1 : 4;
+}
+
+uint64_t resp_measure(struct resp_src *src)
+{
+	uint64_t total = sizeof(struct resp_head);
+	uint64_t items;
+
+	if (src->head.nfields == 0)
+		src->head.ntuples = 0;
+	items = item_count(src);
+	for (uint64_t i = 1; i < items; i++) {
+		uint32_t len;
+		const char *s = item_text(src, i, &len);
+
+		total += item_size(s, len);
+		if (total >= MAX_BLOB)
+			return src->head.total = 0;
+	}
+	return src->head.total = total;
+}
+
+uint32_t resp_emit(struct resp_cursor *cur, const struct resp_src *src,
+		   struct ring *r, uint32_t off, uint32_t max)
+{
+	uint64_t items = item_count(src);
+	uint32_t put = 0;
+
+	while (put < max && cur->item < items) {
+		uint8_t pre[4];
+		const uint8_t *parts[3];
+		uint32_t sizes[3], nparts, len = 0;
+
+		if (cur->item == 0) {
+			parts[0] = (const uint8_t *)&src->head;
+			sizes[0] = sizeof(src->head);
+			nparts = 1;
+		} else {
+			const char *s = item_text(src, cur->item, &len);
+
+			memcpy(pre, s ? &len : &(uint32_t){ RESP_NULL }, 4);
+			parts[0] = pre;
+			sizes[0] = 4;
+			parts[1] = (const uint8_t *)s;
+			sizes[1] = s ? len : 0;
+			parts[2] = (const uint8_t *)"";
+			sizes[2] = s ? 1 : 0;
+			nparts = 3;
+		}
+		/* Skip what earlier calls already emitted of this item. */
+		uint32_t skip = cur->off;
+		for (uint32_t i = 0; i < nparts && put < max; i++) {
+			if (skip >= sizes[i]) {
+				skip -= sizes[i];
+				continue;
+			}
+			uint32_t n = sizes[i] - skip;
+			if (n > max - put)
+				n = max - put;
+			ring_write(r, off + put, parts[i] + skip, n);
+			put += n;
+			cur->off += n;
+			skip = 0;
+		}
+		uint32_t whole = 0;
+		for (uint32_t i = 0; i < nparts; i++)
+			whole += sizes[i];
+		if (cur->off == whole) {
+			cur->item++;
+			cur->off = 0;
+		}
+	}
+	cur->done += put;
+	return put;
+}
+
+int resp_parse_head(const uint8_t *buf, uint64_t n, struct resp_head *h)
+{
+	if (n < sizeof(*h))
+		return -1;
+	memcpy(h, buf, sizeof(*h));
+	if (h->total != n || (h->nfields == 0 && h->ntuples != 0))
+		return -1;
+	/* every item takes at least 4 bytes */
+	if ((3 + (uint64_t)h->nfields * (1 + (uint64_t)h->ntuples)) * 4 > n)
+		return -1;
+	h->sqlstate[7] = '\0';
+	return 0;
+}
+
+static int take_item(const uint8_t *buf, uint64_t n, uint64_t *at, const char **s,
+		     uint32_t *len)
+{
+	if (n - *at < 4)
+		return -1;
+	memcpy(len, buf + *at, 4);
+	*at += 4;
+	if (*len == RESP_NULL) {
+		*s = NULL;
+		return 0;
+	}
+	if ((uint64_t)*len + 1 > n - *at || buf[*at + *len] != '\0')
+		return -1;
+	*s = (const char *)buf + *at;
+	*at += (uint64_t)*len + 1;
+	return 0;
+}
+
+int resp_parse(const uint8_t *buf, uint64_t n, struct resp_view *v,
+	       const char **fnames, const char **vals, uint32_t *lens)
+{
+	uint64_t at = sizeof(struct resp_head);
+	uint64_t cells;
+	uint32_t len;
+
+	if (resp_parse_head(buf, n, &v->head) < 0)
+		return -1;
+	if (take_item(buf, n, &at, &v->err, &len) < 0 || !v->err ||
+	    take_item(buf, n, &at, &v->cmd, &len) < 0 || !v->cmd)
+		return -1;
+	for (uint32_t i = 0; i < v->head.nfields; i++)
+		if (take_item(buf, n, &at, &fnames[i], &len) < 0 || !fnames[i])
+			return -1;
+	cells = (uint64_t)v->head.ntuples * v->head.nfields;
+	for (uint64_t i = 0; i < cells; i++) {
+		if (take_item(buf, n, &at, &vals[i], &lens[i]) < 0)
+			return -1;
+		if (!vals[i])
+			lens[i] = 0;
+	}
+	return at == n ? 0 : -1;
+}

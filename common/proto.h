@@ -1,0 +1,109 @@
+/* The messages inside the rings. A request or a response is one logical
+ * byte string ("blob") carried by one or more frames of the same id: the
+ * first has FRAME_FIRST and, in aux, the blob's total length; the last has
+ * FRAME_LAST. Blobs are built and parsed here; nothing here trusts its input. */
+#ifndef PGB_PROTO_H
+#define PGB_PROTO_H
+
+#include <stdint.h>
+#include "ring.h"
+
+enum frame_type {
+	FRAME_REQ = 1,    /* agent -> broker: a statement */
+	FRAME_RESP = 2,   /* broker -> agent: its result */
+};
+
+enum frame_flags {
+	FRAME_FIRST = 1u << 0,
+	FRAME_LAST = 1u << 1,
+};
+
+/* Request flags (req_head.flags). */
+enum req_flags {
+	REQ_IDEMPOTENT = 1u << 0,  /* may be re-run when its fate is unknown */
+	REQ_INDEPENDENT = 1u << 1, /* may run beside this agent's other statements */
+};
+
+#define REQ_MAX_PARAMS 65535u
+
+/* Request blob: req_head, sql (sql_len bytes, the last one NUL), nparams
+ * int32 lengths (-1 = NULL), then each non-NULL value followed by a NUL. */
+struct req_head {
+	uint32_t sql_len;
+	uint32_t nparams;
+	uint32_t flags;
+	uint32_t reserved;
+};
+
+struct req_view {
+	const char *sql;
+	uint32_t nparams;
+	uint32_t flags;
+	const uint8_t *lens;   /* unaligned int32 array */
+	const char *data;      /* first parameter value */
+};
+
+/* Bytes needed to encode a request. Returns 0 when it cannot be encoded. */
+uint64_t req_encoded_len(const char *sql, uint32_t nparams, const char *const *values);
+/* Encode into buf (req_encoded_len bytes). */
+void req_encode(uint8_t *buf, const char *sql, uint32_t nparams,
+		const char *const *values, uint32_t flags);
+/* Check a whole request blob. 0 ok, or -1 with *why set to a static text. */
+int req_decode(const uint8_t *buf, uint64_t n, struct req_view *v, const char **why);
+/* Fill vals[0..nparams) from a decoded view (NULL for SQL NULL). */
+void req_params(const struct req_view *v, const char **vals);
+
+/* Response blob: resp_head, then items "u32 len, bytes, NUL" (len
+ * 0xffffffff = NULL, no bytes): error message, command status, nfields
+ * field names, ntuples * nfields values in row order. */
+#define RESP_NULL 0xffffffffu
+
+struct resp_head {
+	uint64_t total;       /* bytes of the whole blob */
+	uint64_t cmd_tuples;
+	uint32_t ok;          /* 1: the statement succeeded */
+	uint32_t ntuples;
+	uint32_t nfields;
+	uint32_t flags;
+	char sqlstate[8];     /* five characters and a NUL; "" when ok */
+};
+
+/* Where a response's content comes from: a PGresult in the broker, plain
+ * strings for the broker's own errors, an array in tests. */
+struct resp_src {
+	struct resp_head head;   /* total is filled by resp_measure */
+	const char *err;
+	const char *cmd;
+	void *ctx;
+	const char *(*fname)(void *ctx, uint32_t col);
+	/* value of a cell and its length; NULL for SQL NULL */
+	const char *(*value)(void *ctx, uint32_t row, uint32_t col, uint32_t *len);
+};
+
+/* Streaming position inside a response being written. */
+struct resp_cursor {
+	uint64_t done;       /* bytes emitted so far */
+	uint64_t item;       /* 0 head, 1 err, 2 cmd, then names, then values */
+	uint32_t off;        /* bytes of the current item emitted */
+};
+
+/* Compute and store src->head.total; 0 when the result is too large. */
+uint64_t resp_measure(struct resp_src *src);
+/* Emit up to max bytes of the blob into r at offset off from r's tail.
+ * Returns the bytes written; the cursor advances. */
+uint32_t resp_emit(struct resp_cursor *cur, const struct resp_src *src,
+		   struct ring *r, uint32_t off, uint32_t max);
+
+/* Parsed response: pointers into the blob. */
+struct resp_view {
+	struct resp_head head;
+	const char *err;
+	const char *cmd;
+};
+/* Check a whole response blob and fill fnames[nfields], vals[ntuples*nfields],
+ * lens[...] (arrays sized from resp_parse_head). 0 ok, -1 corrupt. */
+int resp_parse_head(const uint8_t *buf, uint64_t n, struct resp_head *h);
+int resp_parse(const uint8_t *buf, uint64_t n, struct resp_view *v,
+	       const char **fnames, const char **vals, uint32_t *lens);
+
+#endif
