@@ -230,7 +230,7 @@ fail:
 
 /* Arm the futex wait on the agent's bell unless there is work right now.
  * Returns 1 when there is (the caller services the agent again). */
-static int agent_arm(struct broker *b, struct agent *a)
+static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struct agent *a)
 {
 	uint32_t v;
 
@@ -287,7 +287,8 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	b->st.c.agents_registered++;
 	log_debug("agent %u registered: pid %d uid %d", a->slot, (int)a->pid, (int)a->uid);
 	uring_poll(b, a->sock, POLLIN | POLLRDHUP, tag_make(TAG_HUP, a->slot, a->gen));
-	agent_arm(b, a);
+	/* The agent may have written before the bell was armed. */
+	agent_service(b, a);
 }
 
 void agent_wake(struct broker *b, struct agent *a)

@@ -1,0 +1,232 @@
+/* Integration test harness; see harness.h. */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+long long h_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *h_dsn(void)
+{
+	const char *dsn = getenv("PGB_TEST_DSN");
+
+	if (!dsn || !*dsn)
+		cr_assert_fail("PGB_TEST_DSN is not set: run the integration tests via tools/run-integ.sh");
+	return dsn;
+}
+
+const char *h_bin(const char *rel, char *buf, size_t n)
+{
+	const char *root = getenv("PGB_ROOT");
+
+	snprintf(buf, n, "%s/%s", root && *root ? root : ".", rel);
+	return buf;
+}
+
+void h_broker_start(struct h_broker *br, const char *const *extra)
+{
+	const char *argv[64];
+	char bin[512], fdarg[16], line[16] = "";
+	int p[2], n = 0;
+	struct pollfd pf;
+
+	snprintf(br->dir, sizeof(br->dir), "/tmp/pgb-test.XXXXXX");
+	cr_assert_not_null(mkdtemp(br->dir), "mkdtemp: %s", strerror(errno));
+	snprintf(br->log, sizeof(br->log), "%s/broker.log", br->dir);
+	cr_assert_eq(pipe(p), 0);
+	snprintf(fdarg, sizeof(fdarg), "%d", p[1]);
+	argv[n++] = h_bin("broker/pgbroker", bin, sizeof(bin));
+	argv[n++] = "--dir";
+	argv[n++] = br->dir;
+	argv[n++] = "--dsn";
+	argv[n++] = h_dsn();
+	argv[n++] = "--ready-fd";
+	argv[n++] = fdarg;
+	for (int i = 0; extra && extra[i] && n < 62; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	br->pid = fork();
+	cr_assert_neq(br->pid, -1);
+	if (br->pid == 0) {
+		int fd = open(br->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+		close(p[0]);
+		/* A test killed by its timeout must not leave its broker behind. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(argv[0], (char **)argv);
+		_exit(127);
+	}
+	close(p[1]);
+	pf.fd = p[0];
+	pf.events = POLLIN;
+	if (poll(&pf, 1, 15000) == 1)
+		(void)!read(p[0], line, sizeof(line) - 1);
+	close(p[0]);
+	if (strncmp(line, "ready", 5) != 0) {
+		char buf[2048] = "";
+		int fd = open(br->log, O_RDONLY);
+
+		if (fd >= 0) {
+			(void)!read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+		}
+		kill(br->pid, SIGKILL);
+		waitpid(br->pid, NULL, 0);
+		cr_assert_fail("broker did not start; its log:\n%s", buf);
+	}
+}
+
+int h_broker_stop(struct h_broker *br)
+{
+	int st;
+
+	if (br->pid <= 0)
+		return -1;
+	kill(br->pid, SIGTERM);
+	st = h_wait(br->pid, 15000);
+	br->pid = 0;
+	return st;
+}
+
+void h_broker_kill(struct h_broker *br)
+{
+	if (br->pid <= 0)
+		return;
+	kill(br->pid, SIGKILL);
+	waitpid(br->pid, NULL, 0);
+	br->pid = 0;
+}
+
+int h_run(const char *const *argv, char *out, size_t n)
+{
+	int p[2], st;
+	size_t got = 0;
+	ssize_t r;
+	pid_t pid;
+
+	cr_assert_eq(pipe(p), 0);
+	pid = fork();
+	if (pid == 0) {
+		close(p[0]);
+		dup2(p[1], 1);
+		dup2(p[1], 2);
+		execv(argv[0], (char **)argv);
+		_exit(127);
+	}
+	close(p[1]);
+	while (got + 1 < n && (r = read(p[0], out + got, n - 1 - got)) > 0)
+		got += (size_t)r;
+	out[got] = '\0';
+	close(p[0]);
+	st = h_wait(pid, 15000);
+	return st;
+}
+
+pgb_conn *h_connect(const struct h_broker *br)
+{
+	pgb_conn *c = pgb_connect(br->dir);
+
+	cr_assert_not_null(c);
+	cr_assert_eq(pgb_status(c), PGB_CONNECTION_OK, "connect: %s", pgb_error_message(c));
+	return c;
+}
+
+pgb_result *h_ok(pgb_conn *c, const char *sql)
+{
+	pgb_result *r = pgb_exec(c, sql);
+
+	cr_assert(pgb_result_ok(r), "%s: %s %s", sql, pgb_sqlstate(r), pgb_result_error(r));
+	return r;
+}
+
+long long h_num(pgb_conn *c, const char *sql)
+{
+	pgb_result *r = h_ok(c, sql);
+	long long v;
+
+	cr_assert_gt(pgb_ntuples(r), 0, "%s returned no rows", sql);
+	v = atoll(pgb_getvalue(r, 0, 0));
+	pgb_clear(r);
+	return v;
+}
+
+PGconn *h_pg(void)
+{
+	PGconn *pg = PQconnectdb(h_dsn());
+
+	cr_assert_eq(PQstatus(pg), CONNECTION_OK, "direct connect: %s", PQerrorMessage(pg));
+	return pg;
+}
+
+long long h_pg_num(PGconn *pg, const char *sql)
+{
+	PGresult *r = PQexec(pg, sql);
+	long long v = -1;
+
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+		v = atoll(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	return v;
+}
+
+pid_t h_fork(int (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+
+	cr_assert_neq(pid, -1);
+	if (pid == 0)
+		_exit(fn(arg));
+	return pid;
+}
+
+int h_wait(pid_t pid, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	int st;
+
+	for (;;) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+
+		if (r == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		if (r < 0)
+			return -1;
+		if (h_now_ms() >= end) {
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+			return -1;
+		}
+		usleep(2000);
+	}
+}
+
+int h_until(int (*cond)(void *), void *arg, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+
+	for (;;) {
+		if (cond(arg))
+			return 1;
+		if (h_now_ms() >= end)
+			return 0;
+		usleep(5000);
+	}
+}

@@ -1,0 +1,54 @@
+/* Integration test harness: a real broker process on the throwaway
+ * PostgreSQL that tools/run-integ.sh started (PGB_TEST_DSN), real agent
+ * processes, and direct libpq connections to check what really happened. */
+#ifndef PGB_HARNESS_H
+#define PGB_HARNESS_H
+
+#include <libpq-fe.h>
+#include <sys/types.h>
+
+#include "pgbroker.h"
+
+struct h_broker {
+	pid_t pid;
+	char dir[128];
+	char log[160];
+};
+
+/* The test database's conninfo; fails the test when it is not set. */
+const char *h_dsn(void);
+/* Path of a built binary below the repository root ("broker/pgbroker"). */
+const char *h_bin(const char *rel, char *buf, size_t n);
+/* Start a broker with extra flags (NULL-terminated list); waits for its
+ * --ready-fd line (bounded). Fails the test when it does not come up. */
+void h_broker_start(struct h_broker *br, const char *const *extra);
+/* SIGTERM, bounded wait, SIGKILL. Returns the exit status (or -1). */
+int h_broker_stop(struct h_broker *br);
+/* SIGKILL and reap. */
+void h_broker_kill(struct h_broker *br);
+/* Run the broker binary with args and capture exit status and output. */
+int h_run(const char *const *argv, char *out, size_t n);
+
+/* Connect to a broker; fails the test on error. */
+pgb_conn *h_connect(const struct h_broker *br);
+/* Run SQL through the broker and require success; returns the result. */
+pgb_result *h_ok(pgb_conn *c, const char *sql);
+/* Run SQL that must succeed and return its first value as a number. */
+long long h_num(pgb_conn *c, const char *sql);
+
+/* A direct connection to the test database (for checks). */
+PGconn *h_pg(void);
+/* First value of a direct query, as a number (-1 on error). */
+long long h_pg_num(PGconn *pg, const char *sql);
+
+/* Fork a child that runs fn(arg) and exits with its return value. */
+pid_t h_fork(int (*fn)(void *), void *arg);
+/* Wait for a child at most timeout_ms; returns its exit code, or -1 after
+ * killing it when it overran, or 128+sig when it died of a signal. */
+int h_wait(pid_t pid, int timeout_ms);
+
+/* Poll a condition every few ms until it holds or timeout_ms passes. */
+int h_until(int (*cond)(void *), void *arg, int timeout_ms);
+long long h_now_ms(void);
+
+#endif
