@@ -18,6 +18,7 @@ enum close_reason { CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, 
 static void be_close(struct broker *b, struct backend *be, enum close_reason why);
 static void be_start(struct broker *b, struct backend *be, struct request *r);
 static void pool_grow(struct broker *b);
+static void connect_failed(struct broker *b, struct backend *be, const char *why);
 
 struct backend *pool_by_tag(struct broker *b, uint64_t tag)
 {
@@ -124,10 +125,7 @@ static void connect_one(struct broker *b)
 	b->ntotal++;
 	be_set_state(b, be, BE_CONNECTING);
 	if (!be->pg || PQstatus(be->pg) == CONNECTION_BAD) {
-		snprintf(b->last_connect_error, sizeof(b->last_connect_error), "%s",
-			 be->pg ? PQerrorMessage(be->pg) : "out of memory");
-		b->st.c.connect_failures++;
-		be_close(b, be, CLOSE_BROKEN);
+		connect_failed(b, be, be->pg ? PQerrorMessage(be->pg) : "out of memory");
 		return;
 	}
 	PQsetNoticeProcessor(be->pg, notice_quiet, NULL);

@@ -46,16 +46,20 @@ void h_broker_start(struct h_broker *br, const char *const *extra)
 	int p[2], n = 0;
 	struct pollfd pf;
 
-	snprintf(br->dir, sizeof(br->dir), "/tmp/pgb-test.XXXXXX");
-	cr_assert_not_null(mkdtemp(br->dir), "mkdtemp: %s", strerror(errno));
+	if (!br->dir[0]) {
+		snprintf(br->dir, sizeof(br->dir), "/tmp/pgb-test.XXXXXX");
+		cr_assert_not_null(mkdtemp(br->dir), "mkdtemp: %s", strerror(errno));
+	}
 	snprintf(br->log, sizeof(br->log), "%s/broker.log", br->dir);
 	cr_assert_eq(pipe(p), 0);
 	snprintf(fdarg, sizeof(fdarg), "%d", p[1]);
 	argv[n++] = h_bin("broker/pgbroker", bin, sizeof(bin));
 	argv[n++] = "--dir";
 	argv[n++] = br->dir;
+	/* Each broker names its backends after its directory. */
+	snprintf(br->dsn, sizeof(br->dsn), "%s application_name=%s", h_dsn(), strrchr(br->dir, '/') + 1);
 	argv[n++] = "--dsn";
-	argv[n++] = h_dsn();
+	argv[n++] = br->dsn;
 	argv[n++] = "--ready-fd";
 	argv[n++] = fdarg;
 	for (int i = 0; extra && extra[i] && n < 62; i++)
@@ -132,12 +136,32 @@ int h_run(const char *const *argv, char *out, size_t n)
 		_exit(127);
 	}
 	close(p[1]);
-	while (got + 1 < n && (r = read(p[0], out + got, n - 1 - got)) > 0)
-		got += (size_t)r;
+	for (;;) {
+		char sink[4096];
+
+		if (got + 1 < n)
+			r = read(p[0], out + got, n - 1 - got);
+		else
+			r = read(p[0], sink, sizeof(sink));  /* keep the child unblocked */
+		if (r <= 0)
+			break;
+		if (got + 1 < n)
+			got += (size_t)r;
+	}
 	out[got] = '\0';
 	close(p[0]);
 	st = h_wait(pid, 15000);
 	return st;
+}
+
+long long h_backends(PGconn *pg, const struct h_broker *br, const char *where)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where "
+		 "application_name = '%s'%s%s", strrchr(br->dir, '/') + 1, where ? " and " : "",
+		 where ? where : "");
+	return h_pg_num(pg, sql);
 }
 
 pgb_conn *h_connect(const struct h_broker *br)

@@ -11,8 +11,9 @@
 
 struct h_broker {
 	pid_t pid;
-	char dir[128];
-	char log[160];
+	char dir[64];
+	char log[96];
+	char dsn[1024];   /* the DSN it was given, with its own application_name */
 };
 
 /* The test database's conninfo; fails the test when it is not set. */
@@ -20,12 +21,15 @@ const char *h_dsn(void);
 /* Path of a built binary below the repository root ("broker/pgbroker"). */
 const char *h_bin(const char *rel, char *buf, size_t n);
 /* Start a broker with extra flags (NULL-terminated list); waits for its
- * --ready-fd line (bounded). Fails the test when it does not come up. */
+ * --ready-fd line (bounded). Fails the test when it does not come up.
+ * A new run directory is made unless br->dir is already set. */
 void h_broker_start(struct h_broker *br, const char *const *extra);
 /* SIGTERM, bounded wait, SIGKILL. Returns the exit status (or -1). */
 int h_broker_stop(struct h_broker *br);
 /* SIGKILL and reap. */
 void h_broker_kill(struct h_broker *br);
+/* Backends of this broker, counted directly in pg_stat_activity. */
+long long h_backends(PGconn *pg, const struct h_broker *br, const char *where);
 /* Run the broker binary with args and capture exit status and output. */
 int h_run(const char *const *argv, char *out, size_t n);
 

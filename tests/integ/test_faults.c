@@ -1,0 +1,465 @@
+/* Faults the core must survive: agents killed mid-transaction and
+ * mid-statement, a broker killed under waiting agents, bad configuration,
+ * a second broker, oversize statements, a hostile channel, fork(). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "chan.h"
+#include "futex.h"
+#include "harness.h"
+#include "proto.h"
+
+static struct h_broker br;
+
+/* Child: take a row lock inside a transaction, tell the parent, wait. */
+static int hold_lock(void *arg)
+{
+	int fd = *(int *)arg;
+	pgb_conn *c = pgb_connect(br.dir);
+
+	pgb_clear(pgb_exec(c, "begin"));
+	pgb_result *r = pgb_exec(c, "update t_kill set v = v + 1 where k = 1");
+	if (!pgb_result_ok(r))
+		return 1;
+	(void)!write(fd, "x", 1);
+	pause();
+	return 0;
+}
+
+static int no_idle_in_txn(void *arg)
+{
+	return h_backends(arg, &br, "state like 'idle in transaction%'") == 0;
+}
+
+Test(faults, agent_killed_in_transaction_releases_its_locks, .timeout = 60)
+{
+	int p[2];
+	char x;
+	pid_t child;
+	pgb_conn *c;
+	PGconn *pg = h_pg();
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	pgb_clear(h_ok(c, "drop table if exists t_kill; create table t_kill (k int primary key, v int);"
+			  "insert into t_kill values (1, 0)"));
+	cr_assert_eq(pipe(p), 0);
+	child = h_fork(hold_lock, &p[1]);
+	cr_assert_eq(read(p[0], &x, 1), 1, "child never took the lock");
+	cr_assert_eq(h_backends(pg, &br, "state = 'idle in transaction'"), 1);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	/* the lock is free again: a bounded lock wait succeeds */
+	pgb_clear(h_ok(c, "begin"));
+	pgb_clear(h_ok(c, "set local lock_timeout = '5s'"));
+	pgb_result *r = h_ok(c, "update t_kill set v = v + 10 where k = 1");
+	cr_assert_eq(pgb_cmd_tuples(r), 1);
+	pgb_clear(r);
+	pgb_clear(h_ok(c, "commit"));
+	/* the dead agent's update was rolled back, not committed */
+	cr_assert_eq(h_num(c, "select v from t_kill where k = 1"), 10);
+	cr_assert(h_until(no_idle_in_txn, pg, 2000), "an idle-in-transaction backend remains");
+	pgb_clear(h_ok(c, "drop table t_kill"));
+	pgb_finish(c);
+	PQfinish(pg);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+static int sleeper(void *arg)
+{
+	int fd = *(int *)arg;
+	pgb_conn *c = pgb_connect(br.dir);
+
+	(void)!write(fd, "x", 1);
+	pgb_clear(pgb_exec(c, "select pg_sleep(60) /* killed-agent */"));
+	return 0;
+}
+
+static int sleep_gone(void *arg)
+{
+	return h_pg_num(arg, "select count(*) from pg_stat_activity where query like "
+			     "'%killed-agent%' and state = 'active' and pid <> pg_backend_pid()") == 0;
+}
+
+static int sleep_running(void *arg)
+{
+	return !sleep_gone(arg);
+}
+
+Test(faults, agent_killed_mid_statement_frees_the_backend, .timeout = 60)
+{
+	int p[2];
+	char x;
+	pid_t child;
+	PGconn *pg = h_pg();
+	pgb_conn *c;
+
+	h_broker_start(&br, NULL);
+	cr_assert_eq(pipe(p), 0);
+	child = h_fork(sleeper, &p[1]);
+	cr_assert_eq(read(p[0], &x, 1), 1);
+	cr_assert(h_until(sleep_running, pg, 5000), "statement never started");
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	cr_assert(h_until(sleep_gone, pg, 3000), "the dead agent's statement still runs");
+	c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 11"), 11);
+	pgb_finish(c);
+	PQfinish(pg);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+static int waiter(void *arg)
+{
+	int fd = *(int *)arg;
+	pgb_conn *c = pgb_connect(br.dir);
+	long long t0;
+	pgb_result *r;
+	int rc;
+
+	if (pgb_status(c) != PGB_CONNECTION_OK)
+		return 10;
+	(void)!write(fd, "x", 1);
+	t0 = h_now_ms();
+	r = pgb_exec(c, "select pg_sleep(20)");
+	rc = strcmp(pgb_sqlstate(r), PGB_SQLSTATE_BROKER_GONE) == 0 ? 0 : 1;
+	/* far sooner than the statement would have ended */
+	if (h_now_ms() - t0 > 10000)
+		rc = 2;
+	pgb_clear(r);
+	r = pgb_exec(c, "select 1");
+	if (pgb_result_ok(r) || pgb_status(c) != PGB_CONNECTION_BAD)
+		rc = 3;
+	pgb_clear(r);
+	pgb_finish(c);
+	return rc;
+}
+
+Test(faults, broker_killed_waiting_agents_get_an_error, .timeout = 60)
+{
+	pid_t kids[5];
+	int p[2];
+	char x;
+	PGconn *pg = h_pg();
+
+	h_broker_start(&br, NULL);
+	cr_assert_eq(pipe(p), 0);
+	for (int i = 0; i < 5; i++)
+		kids[i] = h_fork(waiter, &p[1]);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(read(p[0], &x, 1), 1);
+	h_broker_kill(&br);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(h_wait(kids[i], 15000), 0, "agent %d did not see broker gone", i);
+	PQfinish(pg);
+	/* a new broker on the same directory (stale socket, lock and stats
+	 * files left by SIGKILL) starts cleanly and serves reconnecting agents */
+	h_broker_start(&br, NULL);
+	pgb_conn *c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 2"), 2);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+Test(faults, second_broker_on_a_directory_is_refused, .timeout = 60)
+{
+	char out[4096], bin[512];
+	int st;
+
+	h_broker_start(&br, NULL);
+	const char *argv[] = { h_bin("broker/pgbroker", bin, sizeof(bin)), "--dir", br.dir,
+			       "--dsn", h_dsn(), NULL };
+	st = h_run(argv, out, sizeof(out));
+	cr_assert_neq(st, 0);
+	cr_assert(strstr(out, "already running") != NULL, "%s", out);
+	/* the first broker still serves */
+	pgb_conn *c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 5"), 5);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+static const struct {
+	const char *flag, *value, *expect;
+} bad_config[] = {
+	{ .flag = "--pool-size", .value = "abc", .expect = "pool_size" },
+	{ .flag = "--max-pool-size", .value = "-3", .expect = "max_pool_size" },
+	{ .flag = "--min-pool-size", .value = "60", .expect = "min_pool_size" },
+	{ .flag = "--acquire-timeout-ms", .value = "99999999999999999999", .expect = "acquire_timeout_ms" },
+	{ .flag = "--channel-size-kb", .value = "100", .expect = "channel_size_kb" },
+	{ .flag = "--no-such-key", .value = "1", .expect = "no-such-key" },
+	{ .flag = "--dsn", .value = "host='unterminated", .expect = "dsn" },
+};
+
+Test(faults, bad_configuration_exits_2_naming_the_key)
+{
+	char out[4096], bin[512];
+
+	for (size_t i = 0; i < sizeof(bad_config) / sizeof(bad_config[0]); i++) {
+		const char *argv[] = { h_bin("broker/pgbroker", bin, sizeof(bin)), "--dir",
+				       "/tmp/pgb-never", bad_config[i].flag, bad_config[i].value,
+				       "--check-config", NULL };
+		int st = h_run(argv, out, sizeof(out));
+
+		cr_assert_eq(st, 2, "%s %s: exit %d: %s", bad_config[i].flag, bad_config[i].value,
+			     st, out);
+		cr_assert(strstr(out, bad_config[i].expect) != NULL, "%s: %s", bad_config[i].flag, out);
+	}
+	setenv("POSTGRES_POOL_SIZE", "0", 1);
+	const char *argv[] = { h_bin("broker/pgbroker", bin, sizeof(bin)), "--check-config", NULL };
+	cr_assert_eq(h_run(argv, out, sizeof(out)), 2);
+	cr_assert(strstr(out, "POSTGRES_POOL_SIZE") != NULL, "%s", out);
+	setenv("POSTGRES_POOL_SIZE", "7", 1);
+	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "%s", out);
+	cr_assert(strstr(out, "pool_size = 7") != NULL, "%s", out);
+	unsetenv("POSTGRES_POOL_SIZE");
+	const char *help[] = { argv[0], "--help", NULL };
+	cr_assert_eq(h_run(help, out, sizeof(out)), 0);
+	cr_assert(strstr(out, "POSTGRES_ACQUIRE_TIMEOUT") != NULL);
+}
+
+Test(faults, oversize_statement_is_refused_and_connection_survives, .timeout = 60)
+{
+	const char *args[] = { "--max-request-kb", "64", NULL };
+	pgb_conn *c;
+	char *sql = malloc(200000);
+	pgb_result *r;
+
+	h_broker_start(&br, args);
+	c = h_connect(&br);
+	strcpy(sql, "select '");
+	memset(sql + 8, 'z', 150000);
+	strcpy(sql + 8 + 150000, "'");
+	r = pgb_exec(c, sql);
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_TOO_LARGE, "%s", pgb_result_error(r));
+	cr_assert(strstr(pgb_result_error(r), "max_request_kb") != NULL);
+	pgb_clear(r);
+	cr_assert_eq(h_num(c, "select 6"), 6);
+	pgb_finish(c);
+	free(sql);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* A raw client: registers like libpgbroker, then scribbles on its channel. */
+static struct chan_shm *raw_register(int *sock, uint64_t *size)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct reg_hello h = { .magic = REG_MAGIC, .version = CHAN_VERSION };
+	struct reg_reply rep;
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &rep, sizeof(rep) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			      .msg_controllen = sizeof(cbuf) };
+	int fd;
+	void *map;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", br.dir);
+	*sock = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(connect(*sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(send(*sock, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+	cr_assert_eq(recvmsg(*sock, &msg, 0), (ssize_t)sizeof(rep));
+	memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+	*size = rep.chan_size;
+	map = mmap(NULL, rep.chan_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	cr_assert_neq(map, MAP_FAILED);
+	/* the channel is sealed: it cannot be shrunk under the broker */
+	cr_assert_neq(ftruncate(fd, 0), 0);
+	close(fd);
+	return map;
+}
+
+static void ring_bell(struct chan_shm *ch)
+{
+	__atomic_add_fetch(&ch->broker_bell, 1, __ATOMIC_SEQ_CST);
+	futex_wake(&ch->broker_bell);
+}
+
+static int hung_up(int sock)
+{
+	char b;
+	struct timeval tv = { 5, 0 };
+
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return recv(sock, &b, 1, 0) == 0;
+}
+
+enum garbage { G_TAIL_RANGE, G_TAIL_MISALIGNED, G_LEN_PAST_END, G_TYPE, G_SEQUENCE,
+	       G_TORN_REQUEST, G_HEAD_BACKWARDS, G_COUNT };
+
+static void scribble(struct chan_shm *ch, enum garbage g)
+{
+	uint8_t *data = chan_req_data(ch, ch->ring_size);
+	struct frame_hdr h = { .type = FRAME_REQ, .flags = FRAME_FIRST | FRAME_LAST, .id = 1 };
+
+	switch (g) {
+	case G_TAIL_RANGE:
+		ch->req.tail = ch->ring_size * 3;
+		break;
+	case G_TAIL_MISALIGNED:
+		ch->req.tail = 5;
+		break;
+	case G_LEN_PAST_END:
+		h.len = 1u << 30;
+		h.aux = 1u << 30;
+		memcpy(data, &h, sizeof(h));
+		ch->req.tail = 64;
+		break;
+	case G_TYPE:
+		h.type = 77;
+		memcpy(data, &h, sizeof(h));
+		ch->req.tail = 16;
+		break;
+	case G_SEQUENCE:
+		h.flags = 0; /* a middle frame with no first */
+		memcpy(data, &h, sizeof(h));
+		ch->req.tail = 16;
+		break;
+	case G_TORN_REQUEST:
+		/* a whole frame whose request blob is nonsense */
+		h.len = 16;
+		h.aux = 16;
+		memcpy(data, &h, sizeof(h));
+		memset(data + 16, 0xff, 16);
+		ch->req.tail = 32;
+		break;
+	case G_HEAD_BACKWARDS:
+		ch->resp.head = 12345;
+		h.len = 0;
+		h.aux = 0;
+		/* a valid-looking empty request makes the broker answer */
+		memcpy(data, &h, sizeof(h));
+		ch->req.tail = 16;
+		break;
+	default:
+		break;
+	}
+	ring_bell(ch);
+}
+
+Test(faults, hostile_channel_disconnects_only_that_agent, .timeout = 120)
+{
+	pgb_conn *good;
+
+	h_broker_start(&br, NULL);
+	good = h_connect(&br);
+	for (int g = 0; g < G_COUNT; g++) {
+		int sock;
+		uint64_t size;
+		struct chan_shm *ch = raw_register(&sock, &size);
+
+		scribble(ch, (enum garbage)g);
+		if (g == G_TORN_REQUEST) {
+			/* a malformed request is answered, not fatal */
+			struct ring resp;
+			struct frame_hdr h;
+			int got = 0;
+
+			ring_init(&resp, &ch->resp, chan_resp_data(ch, ch->ring_size), ch->ring_size);
+			for (int i = 0; i < 500 && !got; i++) {
+				got = ring_peek(&resp, &h);
+				if (!got)
+					usleep(10000);
+			}
+			cr_assert_eq(got, 1, "no answer to a malformed request");
+			uint8_t *blob = malloc(h.len);
+			struct resp_head rh;
+			ring_read(&resp, 0, blob, h.len);
+			cr_assert_eq(resp_parse_head(blob, h.len, &rh), 0);
+			cr_assert_str_eq(rh.sqlstate, PGB_SQLSTATE_BAD_REQUEST);
+			free(blob);
+		} else {
+			cr_assert(hung_up(sock), "garbage kind %d did not disconnect the agent", g);
+		}
+		munmap(ch, size);
+		close(sock);
+		cr_assert_eq(h_num(good, "select 8"), 8, "a bystander was hurt by garbage %d", g);
+	}
+	pgb_finish(good);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+Test(faults, forked_child_cannot_use_its_parents_connection, .timeout = 60)
+{
+	pgb_conn *c;
+	pid_t pid;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 1"), 1);
+	pid = fork();
+	if (pid == 0) {
+		pgb_result *r = pgb_exec(c, "select 1");
+		int rc = strcmp(pgb_sqlstate(r), PGB_SQLSTATE_NOT_CONNECTED) == 0 &&
+			 strstr(pgb_result_error(r), "fork") ? 0 : 1;
+
+		pgb_clear(r);
+		pgb_finish(c);  /* must not disturb the parent */
+		_exit(rc);
+	}
+	cr_assert_eq(h_wait(pid, 10000), 0, "the child was not refused");
+	for (int i = 0; i < 10; i++)
+		cr_assert_eq(h_num(c, "select 2"), 2);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+static int no_broker_backends(void *arg)
+{
+	return h_backends(arg, &br, NULL) == 0;
+}
+
+Test(faults, sigterm_shuts_down_cleanly, .timeout = 60)
+{
+	char path[256];
+	struct stat st;
+	PGconn *pg = h_pg();
+	pgb_conn *c;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 1"), 1);
+	cr_assert_eq(h_broker_stop(&br), 0);
+	snprintf(path, sizeof(path), "%s/pgbroker.sock", br.dir);
+	cr_assert_neq(stat(path, &st), 0, "socket left behind");
+	snprintf(path, sizeof(path), "%s/pgbroker.stats", br.dir);
+	cr_assert_neq(stat(path, &st), 0, "stats segment left behind");
+	cr_assert(h_until(no_broker_backends, pg, 3000), "backends left open");
+	pgb_result *r = pgb_exec(c, "select 1");
+	cr_assert_not(pgb_result_ok(r));
+	cr_assert(strncmp(pgb_sqlstate(r), "PB", 2) == 0, "%s", pgb_sqlstate(r));
+	pgb_clear(r);
+	pgb_finish(c);
+	PQfinish(pg);
+}
+
+Test(faults, unreachable_postgresql_is_a_clear_error, .timeout = 60)
+{
+	const char *argv_extra[] = { "--acquire-timeout-ms", "700", "--retry-delay-ms", "50", NULL };
+	struct h_broker b2 = { 0 };
+	char dsn[] = "host=/nonexistent port=1 user=postgres";
+	pgb_conn *c;
+	pgb_result *r;
+
+	setenv("PGB_TEST_DSN_SAVED", h_dsn(), 1);
+	setenv("PGB_TEST_DSN", dsn, 1);
+	h_broker_start(&b2, argv_extra);
+	setenv("PGB_TEST_DSN", getenv("PGB_TEST_DSN_SAVED"), 1);
+	c = pgb_connect(b2.dir);
+	r = pgb_exec(c, "select 1");
+	cr_assert_not(pgb_result_ok(r));
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BACKEND_FAILED, "%s", pgb_result_error(r));
+	cr_assert(strstr(pgb_result_error(r), "connect") != NULL, "%s", pgb_result_error(r));
+	pgb_clear(r);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&b2), 0);
+}
