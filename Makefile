@@ -7,6 +7,9 @@ CFLAGS_WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wformat=2 -Wno-format-nonliteral -Werror
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 $(CFLAGS_WARN) -MMD -MP -D_GNU_SOURCE -I. -Icommon -Iclient
+ifeq ($(SANITIZE),1)
+override SANITIZE := address,undefined
+endif
 ifdef SANITIZE
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -45,11 +48,18 @@ ALL := broker/pgbroker client/libpgbroker.a client/libpgbroker.so $(TOOLS)
 .PHONY: all deps test unit integ demo bench install clean check-deps
 all: $(ALL)
 
-%.o: %.c
+# Objects are rebuilt whenever the flags change (SANITIZE=1 after a plain build).
+FLAGS_STAMP := .build-flags
+FLAGS_NOW := $(CC) $(CFLAGS) $(LDFLAGS)
+ifneq ($(FLAGS_NOW),$(shell cat $(FLAGS_STAMP) 2>/dev/null))
+$(shell printf '%s' '$(FLAGS_NOW)' > $(FLAGS_STAMP))
+endif
+
+%.o: %.c $(FLAGS_STAMP)
 	@$(if $(Q),echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
-%.pic.o: %.c
+%.pic.o: %.c $(FLAGS_STAMP)
 	@$(if $(Q),echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
 
