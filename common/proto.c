@@ -227,8 +227,9 @@ int resp_parse_head(const uint8_t *buf, uint64_t n, struct resp_head *h)
 	memcpy(h, buf, sizeof(*h));
 	if (h->total != n || (h->nfields == 0 && h->ntuples != 0))
 		return -1;
-	/* every item takes at least 4 bytes */
-	if ((3 + (uint64_t)h->nfields * (1 + (uint64_t)h->ntuples)) * 4 > n)
+	/* every item takes at least 4 bytes; the count fits in 64 bits, the
+	 * count times 4 may not, so divide n instead */
+	if (3 + (uint64_t)h->nfields * (1 + (uint64_t)h->ntuples) > n / 4)
 		return -1;
 	h->sqlstate[7] = '\0';
 	return 0;
