@@ -385,8 +385,9 @@ static void agent_kick(struct broker *b, struct agent *a)
 		if (a->txn_lost) {
 			a->txn_lost = 0;
 			enqueue_error(b, a, r->id, "08006",
-				      "the connection to PostgreSQL was lost inside this transaction; "
-				      "it was rolled back");
+				      "the connection to PostgreSQL was lost inside this transaction "
+				      "or session: its work was rolled back and its session state "
+				      "(SET, PREPARE, temporary tables, locks) is gone");
 			request_free(r);
 			continue;
 		}

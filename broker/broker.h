@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "breaker.h"
 #include "chan.h"
 #include "config.h"
 #include "list.h"
@@ -22,6 +23,7 @@ enum tag_kind {
 	TAG_HUP,        /* agent socket hang-up */
 	TAG_BELL,       /* agent channel futex wait */
 	TAG_BACKEND,    /* libpq socket poll */
+	TAG_CANCEL,     /* a cancel thread finished */
 	TAG_IGNORE,     /* wakes, cancels: nothing to do on completion */
 };
 
@@ -49,6 +51,9 @@ struct request {
 	int64_t start_ns;         /* when it arrived */
 	int waiting;              /* on the broker's waitq */
 	struct backend *be;       /* running there */
+	int attempts;             /* retries so far */
+	int64_t due_ns;           /* on the delayed list: when to run again */
+	int session;              /* the text may change session state */
 };
 
 /* A result on its way to an agent. */
@@ -94,6 +99,7 @@ struct agent {
 	struct request *running;  /* the one statement this agent has in flight */
 	struct backend *pinned;   /* backend holding this agent's transaction */
 	int txn_lost;             /* pinned backend died: next statement is told */
+	int session_pinned;       /* changed session state: keeps its backend */
 	struct list responses;    /* results to stream, in order */
 	int64_t blocked_since_ns; /* response waiting for ring space since */
 	struct list blocked_link; /* broker blocked list while that is set */
@@ -110,7 +116,7 @@ enum be_state {
 	BE_IDLE,
 	BE_BUSY,      /* running an agent's statement */
 	BE_PINNED,    /* idle inside an agent's transaction */
-	BE_RESET,     /* running the broker's own clean-up statement */
+	BE_RESET,     /* the broker's own statement: clean-up or validation */
 };
 
 struct backend {
@@ -127,6 +133,12 @@ struct backend {
 	PGresult *res;            /* result kept while draining */
 	int64_t created_ns, last_used_ns, deadline_ns;
 	int pg_pid;
+	int64_t validated_ns;     /* last proof of life: a statement or a ping */
+	int64_t retire_ns;        /* max_connection_lifetime_ms, jittered */
+	int cancel_pending;       /* a cancel thread is out (atomic) */
+	int parked;               /* clean, waiting for that thread before reuse */
+	int discard;              /* run DISCARD ALL before anyone else uses it */
+	int dirty;                /* nobody's: clean up before reuse */
 	int in_txn;               /* the running statement started inside a transaction */
 	int unsupported;          /* COPY and the like: answer PB009 */
 	int copy_out;             /* draining COPY OUT data */
@@ -158,6 +170,10 @@ struct broker {
 	uint32_t ntotal, nconnecting, nidle, nbusy, npinned;
 	struct list waitq;        /* requests waiting for a backend, FIFO */
 	uint32_t nwaiting;
+	struct list delayed;      /* requests waiting out a retry backoff */
+	struct breaker breaker;   /* around connecting to PostgreSQL */
+	int cancel_efd;           /* cancel threads report here */
+	uint64_t rng;
 	int64_t next_connect_ns;  /* backoff after connect failures */
 	uint32_t connect_fails;   /* consecutive */
 	char last_connect_error[256];
@@ -214,6 +230,7 @@ void pool_timers(struct broker *b, int64_t *next_ns);
 void pool_close_all(struct broker *b);
 struct backend *pool_by_tag(struct broker *b, uint64_t tag);
 void pool_shutdown(struct broker *b);
+void pool_on_cancel(struct broker *b);
 
 /* stats.c */
 int stats_open(struct broker *b);

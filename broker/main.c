@@ -76,6 +76,9 @@ static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
 		if ((a = agent_by_tag(b, tag)) && !a->doom)
 			agent_service(b, a);
 		break;
+	case TAG_CANCEL:
+		pool_on_cancel(b);
+		break;
 	case TAG_BACKEND:
 		if ((be = pool_by_tag(b, tag)))
 			pool_on_poll(b, be, cqe->res);

@@ -3,13 +3,17 @@
  * growing and shrinking between min_pool_size and max_pool_size. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "backoff.h"
 #include "broker.h"
 #include "clock.h"
+#include "sqlscan.h"
 
 #define MS 1000000LL
 
@@ -17,6 +21,9 @@ enum close_reason { CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, 
 
 static void be_close(struct broker *b, struct backend *be, enum close_reason why);
 static void be_start(struct broker *b, struct backend *be, struct request *r);
+static void be_reset(struct broker *b, struct backend *be, const char *sql);
+static void fail_waiters(struct broker *b);
+static int request_retry(struct broker *b, struct request *r, const char *why);
 static void pool_grow(struct broker *b);
 static void connect_failed(struct broker *b, struct backend *be, const char *why);
 
@@ -113,6 +120,22 @@ static void connect_one(struct broker *b)
 	list_init(&be->link);
 	be->pg = PQconnectStartParams(keys, vals, 1);
 	be->created_ns = b->now_ns;
+	be->validated_ns = b->now_ns;
+	be->retire_ns = INT64_MAX;
+	if (b->cfg.max_connection_lifetime_ms > 0) {
+		/* Spread retirements over the last tenth of the lifetime so that
+		 * backends opened together are not all closed together. */
+		int64_t life = (int64_t)b->cfg.max_connection_lifetime_ms * MS;
+		struct backoff jit = { .base_ms = life / 10 / MS, .cap_ms = life / 10 / MS,
+				       .jitter_pct = 100, .rng = b->rng };
+
+		be->retire_ns = b->now_ns + life - backoff_delay_ms(&jit, 1) * MS;
+		b->rng = jit.rng;
+	}
+	be->cancel_pending = 0;
+	be->parked = 0;
+	be->discard = 0;
+	be->dirty = 0;
 	be->deadline_ns = b->now_ns + (int64_t)b->cfg.connection_timeout_ms * MS;
 	be->req = NULL;
 	be->owner = NULL;
@@ -151,14 +174,41 @@ static void connect_failed(struct broker *b, struct backend *be, const char *why
 	b->next_connect_ns = b->now_ns + backoff_delay_ms(&bo, (int)b->connect_fails) * MS;
 	log_warn("connection to PostgreSQL failed (%u in a row): %s", b->connect_fails,
 		 b->last_connect_error);
+	if (breaker_failure(&b->breaker, b->now_ns / MS)) {
+		log_warn("circuit breaker open after %d consecutive connection failures: "
+			 "statements fail fast for %lld ms", b->breaker.failures,
+			 (long long)(b->breaker.open_until_ms - b->now_ns / MS));
+		/* A probe is due when the breaker lets one through. */
+		b->next_connect_ns = b->breaker.open_until_ms * MS;
+	}
 	be_close(b, be, CLOSE_BROKEN);
+	if (b->breaker.state == BREAKER_OPEN)
+		fail_waiters(b);
 }
 
 /* A backend is free for the next statement: the oldest waiter gets it. */
 static void be_release(struct broker *b, struct backend *be)
 {
 	be->owner = NULL;
-	be->last_used_ns = b->now_ns;
+	be->validated_ns = b->now_ns;
+	if (be->cancel_pending) {
+		/* Never reuse it while a cancel meant for the last statement
+		 * may still arrive: it would hit the next agent's statement. */
+		be->parked = 1;
+		be_set_state(b, be, BE_RESET);
+		be_arm(b, be, POLLIN);
+		return;
+	}
+	if (be->discard) {
+		be->discard = 0;
+		be_reset(b, be, "DISCARD ALL");
+		return;
+	}
+	if (b->now_ns >= be->retire_ns) {
+		log_debug("backend %u reached max_connection_lifetime_ms: retiring", be->slot);
+		be_close(b, be, CLOSE_LIFETIME);
+		return;
+	}
 	if (!list_empty(&b->waitq) && !b->stopping) {
 		struct request *r = list_entry(list_pop(&b->waitq), struct request, link);
 
@@ -178,7 +228,11 @@ static void connect_done(struct broker *b, struct backend *be)
 	be->fd = PQsocket(be->pg);
 	b->connect_fails = 0;
 	b->st.c.connects++;
+	if (b->breaker.state != BREAKER_CLOSED)
+		log_info("circuit breaker closed: PostgreSQL is reachable again");
+	breaker_success(&b->breaker, b->now_ns / MS);
 	log_debug("backend %u connected (pid %d)", be->slot, be->pg_pid);
+	be->last_used_ns = b->now_ns;
 	be_release(b, be);
 }
 
@@ -210,6 +264,10 @@ static void fail_request(struct broker *b, struct backend *be)
 	be->req = NULL;
 	if (!r)
 		return;
+	r->be = NULL;
+	if (r->agent && !be->in_txn && (r->flags & REQ_IDEMPOTENT) &&
+	    request_retry(b, r, "connection lost"))
+		return;
 	if (r->agent) {
 		b->st.c.statements++;
 		b->st.c.failed++;
@@ -231,8 +289,11 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		return;
 	if (be->owner) {
 		be->owner->pinned = NULL;
-		if (why == CLOSE_BROKEN)
+		/* Its transaction (and any session state) died with the backend. */
+		if (why == CLOSE_BROKEN &&
+		    (be->state == BE_PINNED || be->in_txn || be->owner->session_pinned))
 			be->owner->txn_lost = 1;
+		be->owner->session_pinned = 0;
 		be->owner = NULL;
 	}
 	if (be->poll_events)
@@ -280,13 +341,19 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 {
 	int ok, rc;
 
-	be->in_txn = be->state == BE_PINNED;
+	be->in_txn = PQtransactionStatus(be->pg) != PQTRANS_IDLE;
 	be->req = r;
 	r->be = be;
-	if (r->enq_ns)
-		stats_hist_add(&b->st.acquire, (uint64_t)(b->now_ns - r->enq_ns) / 1000);
-	else
-		stats_hist_add(&b->st.acquire, 0);
+	if (!r->attempts)
+		stats_hist_add(&b->st.acquire,
+			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
+	if (r->session && r->agent && !r->agent->session_pinned) {
+		log_debug("agent %u changes session state: keeping backend %u for its session",
+			  r->agent->slot, be->slot);
+		r->agent->session_pinned = 1;
+		be->discard = 1;
+		b->st.c.session_pins++;
+	}
 	be_set_state(b, be, BE_BUSY);
 	if (r->v.nparams == 0)
 		ok = PQsendQuery(be->pg, r->v.sql);
@@ -301,7 +368,10 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 		if (!be->in_txn) {
 			b->st.c.retried++;
 			be_close(b, be, CLOSE_BROKEN);
-			pool_submit(b, r);
+			if (r->agent)
+				pool_submit(b, r);
+			else
+				agent_request_done(b, r);
 			return;
 		}
 		be->req = r;
@@ -330,13 +400,28 @@ static void keep_result(struct backend *be, PGresult *x)
 	}
 }
 
+/* 40001 and 40P01 roll back what they interrupted: outside an explicit
+ * transaction the statement may run again. */
+static int rolled_back(const char *state)
+{
+	return state && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0);
+}
+
 static void statement_done(struct broker *b, struct backend *be)
 {
 	struct request *r = be->req;
 	PGresult *res = be->res;
 	PGTransactionStatusType ts = PQtransactionStatus(be->pg);
 	struct agent *a = r ? r->agent : NULL;
+	int retry = 0;
 
+	if (PQstatus(be->pg) == CONNECTION_BAD) {
+		/* The connection died under the statement (a FATAL such as
+		 * 57P01 may have come first): its fate is unknown unless it ran
+		 * inside a transaction, which is certainly gone. */
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
 	be->res = NULL;
 	be->req = NULL;
 	if (r) {
@@ -345,20 +430,26 @@ static void statement_done(struct broker *b, struct backend *be)
 				 PQresultStatus(res) == PGRES_EMPTY_QUERY);
 		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
+		r->be = NULL;
 		be->served++;
-		b->st.c.statements++;
-		if (!ok || be->unsupported)
-			b->st.c.failed++;
-		if (state && strcmp(state, "57014") == 0)
-			b->st.c.statement_timeouts++;
-		stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
-		if (a && be->unsupported)
-			agent_respond_error(b, a, r->id, "PB009",
-					    "COPY is not supported through pgbroker");
-		else if (a && res)
-			agent_respond(b, a, r->id, res), res = NULL;
-		else if (a)
-			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && rolled_back(state) &&
+		    !be->unsupported && request_retry(b, r, state)) {
+			retry = 1;
+		} else {
+			b->st.c.statements++;
+			if (!ok || be->unsupported)
+				b->st.c.failed++;
+			if (state && strcmp(state, "57014") == 0)
+				b->st.c.statement_timeouts++;
+			stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
+			if (a && be->unsupported)
+				agent_respond_error(b, a, r->id, "PB009",
+						    "COPY is not supported through pgbroker");
+			else if (a && res)
+				agent_respond(b, a, r->id, res), res = NULL;
+			else if (a)
+				agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+		}
 	}
 	if (res)
 		PQclear(res);
@@ -366,28 +457,33 @@ static void statement_done(struct broker *b, struct backend *be)
 
 	if (PQstatus(be->pg) == CONNECTION_BAD || ts == PQTRANS_UNKNOWN ||
 	    ts == PQTRANS_ACTIVE) {
-		if (r)
+		if (r && !retry)
 			agent_request_done(b, r);
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
-	if (ts == PQTRANS_IDLE) {
-		if (a && a->pinned == be)
-			a->pinned = NULL;
-		be_release(b, be);
-	} else if (a && !a->doom) {
-		/* Inside a transaction: this backend is the agent's until it ends. */
+	if (a && !a->doom && (ts != PQTRANS_IDLE || a->session_pinned)) {
+		/* Inside a transaction, or holding session state: this backend
+		 * is the agent's until that ends. */
 		be->owner = a;
 		a->pinned = be;
 		be->last_used_ns = b->now_ns;
+		be->validated_ns = b->now_ns;
 		be_set_state(b, be, BE_PINNED);
 		be_arm(b, be, POLLIN);
 	} else {
 		if (a && a->pinned == be)
 			a->pinned = NULL;
-		be_reset(b, be, "ROLLBACK");
+		if (a) {
+			be->last_used_ns = b->now_ns;
+			be->discard = 0;
+		}
+		if (ts != PQTRANS_IDLE)
+			be_reset(b, be, "ROLLBACK");
+		else
+			be_release(b, be);
 	}
-	if (r)
+	if (r && !retry)
 		agent_request_done(b, r);
 }
 
@@ -413,10 +509,10 @@ static void drain(struct broker *b, struct backend *be)
 		if (!x) {
 			if (be->state == BE_RESET) {
 				if (PQtransactionStatus(be->pg) == PQTRANS_IDLE &&
-				    PQstatus(be->pg) == CONNECTION_OK)
+				    PQstatus(be->pg) == CONNECTION_OK && !be->dirty)
 					be_release(b, be);
 				else
-					be_close(b, be, CLOSE_BROKEN);
+					be_close(b, be, CLOSE_VALIDATION);
 			} else {
 				statement_done(b, be);
 			}
@@ -440,10 +536,15 @@ static void drain(struct broker *b, struct backend *be)
 			be_close(b, be, CLOSE_BROKEN);
 			return;
 		default:
-			if (be->state == BE_RESET)
-				PQclear(x);
-			else
+			if (be->state != BE_RESET) {
 				keep_result(be, x);
+				break;
+			}
+			/* The broker's own statement must succeed, or the
+			 * backend is not trusted again. */
+			if (PQresultStatus(x) == PGRES_FATAL_ERROR)
+				be->dirty = 1;
+			PQclear(x);
 			break;
 		}
 	}
@@ -477,8 +578,18 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 		return;
 	}
 	switch (be->state) {
-	case BE_BUSY:
 	case BE_RESET:
+		if (be->parked) {
+			/* Waiting for a cancel thread: input now means trouble. */
+			if (PQstatus(be->pg) == CONNECTION_BAD)
+				be_close(b, be, CLOSE_BROKEN);
+			else
+				be_arm(b, be, POLLIN);
+			break;
+		}
+		drain(b, be);
+		break;
+	case BE_BUSY:
 		drain(b, be);
 		break;
 	case BE_IDLE:
@@ -506,18 +617,70 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 	}
 }
 
+/* Answer a request with the broker's own error and retire it. */
+static void finish_error(struct broker *b, struct request *r, const char *state, const char *msg)
+{
+	b->st.c.statements++;
+	b->st.c.failed++;
+	if (r->agent)
+		agent_respond_error(b, r->agent, r->id, state, "%s", msg);
+	agent_request_done(b, r);
+}
+
+/* Run r again after a backoff, if attempts and the deadline allow. */
+static int request_retry(struct broker *b, struct request *r, const char *why)
+{
+	struct backoff bo = {
+		.base_ms = b->cfg.retry_delay_ms,
+		.cap_ms = b->cfg.retry_max_delay_ms,
+		.jitter_pct = 100,
+		.rng = b->rng,
+	};
+	int64_t delay;
+
+	if (r->attempts >= b->cfg.retry_attempts || b->stopping)
+		return 0;
+	delay = backoff_delay_ms(&bo, r->attempts + 1) * MS;
+	b->rng = bo.rng;
+	if (b->now_ns + delay - r->start_ns > (int64_t)b->cfg.acquire_timeout_ms * MS)
+		return 0;
+	r->attempts++;
+	r->due_ns = b->now_ns + delay;
+	b->st.c.retried++;
+	log_debug("retrying a statement (%s), attempt %d in %lld ms", why, r->attempts,
+		  (long long)(delay / MS));
+	list_add_tail(&b->delayed, &r->link);
+	return 1;
+}
+
+/* The breaker opened: nobody waits out the acquire timeout for nothing. */
+static void fail_waiters(struct broker *b)
+{
+	struct list *pos;
+	char msg[512];
+
+	snprintf(msg, sizeof(msg), "circuit breaker open: PostgreSQL unreachable (%s)",
+		 b->last_connect_error);
+	while ((pos = list_pop(&b->waitq))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		r->waiting = 0;
+		b->nwaiting--;
+		finish_error(b, r, "PB002", msg);
+	}
+}
+
 void pool_submit(struct broker *b, struct request *r)
 {
 	struct agent *a = r->agent;
 	struct backend *be;
 
 	if (b->stopping) {
-		b->st.c.statements++;
-		b->st.c.failed++;
-		agent_respond_error(b, a, r->id, "PB005", "broker is shutting down");
-		agent_request_done(b, r);
+		finish_error(b, r, "PB005", "broker is shutting down");
 		return;
 	}
+	if (!r->attempts)
+		r->session = sql_changes_session(r->v.sql);
 	if (a->pinned) {
 		be_start(b, a->pinned, r);
 		return;
@@ -531,6 +694,19 @@ void pool_submit(struct broker *b, struct request *r)
 		be_start(b, be, r);
 		return;
 	}
+	if (b->breaker.state == BREAKER_OPEN && b->now_ns / MS < b->breaker.open_until_ms) {
+		char msg[512];
+
+		snprintf(msg, sizeof(msg), "circuit breaker open: PostgreSQL unreachable (%s); "
+			 "next attempt in %lld ms", b->last_connect_error,
+			 (long long)(b->breaker.open_until_ms - b->now_ns / MS));
+		finish_error(b, r, "PB002", msg);
+		return;
+	}
+	if (b->nwaiting >= (uint32_t)b->cfg.max_waiting) {
+		finish_error(b, r, "PB008", "too many statements waiting for a backend (max_waiting)");
+		return;
+	}
 	r->enq_ns = b->now_ns;
 	r->waiting = 1;
 	list_add_tail(&b->waitq, &r->link);
@@ -538,37 +714,112 @@ void pool_submit(struct broker *b, struct request *r)
 	pool_grow(b);
 }
 
+struct cancel_job {
+	PGcancel *cancel;
+	int *pending;
+	int efd;
+};
+
+/* PQcancel blocks (it opens a connection to the server), so it runs on a
+ * short-lived thread that touches nothing but its own job and reports
+ * through an eventfd the loop waits on. */
+static void *cancel_thread(void *arg)
+{
+	struct cancel_job *job = arg;
+	char err[256];
+	uint64_t one = 1;
+
+	if (!PQcancel(job->cancel, err, sizeof(err)))
+		log_warn("cancel request failed: %s", err);
+	PQfreeCancel(job->cancel);
+	__atomic_store_n(job->pending, 0, __ATOMIC_RELEASE);
+	(void)!write(job->efd, &one, sizeof(one));
+	free(job);
+	return NULL;
+}
+
+static int be_cancel(struct broker *b, struct backend *be)
+{
+	struct cancel_job *job = malloc(sizeof(*job));
+	pthread_attr_t attr;
+	pthread_t t;
+	int rc;
+
+	if (!job || !(job->cancel = PQgetCancel(be->pg))) {
+		free(job);
+		return -1;
+	}
+	job->pending = &be->cancel_pending;
+	job->efd = b->cancel_efd;
+	be->cancel_pending = 1;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 64 * 1024);
+	rc = pthread_create(&t, &attr, cancel_thread, job);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		be->cancel_pending = 0;
+		PQfreeCancel(job->cancel);
+		free(job);
+		return -1;
+	}
+	return 0;
+}
+
+void pool_on_cancel(struct broker *b)
+{
+	uint64_t n;
+
+	(void)!read(b->cancel_efd, &n, sizeof(n));
+	uring_poll(b, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
+	/* The pool is small (max_pool_size): look for parked backends. */
+	for (int i = 0; i < b->cfg.max_pool_size; i++) {
+		struct backend *be = &b->backends[i];
+
+		if (be->parked && !__atomic_load_n(&be->cancel_pending, __ATOMIC_ACQUIRE)) {
+			be->parked = 0;
+			be_release(b, be);
+		}
+	}
+}
+
 void pool_agent_gone(struct broker *b, struct agent *a)
 {
 	struct request *r = a->running;
+	struct backend *be;
 
 	a->running = NULL;
-	if (r && r->waiting) {
+	if (r && (r->waiting || r->due_ns)) {
+		if (r->waiting)
+			b->nwaiting--;
 		list_del(&r->link);
-		b->nwaiting--;
 		request_free(r);
+		r = NULL;
 	} else if (r) {
-		/* Mid-statement: close the backend; PostgreSQL notices the
-		 * closed socket (client_connection_check_interval) and rolls
-		 * back. The request goes with it. */
-		struct backend *be = r->be;
-
 		r->agent = NULL;
-		if (be && be->req == r) {
-			log_info("agent %u gone mid-statement: closing backend %u (pid %d)",
-				 a->slot, be->slot, be->pg_pid);
-			be_close(b, be, CLOSE_BROKEN);
-		}
 	}
-	if (a->pinned) {
-		struct backend *be = a->pinned;
-
-		a->pinned = NULL;
-		if (be->state == BE_PINNED) {
-			log_debug("agent %u gone inside a transaction: rolling back backend %u",
-				  a->slot, be->slot);
+	be = a->pinned;
+	a->pinned = NULL;
+	if (r && r->be && r->be->req == r)
+		be = r->be;
+	if (!be)
+		return;
+	be->owner = NULL;
+	if (a->session_pinned)
+		be->discard = 1;
+	if (be->state == BE_BUSY) {
+		/* Mid-statement: cancel it, then roll back and reuse the
+		 * backend once it is idle and clean (see statement_done). */
+		log_info("agent %u gone mid-statement: cancelling on backend %u (pid %d)",
+			 a->slot, be->slot, be->pg_pid);
+		if (be_cancel(b, be) < 0)
+			be_close(b, be, CLOSE_BROKEN);
+	} else if (be->state == BE_PINNED) {
+		log_debug("agent %u gone while holding backend %u: cleaning it", a->slot, be->slot);
+		if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
 			be_reset(b, be, "ROLLBACK");
-		}
+		else
+			be_release(b, be);
 	}
 }
 
@@ -592,8 +843,11 @@ static void pool_grow(struct broker *b)
 	/* While connects fail, probe with one at a time. */
 	if (b->connect_fails && want > 1)
 		want = b->nconnecting ? 0 : 1;
-	while (want-- > 0 && b->ntotal < limit)
+	while (want-- > 0 && b->ntotal < limit) {
+		if (!breaker_allow(&b->breaker, b->now_ns / MS))
+			break;
 		connect_one(b);
+	}
 }
 
 static const char *acquire_error(struct broker *b, char *buf, size_t n)
@@ -635,6 +889,39 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 				    acquire_error(b, msg, sizeof(msg)));
 		agent_request_done(b, r);
 	}
+	list_for_each_safe(pos, tmp, &b->delayed) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		if (r->due_ns > b->now_ns) {
+			if (r->due_ns < *next_ns)
+				*next_ns = r->due_ns;
+			continue;
+		}
+		list_del(&r->link);
+		r->due_ns = 0;
+		if (r->agent)
+			pool_submit(b, r);
+		else
+			agent_request_done(b, r);
+	}
+	/* Ping backends idle past the validation interval, oldest first, so a
+	 * dead one is found before it is handed out. */
+	if (b->cfg.validation_interval_ms > 0) {
+		int64_t every = (int64_t)b->cfg.validation_interval_ms * MS;
+
+		list_for_each_safe(pos, tmp, &b->idle) {
+			struct backend *be = list_entry(pos, struct backend, link);
+
+			if (be->retire_ns <= b->now_ns) {
+				be_close(b, be, CLOSE_LIFETIME);
+				continue;
+			}
+			if (be->validated_ns + every <= b->now_ns)
+				be_reset(b, be, "");
+			else if (be->validated_ns + every < *next_ns)
+				*next_ns = be->validated_ns + every;
+		}
+	}
 	list_for_each_safe(pos, tmp, &b->connecting) {
 		struct backend *be = list_entry(pos, struct backend, link);
 
@@ -643,7 +930,7 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 		else if (be->deadline_ns < *next_ns)
 			*next_ns = be->deadline_ns;
 	}
-	while (b->ntotal > (uint32_t)b->cfg.min_pool_size && !list_empty(&b->idle)) {
+	while (idle > 0 && b->ntotal > (uint32_t)b->cfg.min_pool_size && !list_empty(&b->idle)) {
 		struct backend *be = list_entry(b->idle.prev, struct backend, link);
 
 		if (be->last_used_ns + idle > b->now_ns) {
@@ -658,6 +945,7 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 	if (b->next_connect_ns > b->now_ns && b->next_connect_ns < *next_ns &&
 	    (b->nwaiting || b->ntotal < (uint32_t)b->cfg.min_pool_size))
 		*next_ns = b->next_connect_ns;
+	b->st.breaker_state = b->breaker.state;
 }
 
 int pool_init(struct broker *b)
@@ -672,6 +960,13 @@ int pool_init(struct broker *b)
 	list_init(&b->idle);
 	list_init(&b->connecting);
 	list_init(&b->waitq);
+	list_init(&b->delayed);
+	breaker_init(&b->breaker, b->cfg.breaker_threshold, b->cfg.breaker_reset_timeout_ms,
+		     8LL * b->cfg.breaker_reset_timeout_ms);
+	b->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (b->cancel_efd < 0)
+		return -errno;
+	uring_poll(b, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
 	pool_grow(b);
 	return 0;
 }
@@ -691,12 +986,25 @@ void pool_shutdown(struct broker *b)
 		agent_respond_error(b, r->agent, r->id, "PB005", "broker is shutting down");
 		agent_request_done(b, r);
 	}
+	while ((pos = list_pop(&b->delayed))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		r->due_ns = 0;
+		finish_error(b, r, "PB005", "broker is shutting down");
+	}
 }
 
 void pool_close_all(struct broker *b)
 {
+	/* Cancel threads write into their backend's slot: let them finish. */
+	for (int i = 0; i < b->cfg.max_pool_size; i++)
+		for (int tries = 0; tries < 500 &&
+		     __atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE); tries++)
+			usleep(10000);
 	for (int i = 0; i < b->cfg.max_pool_size; i++)
 		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
+	if (b->cancel_efd >= 0)
+		close(b->cancel_efd);
 	free(b->backends);
 	b->backends = NULL;
 }

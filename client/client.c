@@ -475,6 +475,15 @@ PGB_API pgb_result *pgb_exec_params(pgb_conn *c, const char *sql, int nparams,
 	return exec_blob(c, sql, nparams, values, 0);
 }
 
+PGB_API pgb_result *pgb_exec_flags(pgb_conn *c, const char *sql, int nparams,
+				   const char *const *values, int flags)
+{
+	if (flags & ~PGB_IDEMPOTENT)
+		return local_error(PGB_SQLSTATE_BAD_REQUEST, "unknown statement flags 0x%x", flags);
+	return exec_blob(c, sql, nparams, values,
+			 (flags & PGB_IDEMPOTENT) ? REQ_IDEMPOTENT : 0);
+}
+
 PGB_API int pgb_result_ok(const pgb_result *r)
 {
 	return r && r->v.head.ok;

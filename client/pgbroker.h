@@ -43,6 +43,15 @@ pgb_result *pgb_exec(pgb_conn *c, const char *sql);
 pgb_result *pgb_exec_params(pgb_conn *c, const char *sql, int nparams,
 			    const char *const *values);
 
+/* Statement flags for pgb_exec_flags. */
+enum {
+	PGB_IDEMPOTENT = 1 << 0,  /* the broker may run it again after a lost
+				     connection, even when its fate is unknown */
+};
+/* pgb_exec_params with flags (PGB_IDEMPOTENT). */
+pgb_result *pgb_exec_flags(pgb_conn *c, const char *sql, int nparams,
+			   const char *const *values, int flags);
+
 /* 1 if the statement succeeded. */
 int pgb_result_ok(const pgb_result *r);
 /* The error message, "" when ok. */

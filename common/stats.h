@@ -29,6 +29,7 @@ struct stats_counters {
 	uint64_t connects, connect_failures;
 	uint64_t closed_idle, closed_broken, closed_validation, closed_lifetime;
 	uint64_t agents_registered, agents_gone, agents_refused, protocol_errors;
+	uint64_t session_pins;
 };
 
 struct stats_data {

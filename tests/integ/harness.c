@@ -132,6 +132,8 @@ int h_run(const char *const *argv, char *out, size_t n)
 		close(p[0]);
 		dup2(p[1], 1);
 		dup2(p[1], 2);
+		/* Daemons started by the command must not hold our pipe open. */
+		close(p[1]);
 		execv(argv[0], (char **)argv);
 		_exit(127);
 	}

@@ -133,8 +133,9 @@ static int waiter(void *arg)
 	t0 = h_now_ms();
 	r = pgb_exec(c, "select pg_sleep(20)");
 	rc = strcmp(pgb_sqlstate(r), PGB_SQLSTATE_BROKER_GONE) == 0 ? 0 : 1;
-	/* far sooner than the statement would have ended */
-	if (h_now_ms() - t0 > 10000)
+	/* the client promises an answer within a second of the broker's
+	 * death; allow for a loaded machine, but far below the 20 s sleep */
+	if (h_now_ms() - t0 > 3000)
 		rc = 2;
 	pgb_clear(r);
 	r = pgb_exec(c, "select 1");
@@ -444,7 +445,8 @@ Test(faults, sigterm_shuts_down_cleanly, .timeout = 60)
 
 Test(faults, unreachable_postgresql_is_a_clear_error, .timeout = 60)
 {
-	const char *argv_extra[] = { "--acquire-timeout-ms", "700", "--retry-delay-ms", "50", NULL };
+	const char *argv_extra[] = { "--acquire-timeout-ms", "700", "--retry-delay-ms", "50",
+				     "--breaker-threshold", "3", NULL };
 	struct h_broker b2 = { 0 };
 	char dsn[] = "host=/nonexistent port=1 user=postgres";
 	pgb_conn *c;
@@ -457,8 +459,9 @@ Test(faults, unreachable_postgresql_is_a_clear_error, .timeout = 60)
 	c = pgb_connect(b2.dir);
 	r = pgb_exec(c, "select 1");
 	cr_assert_not(pgb_result_ok(r));
-	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BACKEND_FAILED, "%s", pgb_result_error(r));
-	cr_assert(strstr(pgb_result_error(r), "connect") != NULL, "%s", pgb_result_error(r));
+	/* min_pool_size failed connects open the breaker: fail fast, with libpq's reason */
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BREAKER_OPEN, "%s", pgb_result_error(r));
+	cr_assert(strstr(pgb_result_error(r), "/nonexistent") != NULL, "%s", pgb_result_error(r));
 	pgb_clear(r);
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&b2), 0);

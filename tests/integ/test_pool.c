@@ -207,3 +207,55 @@ Test(pool, acquire_timeout_is_a_clear_error, .timeout = 60)
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+struct shrink {
+	PGconn *pg;
+	long long want;
+};
+
+static int backends_are(void *arg)
+{
+	struct shrink *s = arg;
+
+	return h_backends(s->pg, &br, NULL) == s->want;
+}
+
+Test(pool, grows_on_demand_and_shrinks_when_idle, .timeout = 90)
+{
+	const char *args[] = { "--min-pool-size", "2", "--pool-size", "6", "--max-pool-size", "6",
+			       "--idle-timeout-ms", "500", NULL };
+	struct shrink s = { .pg = h_pg(), .want = 2 };
+	pid_t pids[6];
+
+	h_broker_start(&br, args);
+	cr_assert(h_until(backends_are, &s, 5000), "min_pool_size backends not opened at start");
+	for (int i = 0; i < 6; i++)
+		pids[i] = h_fork(slow_agent, NULL);
+	s.want = 6;
+	cr_assert(h_until(backends_are, &s, 5000), "the pool did not grow to pool_size");
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(h_wait(pids[i], 30000), 0);
+	s.want = 2;
+	cr_assert(h_until(backends_are, &s, 10000), "idle backends were not closed down to the minimum");
+	cr_assert_eq(h_broker_stop(&br), 0);
+	PQfinish(s.pg);
+}
+
+Test(pool, every_backend_has_the_statement_timeout, .timeout = 60)
+{
+	const char *args[] = { "--statement-timeout-ms", "1500", NULL };
+	pgb_conn *c;
+	pgb_result *r;
+
+	h_broker_start(&br, args);
+	c = h_connect(&br);
+	r = h_ok(c, "show statement_timeout");
+	cr_assert_str_eq(pgb_getvalue(r, 0, 0), "1500ms");
+	pgb_clear(r);
+	r = pgb_exec(c, "select pg_sleep(5)");
+	cr_assert_str_eq(pgb_sqlstate(r), "57014", "%s", pgb_result_error(r));
+	pgb_clear(r);
+	cr_assert_eq(h_num(c, "select 1"), 1);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}

@@ -1,0 +1,112 @@
+/* Session-state scan; see sqlscan.h. Skips comments, string literals,
+ * quoted identifiers and dollar quotes; looks at words only. */
+#include "sqlscan.h"
+
+#include <ctype.h>
+#include <string.h>
+#include <strings.h>
+
+static int is_word(int c)
+{
+	return isalnum(c) || c == '_';
+}
+
+/* Advance past one dollar-quoted string starting at s ("$tag$...$tag$"). */
+static const char *skip_dollar(const char *s)
+{
+	const char *end = s + 1;
+	size_t taglen;
+
+	while (*end && (is_word((unsigned char)*end)) && *end != '$')
+		end++;
+	if (*end != '$')
+		return s + 1;
+	taglen = (size_t)(end - s) + 1;
+	for (const char *p = end + 1; *p; p++)
+		if (*p == '$' && strncmp(p, s, taglen) == 0)
+			return p + taglen;
+	return s + strlen(s);
+}
+
+static int word_is(const char *w, size_t n, const char *kw)
+{
+	return strlen(kw) == n && strncasecmp(w, kw, n) == 0;
+}
+
+int sql_changes_session(const char *sql)
+{
+	const char *p = sql;
+	const char *prev = NULL;      /* previous word in this statement */
+	size_t prevn = 0;
+	int first = 1;                /* next word starts a statement */
+	int set_stmt = 0;             /* statement began with SET */
+
+	while (*p) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c == '-' && p[1] == '-') {
+			while (*p && *p != '\n')
+				p++;
+		} else if (c == '/' && p[1] == '*') {
+			int depth = 1;
+
+			for (p += 2; *p && depth; p++) {
+				if (*p == '/' && p[1] == '*')
+					depth++, p++;
+				else if (*p == '*' && p[1] == '/')
+					depth--, p++;
+			}
+		} else if (c == '\'' || c == '"') {
+			for (p++; *p; p++)
+				if (*p == (char)c) {
+					if (p[1] == (char)c)
+						p++;
+					else
+						break;
+				}
+			if (*p)
+				p++;
+		} else if (c == '$' && (p == sql || !is_word((unsigned char)p[-1]))) {
+			p = skip_dollar(p);
+		} else if (c == ';') {
+			first = 1;
+			set_stmt = 0;
+			prev = NULL;
+			p++;
+		} else if (is_word(c)) {
+			const char *w = p;
+			size_t n;
+
+			while (is_word((unsigned char)*p))
+				p++;
+			n = (size_t)(p - w);
+			if (first) {
+				first = 0;
+				if (word_is(w, n, "set"))
+					set_stmt = 1;
+				else if (word_is(w, n, "prepare") || word_is(w, n, "listen") ||
+					 word_is(w, n, "load"))
+					return 1;
+			} else if (set_stmt && prev && word_is(prev, prevn, "set")) {
+				/* SET LOCAL / TRANSACTION / CONSTRAINTS end with the transaction */
+				if (!word_is(w, n, "local") && !word_is(w, n, "transaction") &&
+				    !word_is(w, n, "constraints"))
+					return 1;
+			}
+			if (word_is(w, n, "temp") || word_is(w, n, "temporary") ||
+			    word_is(w, n, "hold") || word_is(w, n, "set_config") ||
+			    word_is(w, n, "pg_advisory_lock") ||
+			    word_is(w, n, "pg_advisory_lock_shared") ||
+			    word_is(w, n, "pg_try_advisory_lock") ||
+			    word_is(w, n, "pg_try_advisory_lock_shared") ||
+			    word_is(w, n, "dblink_connect"))
+				return 1;
+			prev = w;
+			prevn = n;
+		} else {
+			p++;
+		}
+	}
+	/* a lone SET with nothing after it is a syntax error: harmless */
+	return 0;
+}

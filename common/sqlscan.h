@@ -1,0 +1,12 @@
+/* A cheap, conservative scan of SQL text for statements whose effect
+ * outlives the transaction (session state). A false positive only costs
+ * sharing (the agent keeps its backend); the list errs on that side. */
+#ifndef PGB_SQLSCAN_H
+#define PGB_SQLSCAN_H
+
+/* 1 when the text may change session state: SET (not LOCAL, TRANSACTION or
+ * CONSTRAINTS), RESET ROLE/SESSION..., PREPARE, LISTEN, DECLARE ... WITH
+ * HOLD, CREATE TEMP, LOAD, session advisory locks, set_config(). */
+int sql_changes_session(const char *sql);
+
+#endif
