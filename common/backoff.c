@@ -25,7 +25,7 @@ int64_t backoff_delay_ms(struct backoff *bo, int attempt)
 
 	if (attempt < 1)
 		attempt = 1;
-	for (int i = 1; i < attempt && d < bo->cap_ms; i++)
+	for (int i = 1; i < attempt && d > 0 && d < bo->cap_ms; i++)
 		d *= 2;
 	if (d > bo->cap_ms)
 		d = bo->cap_ms;

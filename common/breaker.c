@@ -3,9 +3,11 @@
 
 void breaker_init(struct breaker *br, int threshold, int64_t reset_ms, int64_t max_reset_ms)
 {
+	if (reset_ms < 1)
+		reset_ms = 1;
 	*br = (struct breaker){
 		.threshold = threshold > 0 ? threshold : 1,
-		.reset_ms = reset_ms > 0 ? reset_ms : 1,
+		.reset_ms = reset_ms,
 		.max_reset_ms = max_reset_ms > reset_ms ? max_reset_ms : reset_ms,
 	};
 }
