@@ -36,7 +36,7 @@ CLIENT_SRC := $(wildcard client/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:.c=.o)
 CLIENT_PIC := $(CLIENT_SRC:.c=.pic.o)
 
-TOOLS := tools/poolstat tools/pgb_demo
+TOOLS := tools/poolstat tools/pgb_demo tools/poolbench
 UNIT_SRC  := $(wildcard tests/unit/*.c)
 UNIT_BIN  := tests/unit/unit_tests
 INTEG_SRC := $(wildcard tests/integ/test_*.c)
@@ -54,6 +54,8 @@ FLAGS_NOW := $(CC) $(CFLAGS) $(LDFLAGS)
 ifneq ($(FLAGS_NOW),$(shell cat $(FLAGS_STAMP) 2>/dev/null))
 $(shell printf '%s' '$(FLAGS_NOW)' > $(FLAGS_STAMP))
 endif
+
+$(FLAGS_STAMP): ;
 
 %.o: %.c $(FLAGS_STAMP)
 	@$(if $(Q),echo "  CC      $@")
@@ -84,9 +86,14 @@ tools/pgb_demo: tools/pgb_demo.o client/libpgbroker.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
 
-$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ)
+tools/poolbench: tools/poolbench.o tools/bench.o client/libpgbroker.a
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+# tools/bench.o: poolbench's pure parts, tested in tests/unit/test_poolbench.c.
+$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) -lm
 
 $(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a
 	@$(if $(Q),echo "  LD      $@")
@@ -108,9 +115,16 @@ demo: deps
 	$(MAKE) all
 	sh tools/demo.sh
 
+# poolbench --compare (direct, pgbouncer, broker) on a throwaway PostgreSQL;
+# writes bench/results.md and bench/results.svg.
+bench:
+	@sh tools/deps.sh --bench
+	$(MAKE) all
+	sh tools/bench.sh
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
-	install -m 755 broker/pgbroker tools/poolstat $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 broker/pgbroker tools/poolstat tools/poolbench $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 client/libpgbroker.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 client/libpgbroker.so $(DESTDIR)$(PREFIX)/lib/libpgbroker.so.0
 	ln -sf libpgbroker.so.0 $(DESTDIR)$(PREFIX)/lib/libpgbroker.so

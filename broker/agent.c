@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -34,6 +35,14 @@ void request_free(struct request *r)
 {
 	if (!r)
 		return;
+	for (uint32_t i = 0; r->bres && i < r->nsub; i++)
+		if (r->bres[i])
+			PQclear(r->bres[i]);
+	if (r->sparams)
+		free(r->sparams[0]);
+	free(r->sparams);
+	free(r->subs);
+	free(r->bres);
 	free(r->blob);
 	free(r->params);
 	free(r);
@@ -121,22 +130,22 @@ static int peer_allowed(const struct broker *b, const struct ucred *cr)
 	return 0;
 }
 
-static void send_reply(int fd, const struct reg_reply *rep, int chan_fd)
+static void send_reply(int fd, const struct reg_reply *rep, const int *fds, int nfds)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	char cbuf[CMSG_SPACE(2 * sizeof(int))] = { 0 };
 	struct iovec iov = { (void *)rep, sizeof(*rep) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-	if (chan_fd >= 0) {
+	if (nfds > 0) {
 		struct cmsghdr *cm;
 
 		msg.msg_control = cbuf;
-		msg.msg_controllen = sizeof(cbuf);
+		msg.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
 		cm = CMSG_FIRSTHDR(&msg);
 		cm->cmsg_level = SOL_SOCKET;
 		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &chan_fd, sizeof(int));
+		cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
 	}
 	/* A fresh socket's buffer is empty: this never blocks. */
 	if (sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)sizeof(*rep))
@@ -148,7 +157,7 @@ static void refuse(int fd, int status, const char *why)
 	struct reg_reply rep = { .magic = REG_MAGIC, .version = CHAN_VERSION, .status = status };
 
 	snprintf(rep.message, sizeof(rep.message), "%s", why);
-	send_reply(fd, &rep, -1);
+	send_reply(fd, &rep, NULL, 0);
 	close(fd);
 }
 
@@ -184,6 +193,8 @@ void agent_accept(struct broker *b, int fd)
 	a->since_ms = wall_ms();
 	a->hello_deadline_ns = b->now_ns + HELLO_TIMEOUT_NS;
 	list_init(&a->queue);
+	list_init(&a->active);
+	a->efd = -1;
 	list_init(&a->responses);
 	list_init(&a->wake_link);
 	list_init(&a->ready_link);
@@ -238,7 +249,9 @@ static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struc
 		return 0;
 	__atomic_store_n(&a->chan->broker_armed, 1, __ATOMIC_SEQ_CST);
 	v = __atomic_load_n(&a->chan->broker_bell, __ATOMIC_SEQ_CST);
-	if (ring_has_data(&a->req) && a->nqueued < (uint32_t)b->cfg.max_inflight_per_agent)
+	if (ring_has_data(&a->req) &&
+	    a->nqueued + a->nactive < (uint32_t)b->cfg.max_inflight_per_agent &&
+	    a->nresponses < (uint32_t)b->cfg.max_inflight_per_agent)
 		return 1;
 	uring_futex_wait(b, &a->chan->broker_bell, v, tag_make(TAG_BELL, a->slot, a->gen));
 	a->bell_armed = 1;
@@ -277,10 +290,18 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 		agent_fail(b, a, "channel creation failed");
 		return;
 	}
+	a->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (a->efd < 0) {
+		close(fd);
+		refuse(dup(a->sock), -errno, "broker could not create an eventfd");
+		agent_fail(b, a, "eventfd creation failed");
+		return;
+	}
 	rep.ring_size = a->chan->ring_size;
 	rep.chan_size = a->chan_size;
 	rep.agent_id = a->slot;
-	send_reply(a->sock, &rep, fd);
+	rep.nfds = 2;
+	send_reply(a->sock, &rep, (int[]){ fd, a->efd }, 2);
 	close(fd);
 	list_del(&a->hello_link);
 	a->state = AG_READY;
@@ -314,10 +335,15 @@ void agent_run_wakes(struct broker *b)
 			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
 			uring_futex_wake(b, &a->chan->agent_bell);
 		}
+		if (__atomic_load_n(&a->chan->fd_armed, __ATOMIC_RELAXED) &&
+		    __atomic_exchange_n(&a->chan->fd_armed, 0, __ATOMIC_SEQ_CST))
+			uring_eventfd_signal(b, a->efd);
 	}
 }
 
 static void agent_kick(struct broker *b, struct agent *a);
+static void request_queue(struct broker *b, struct agent *a, struct request *r);
+static void batch_new(struct broker *b, struct agent *a, struct request *r, uint64_t n);
 
 static void enqueue_error(struct broker *b, struct agent *a, uint32_t id,
 			  const char *sqlstate, const char *msg)
@@ -345,6 +371,12 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 	r->agent = a;
 	r->start_ns = b->now_ns;
 	list_init(&r->link);
+	list_init(&r->alink);
+	if (n >= sizeof(struct req_head) &&
+	    (((const struct req_head *)(const void *)blob)->flags & REQ_BATCH)) {
+		batch_new(b, a, r, n);
+		return;
+	}
 	if (req_decode(blob, n, &r->v, &why) < 0) {
 		char msg[128];
 
@@ -369,9 +401,76 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 		enqueue_error(b, a, id, "PB005", "broker is shutting down");
 		return;
 	}
+	request_queue(b, a, r);
+}
+
+static void request_queue(struct broker *b, struct agent *a, struct request *r)
+{
+	if ((r->flags & REQ_INDEPENDENT) && !a->pinned) {
+		/* Beside the agent's other statements, on any backend. */
+		list_add_tail(&a->active, &r->alink);
+		a->nactive++;
+		a->statements++;
+		pool_submit(b, r);
+		return;
+	}
 	list_add_tail(&a->queue, &r->link);
 	a->nqueued++;
 	agent_kick(b, a);
+}
+
+/* A batch: every statement decoded up front, all or nothing. */
+static void batch_new(struct broker *b, struct agent *a, struct request *r, uint64_t n)
+{
+	const char *why;
+	uint32_t count, total = 0;
+	const char **flat;
+
+	if (batch_count(r->blob, n, &count, &why) < 0)
+		goto bad;
+	r->subs = calloc(count, sizeof(*r->subs));
+	r->sparams = calloc(count, sizeof(*r->sparams));
+	r->bres = calloc(count, sizeof(*r->bres));
+	if (!r->subs || !r->sparams || !r->bres) {
+		why = "broker out of memory";
+		goto bad;
+	}
+	r->nsub = count;
+	if (batch_decode(r->blob, n, r->subs, &why) < 0)
+		goto bad;
+	for (uint32_t i = 0; i < count; i++)
+		total += r->subs[i].nparams;
+	flat = malloc(sizeof(char *) * (total + 1));
+	if (!flat) {
+		why = "broker out of memory";
+		goto bad;
+	}
+	for (uint32_t i = 0; i < count; i++) {
+		r->sparams[i] = flat;
+		req_params(&r->subs[i], flat);
+		flat += r->subs[i].nparams;
+	}
+	r->flags = ((const struct req_head *)(const void *)r->blob)->flags & ~REQ_INDEPENDENT;
+	r->v = r->subs[0];
+	if (b->stopping) {
+		uint32_t id = r->id;
+
+		request_free(r);
+		enqueue_error(b, a, id, "PB005", "broker is shutting down");
+		return;
+	}
+	request_queue(b, a, r);
+	return;
+bad:
+	{
+		char msg[128];
+		uint32_t id = r->id;
+
+		snprintf(msg, sizeof(msg), "malformed batch: %s", why);
+		request_free(r);
+		b->st.c.protocol_errors++;
+		enqueue_error(b, a, id, "PB006", msg);
+	}
 }
 
 /* Run the agent's next statement when it has none running: an agent's
@@ -392,6 +491,8 @@ static void agent_kick(struct broker *b, struct agent *a)
 			continue;
 		}
 		a->running = r;
+		list_add_tail(&a->active, &r->alink);
+		a->nactive++;
 		a->statements++;
 		pool_submit(b, r);
 	}
@@ -401,11 +502,15 @@ void agent_request_done(struct broker *b, struct request *r)
 {
 	struct agent *a = r->agent;
 
+	if (a) {
+		list_del(&r->alink);
+		a->nactive--;
+		if (a->running == r)
+			a->running = NULL;
+	}
 	request_free(r);
-	if (!a)
-		return;
-	a->running = NULL;
-	agent_kick(b, a);
+	if (a)
+		agent_kick(b, a);
 }
 
 /* Copy frames out of the request ring into whole requests. */
@@ -418,7 +523,8 @@ static void read_requests(struct broker *b, struct agent *a, int *budget)
 		struct frame_hdr h;
 		int rc;
 
-		if (a->nqueued >= (uint32_t)b->cfg.max_inflight_per_agent) {
+		if (a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
+		    a->nresponses >= (uint32_t)b->cfg.max_inflight_per_agent) {
 			/* Backpressure: leave the rest in the ring until this
 			 * agent's backlog drains. */
 			break;
@@ -541,6 +647,8 @@ static const char *pg_fname(void *ctx, uint32_t col)
 
 static void respond(struct broker *b, struct agent *a, struct response *rs)
 {
+	if (a->resp_more)
+		rs->src.head.flags |= RESP_MORE;
 	list_add_tail(&a->responses, &rs->link);
 	a->nresponses++;
 	agent_flush(b, a);
@@ -690,6 +798,8 @@ static void agent_free(struct broker *b, struct agent *a)
 	uring_cancel(b, tag_make(TAG_HELLO, a->slot, a->gen));
 	if (a->chan)
 		munmap(a->chan, a->chan_size);
+	if (a->efd >= 0)
+		close(a->efd);
 	close(a->sock);
 	b->agents[a->slot] = NULL;
 	b->free_slots[b->nfree++] = a->slot;

@@ -54,6 +54,14 @@ struct request {
 	int attempts;             /* retries so far */
 	int64_t due_ns;           /* on the delayed list: when to run again */
 	int session;              /* the text may change session state */
+	int pipe_ok;              /* may share a backend's pipeline (sql_pipelinable) */
+	struct list alink;        /* agent->active while it left the agent queue */
+	/* REQ_BATCH: the statements, their parameters, their results */
+	uint32_t nsub;
+	struct req_view *subs;
+	const char ***sparams;
+	PGresult **bres;
+	uint32_t bdone;           /* results collected so far */
 };
 
 /* A result on its way to an agent. */
@@ -96,7 +104,11 @@ struct agent {
 
 	struct list queue;        /* requests not yet running, in order */
 	uint32_t nqueued;
-	struct request *running;  /* the one statement this agent has in flight */
+	struct request *running;  /* the serial statement this agent has in flight */
+	struct list active;       /* every request out of the queue: running,
+				     waiting for a backend, or retrying */
+	uint32_t nactive;
+	int efd;                  /* eventfd for pgb_socket, signalled when fd_armed */
 	struct backend *pinned;   /* backend holding this agent's transaction */
 	int txn_lost;             /* pinned backend died: next statement is told */
 	int session_pinned;       /* changed session state: keeps its backend */
@@ -104,6 +116,7 @@ struct agent {
 	int64_t blocked_since_ns; /* response waiting for ring space since */
 	struct list blocked_link; /* broker blocked list while that is set */
 	uint32_t nresponses;
+	int resp_more;            /* responses being queued are not the last for their id */
 	const char *doom;         /* set: disconnect at the end of this pass */
 	struct list doom_link;
 
@@ -139,6 +152,13 @@ struct backend {
 	int parked;               /* clean, waiting for that thread before reuse */
 	int discard;              /* run DISCARD ALL before anyone else uses it */
 	int dirty;                /* nobody's: clean up before reuse */
+	/* Pipeline of autocommit statements from several agents, each with
+	 * its own Sync: req is the head, pipeq holds the ones behind it. */
+	int piped;
+	struct list pipeq;
+	uint32_t npipe;           /* requests in flight, head included */
+	int64_t head_ns;          /* when the head started */
+	struct list plink;        /* broker->pipes while piped */
 	int in_txn;               /* the running statement started inside a transaction */
 	int unsupported;          /* COPY and the like: answer PB009 */
 	int copy_out;             /* draining COPY OUT data */
@@ -171,6 +191,8 @@ struct broker {
 	struct list waitq;        /* requests waiting for a backend, FIFO */
 	uint32_t nwaiting;
 	struct list delayed;      /* requests waiting out a retry backoff */
+	struct list pipes;        /* backends running a shared pipeline */
+	uint32_t busy_target;     /* busy backends worth having: 2 x cores */
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */
 	uint64_t rng;
@@ -180,6 +202,7 @@ struct broker {
 
 	struct stats_seg *seg;
 	struct stats_data st;     /* broker's working copy, published per pass */
+	struct health_mon *health; /* health.c: sampling state */
 	int st_dirty;
 	int64_t now_ns;
 };
@@ -199,6 +222,7 @@ void uring_poll(struct broker *b, int fd, unsigned events, uint64_t tag);
 void uring_cancel(struct broker *b, uint64_t tag);
 void uring_futex_wait(struct broker *b, uint32_t *word, uint32_t val, uint64_t tag);
 void uring_futex_wake(struct broker *b, uint32_t *word);
+void uring_eventfd_signal(struct broker *b, int fd);
 
 /* agent.c */
 int agent_listen(struct broker *b);
@@ -234,7 +258,14 @@ void pool_on_cancel(struct broker *b);
 
 /* stats.c */
 int stats_open(struct broker *b);
+void stats_fill(struct broker *b);
 void stats_publish(struct broker *b);
+void stats_publish_sample(struct broker *b, struct stats_health *h);
 void stats_close(struct broker *b);
+
+/* health.c */
+int health_init(struct broker *b);
+void health_timers(struct broker *b, int64_t *next_ns);
+void health_free(struct broker *b);
 
 #endif

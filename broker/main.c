@@ -148,6 +148,7 @@ static int run(struct broker *b)
 		agent_run_ready(b);
 		pool_timers(b, &next);
 		agent_timers(b, &next);
+		health_timers(b, &next);
 		agent_run_doomed(b);
 		agent_run_wakes(b);
 		stats_publish(b);

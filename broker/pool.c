@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include "broker.h"
 #include "clock.h"
 #include "sqlscan.h"
+#include "sqlstate.h"
 
 #define MS 1000000LL
 
@@ -22,10 +24,16 @@ enum close_reason { CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, 
 static void be_close(struct broker *b, struct backend *be, enum close_reason why);
 static void be_start(struct broker *b, struct backend *be, struct request *r);
 static void be_reset(struct broker *b, struct backend *be, const char *sql);
+static void be_start_batch(struct broker *b, struct backend *be, struct request *r);
+static int be_cancel(struct broker *b, struct backend *be);
 static void fail_waiters(struct broker *b);
 static int request_retry(struct broker *b, struct request *r, const char *why);
 static void pool_grow(struct broker *b);
 static void connect_failed(struct broker *b, struct backend *be, const char *why);
+static void pipe_leave(struct broker *b, struct backend *be);
+static void keep_result(struct backend *be, PGresult *x);
+static int rolled_back(const char *state);
+static int ends_transaction(const char *sql);
 
 struct backend *pool_by_tag(struct broker *b, uint64_t tag)
 {
@@ -271,7 +279,7 @@ static void fail_request(struct broker *b, struct backend *be)
 	if (r->agent) {
 		b->st.c.statements++;
 		b->st.c.failed++;
-		if (be->in_txn)
+		if (be->in_txn && !ends_transaction(r->v.sql))
 			agent_respond_error(b, r->agent, r->id, "08006",
 					    "connection to PostgreSQL lost inside a transaction; "
 					    "the transaction was rolled back");
@@ -316,6 +324,11 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		PQfinish(be->pg);
 	be->pg = NULL;
 	fail_request(b, be);
+	while (!list_empty(&be->pipeq)) {
+		be->req = list_entry(list_pop(&be->pipeq), struct request, link);
+		fail_request(b, be);
+	}
+	pipe_leave(b, be);
 	pool_grow(b);
 }
 
@@ -337,6 +350,182 @@ static void be_reset(struct broker *b, struct backend *be, const char *sql)
 	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
 }
 
+#define PIPE_MAX 32            /* statements in one backend's pipeline */
+#define PIPE_HEAD_FRESH_NS (2 * MS) /* join only pipelines whose head is quick */
+
+static void pipe_leave(struct broker *b, struct backend *be)
+{
+	(void)b;
+	if (!be->piped)
+		return;
+	be->piped = 0;
+	be->npipe = 0;
+	list_del(&be->plink);
+}
+
+/* Send one autocommit statement into the backend's pipeline, with its
+ * own Sync, so an error ends only that statement's implicit transaction. */
+static int pipe_send(struct broker *b, struct backend *be, struct request *r)
+{
+	int rc;
+
+	r->be = be;
+	if (!r->attempts)
+		stats_hist_add(&b->st.acquire,
+			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
+	if (!PQsendQueryParams(be->pg, r->v.sql, (int)r->v.nparams, NULL, r->params, NULL,
+			       NULL, 0) ||
+	    !PQpipelineSync(be->pg))
+		return -1;
+	rc = PQflush(be->pg);
+	if (rc < 0)
+		return -1;
+	be->flushing = rc == 1;
+	be->npipe++;
+	return 0;
+}
+
+/* Start a pipeline on a free backend with r at its head. */
+static void pipe_start(struct broker *b, struct backend *be, struct request *r)
+{
+	be->in_txn = 0;
+	be->req = r;
+	be->head_ns = b->now_ns;
+	be_set_state(b, be, BE_BUSY);
+	if (!PQenterPipelineMode(be->pg)) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be->piped = 1;
+	be->npipe = 0;
+	list_add_tail(&b->pipes, &be->plink);
+	if (pipe_send(b, be, r) < 0) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+/* The pipeline to join: the shortest one whose head is not a slow statement. */
+static struct backend *pipe_pick(struct broker *b)
+{
+	struct backend *best = NULL;
+	struct list *pos;
+
+	for (pos = b->pipes.next; pos != &b->pipes; pos = pos->next) {
+		struct backend *be = list_entry(pos, struct backend, plink);
+
+		if (be->npipe >= PIPE_MAX || b->now_ns - be->head_ns > PIPE_HEAD_FRESH_NS)
+			continue;
+		if (!best || be->npipe < best->npipe)
+			best = be;
+	}
+	return best;
+}
+
+static void pipe_join(struct broker *b, struct backend *be, struct request *r)
+{
+	list_add_tail(&be->pipeq, &r->link);
+	if (pipe_send(b, be, r) < 0) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+/* The head of a pipeline finished (its Sync arrived): answer it and move on. */
+static void pipe_done(struct broker *b, struct backend *be)
+{
+	struct request *r = be->req;
+	PGresult *res = be->res;
+	struct agent *a = r->agent;
+	int ok = res && (PQresultStatus(res) == PGRES_COMMAND_OK ||
+			 PQresultStatus(res) == PGRES_TUPLES_OK ||
+			 PQresultStatus(res) == PGRES_EMPTY_QUERY);
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	int retry = 0;
+
+	be->res = NULL;
+	be->npipe--;
+	be->served++;
+	r->be = NULL;
+	if (a && !ok && rolled_back(state) && request_retry(b, r, state)) {
+		retry = 1;
+	} else {
+		b->st.c.statements++;
+		if (!ok)
+			b->st.c.failed++;
+		if (state && strcmp(state, "57014") == 0)
+			b->st.c.statement_timeouts++;
+		stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
+		if (a && res)
+			agent_respond(b, a, r->id, res), res = NULL;
+		else if (a)
+			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+	}
+	if (res)
+		PQclear(res);
+	if (a)
+		be->last_used_ns = b->now_ns;
+	be->req = NULL;
+	if (!list_empty(&be->pipeq)) {
+		be->req = list_entry(list_pop(&be->pipeq), struct request, link);
+		be->head_ns = b->now_ns;
+	}
+	if (!retry)
+		agent_request_done(b, r);
+	if (be->req || be->state != BE_BUSY)
+		return;
+	/* Drained: leave pipeline mode and free the backend. */
+	pipe_leave(b, be);
+	if (!PQexitPipelineMode(be->pg)) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
+		be_reset(b, be, "ROLLBACK");
+	else
+		be_release(b, be);
+}
+
+/* Results of a shared pipeline: per statement its result(s), a NULL, and
+ * its Sync. */
+static void pipe_drain(struct broker *b, struct backend *be)
+{
+	int nulls = 0;
+
+	while (be->req && !PQisBusy(be->pg)) {
+		PGresult *x = PQgetResult(be->pg);
+
+		if (!x) {
+			/* the end of one statement's results; two in a row
+			 * means nothing more is queued yet */
+			if (++nulls > 1)
+				break;
+			continue;
+		}
+		nulls = 0;
+		switch (PQresultStatus(x)) {
+		case PGRES_PIPELINE_SYNC:
+			PQclear(x);
+			pipe_done(b, be);
+			if (be->state != BE_BUSY || !be->piped)
+				return;
+			break;
+		case PGRES_COPY_IN:
+		case PGRES_COPY_OUT:
+		case PGRES_COPY_BOTH:
+			PQclear(x);
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		default:
+			keep_result(be, x);
+			break;
+		}
+	}
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
 static void be_start(struct broker *b, struct backend *be, struct request *r)
 {
 	int ok, rc;
@@ -347,14 +536,27 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 	if (!r->attempts)
 		stats_hist_add(&b->st.acquire,
 			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
-	if (r->session && r->agent && !r->agent->session_pinned) {
+	if (r->session && r->agent && !r->agent->session_pinned &&
+	    (!r->agent->pinned || r->agent->pinned == be)) {
 		log_debug("agent %u changes session state: keeping backend %u for its session",
 			  r->agent->slot, be->slot);
 		r->agent->session_pinned = 1;
-		be->discard = 1;
 		b->st.c.session_pins++;
 	}
+	if (r->session)
+		be->discard = 1;
+
+	/* A pipeline costs a little more per statement (extended protocol)
+	 * and pays only when others can join it: start one when busy. */
+	if (r->pipe_ok && be->state != BE_PINNED && b->nbusy + 1 >= b->busy_target) {
+		pipe_start(b, be, r);
+		return;
+	}
 	be_set_state(b, be, BE_BUSY);
+	if (r->nsub) {
+		be_start_batch(b, be, r);
+		return;
+	}
 	if (r->v.nparams == 0)
 		ok = PQsendQuery(be->pg, r->v.sql);
 	else
@@ -387,6 +589,97 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
 }
 
+/* A batch goes out as one pipeline: every statement, one Sync. Until
+ * the Sync the statements form one implicit transaction, so an error
+ * rolls all of them back. */
+static void be_start_batch(struct broker *b, struct backend *be, struct request *r)
+{
+	int rc;
+
+	r->bdone = 0;
+	for (uint32_t i = 0; i < r->nsub; i++) {
+		if (r->bres[i])
+			PQclear(r->bres[i]);
+		r->bres[i] = NULL;
+	}
+	if (!PQenterPipelineMode(be->pg))
+		goto broken;
+	for (uint32_t i = 0; i < r->nsub; i++)
+		if (!PQsendQueryParams(be->pg, r->subs[i].sql, (int)r->subs[i].nparams, NULL,
+				       r->sparams[i], NULL, NULL, 0))
+			goto broken;
+	if (!PQpipelineSync(be->pg))
+		goto broken;
+	rc = PQflush(be->pg);
+	if (rc < 0)
+		goto broken;
+	be->flushing = rc == 1;
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+	return;
+broken:
+	log_debug("backend %u: batch send failed: %s", be->slot, PQerrorMessage(be->pg));
+	be_close(b, be, CLOSE_BROKEN);
+}
+
+/* Results of a pipelined batch: one per statement, each followed by a
+ * NULL, then the Sync. Returns 1 when the batch is complete. */
+static int batch_result(struct backend *be, struct request *r, PGresult *x)
+{
+	if (!x) {
+		if (r->bdone < r->nsub && r->bres[r->bdone])
+			r->bdone++;
+		return 0;
+	}
+	if (PQresultStatus(x) == PGRES_PIPELINE_SYNC) {
+		PQclear(x);
+		return 1;
+	}
+	if (r->bdone < r->nsub && !r->bres[r->bdone])
+		r->bres[r->bdone] = x;
+	else
+		PQclear(x);
+	(void)be;
+	return 0;
+}
+
+/* Answer a finished batch: every result, or, when one failed, its error
+ * and for every other statement a PB011 naming the one that failed. */
+static int batch_respond(struct broker *b, struct agent *a, struct request *r)
+{
+	uint32_t failed = r->nsub;
+	char msg[256];
+
+	for (uint32_t i = 0; i < r->nsub && failed == r->nsub; i++) {
+		ExecStatusType st = r->bres[i] ? PQresultStatus(r->bres[i]) : PGRES_FATAL_ERROR;
+
+		if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
+			failed = i;
+	}
+	if (failed < r->nsub) {
+		const char *state = r->bres[failed] ?
+			PQresultErrorField(r->bres[failed], PG_DIAG_SQLSTATE) : NULL;
+
+		snprintf(msg, sizeof(msg), "not applied: statement %u of the batch failed (%s)",
+			 failed + 1, state ? state : "no result");
+	}
+	for (uint32_t i = 0; i < r->nsub; i++) {
+		if (!a)
+			break;
+		a->resp_more = i + 1 < r->nsub;
+		if (failed < r->nsub && i != failed) {
+			agent_respond_error(b, a, r->id, "PB011", "%s", msg);
+		} else if (r->bres[i]) {
+			agent_respond(b, a, r->id, r->bres[i]);
+			r->bres[i] = NULL;
+		} else {
+			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+		}
+	}
+	if (a)
+		a->resp_more = 0;
+	return failed == r->nsub;
+}
+
 /* PQexec's rule: the last result, but an error wins. */
 static void keep_result(struct backend *be, PGresult *x)
 {
@@ -401,10 +694,20 @@ static void keep_result(struct backend *be, PGresult *x)
 }
 
 /* 40001 and 40P01 roll back what they interrupted: outside an explicit
- * transaction the statement may run again. */
+ * transaction the statement may run again (the shared SQLSTATE table). */
 static int rolled_back(const char *state)
 {
-	return state && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0);
+	return state && sqlstate_txn_retryable(state);
+}
+
+/* COMMIT and its kin: when the connection breaks under one, the
+ * transaction may or may not have committed. */
+static int ends_transaction(const char *sql)
+{
+	while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r')
+		sql++;
+	return strncasecmp(sql, "commit", 6) == 0 || strncasecmp(sql, "end", 3) == 0 ||
+	       strncasecmp(sql, "prepare transaction", 19) == 0;
 }
 
 static void statement_done(struct broker *b, struct backend *be)
@@ -432,6 +735,18 @@ static void statement_done(struct broker *b, struct backend *be)
 
 		r->be = NULL;
 		be->served++;
+		if (r->nsub) {
+			ok = 1;
+			state = NULL;
+			for (uint32_t i = 0; i < r->nsub && ok; i++)
+				if (!r->bres[i] ||
+				    PQresultStatus(r->bres[i]) == PGRES_FATAL_ERROR) {
+					ok = 0;
+					if (r->bres[i])
+						state = PQresultErrorField(r->bres[i],
+									   PG_DIAG_SQLSTATE);
+				}
+		}
 		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && rolled_back(state) &&
 		    !be->unsupported && request_retry(b, r, state)) {
 			retry = 1;
@@ -442,7 +757,10 @@ static void statement_done(struct broker *b, struct backend *be)
 			if (state && strcmp(state, "57014") == 0)
 				b->st.c.statement_timeouts++;
 			stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
-			if (a && be->unsupported)
+			if (r->nsub) {
+				if (!batch_respond(b, a, r))
+					b->st.c.failed++;
+			} else if (a && be->unsupported)
 				agent_respond_error(b, a, r->id, "PB009",
 						    "COPY is not supported through pgbroker");
 			else if (a && res)
@@ -462,7 +780,8 @@ static void statement_done(struct broker *b, struct backend *be)
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
-	if (a && !a->doom && (ts != PQTRANS_IDLE || a->session_pinned)) {
+	if (a && !a->doom && (!a->pinned || a->pinned == be) &&
+	    (ts != PQTRANS_IDLE || (a->session_pinned && be->discard))) {
 		/* Inside a transaction, or holding session state: this backend
 		 * is the agent's until that ends. */
 		be->owner = a;
@@ -474,10 +793,8 @@ static void statement_done(struct broker *b, struct backend *be)
 	} else {
 		if (a && a->pinned == be)
 			a->pinned = NULL;
-		if (a) {
+		if (a)
 			be->last_used_ns = b->now_ns;
-			be->discard = 0;
-		}
 		if (ts != PQTRANS_IDLE)
 			be_reset(b, be, "ROLLBACK");
 		else
@@ -506,6 +823,21 @@ static void drain(struct broker *b, struct backend *be)
 		if (PQisBusy(be->pg))
 			break;
 		x = PQgetResult(be->pg);
+		if (be->req && be->req->nsub && be->state == BE_BUSY) {
+			if (x && (PQresultStatus(x) == PGRES_COPY_IN ||
+				  PQresultStatus(x) == PGRES_COPY_OUT ||
+				  PQresultStatus(x) == PGRES_COPY_BOTH)) {
+				PQclear(x);
+				be_close(b, be, CLOSE_BROKEN);
+				return;
+			}
+			if (batch_result(be, be->req, x)) {
+				PQexitPipelineMode(be->pg);
+				statement_done(b, be);
+				return;
+			}
+			continue;
+		}
 		if (!x) {
 			if (be->state == BE_RESET) {
 				if (PQtransactionStatus(be->pg) == PQTRANS_IDLE &&
@@ -590,7 +922,10 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 		drain(b, be);
 		break;
 	case BE_BUSY:
-		drain(b, be);
+		if (be->piped)
+			pipe_drain(b, be);
+		else
+			drain(b, be);
 		break;
 	case BE_IDLE:
 	case BE_PINNED:
@@ -679,10 +1014,20 @@ void pool_submit(struct broker *b, struct request *r)
 		finish_error(b, r, "PB005", "broker is shutting down");
 		return;
 	}
-	if (!r->attempts)
+	if (!r->attempts) {
 		r->session = sql_changes_session(r->v.sql);
+		r->pipe_ok = !r->session && !r->nsub && sql_pipelinable(r->v.sql);
+	}
 	if (a->pinned) {
 		be_start(b, a->pinned, r);
+		return;
+	}
+	/* Few busy backends, each with a pipeline of many agents' statements,
+	 * beat many backends on few cores: join a quick pipeline once the
+	 * busy backends are enough to keep the cores busy. */
+	if (r->pipe_ok && !(r->flags & REQ_SPREAD) &&
+	    (b->nbusy >= b->busy_target || list_empty(&b->idle)) && (be = pipe_pick(b))) {
+		pipe_join(b, be, r);
 		return;
 	}
 	while (!list_empty(&b->idle)) {
@@ -783,44 +1128,59 @@ void pool_on_cancel(struct broker *b)
 	}
 }
 
-void pool_agent_gone(struct broker *b, struct agent *a)
+/* An agent left with statements out: waiting or retrying ones are
+ * dropped, running ones are cancelled and their backends cleaned up. */
+static void orphan(struct broker *b, struct agent *a, struct request *r)
 {
-	struct request *r = a->running;
-	struct backend *be;
+	struct backend *be = r->be;
 
-	a->running = NULL;
-	if (r && (r->waiting || r->due_ns)) {
+	r->agent = NULL;
+	if (r->waiting || r->due_ns) {
 		if (r->waiting)
 			b->nwaiting--;
 		list_del(&r->link);
 		request_free(r);
-		r = NULL;
-	} else if (r) {
-		r->agent = NULL;
+		return;
+	}
+	/* A statement in a shared pipeline is not cancelled (the cancel could
+	 * hit a neighbour's statement): it finishes and its answer is dropped. */
+	if (!be || be->req != r || be->state != BE_BUSY || be->piped)
+		return;
+	if (a->pinned == be)
+		a->pinned = NULL;
+	be->owner = NULL;
+	if (a->session_pinned)
+		be->discard = 1;
+	/* Mid-statement: cancel it, then roll back and reuse the backend
+	 * once it is idle and clean (see statement_done). */
+	log_info("agent %u gone mid-statement: cancelling on backend %u (pid %d)",
+		 a->slot, be->slot, be->pg_pid);
+	if (be_cancel(b, be) < 0)
+		be_close(b, be, CLOSE_BROKEN);
+}
+
+void pool_agent_gone(struct broker *b, struct agent *a)
+{
+	struct list *pos;
+	struct backend *be;
+
+	a->running = NULL;
+	while ((pos = list_pop(&a->active))) {
+		a->nactive--;
+		orphan(b, a, list_entry(pos, struct request, alink));
 	}
 	be = a->pinned;
 	a->pinned = NULL;
-	if (r && r->be && r->be->req == r)
-		be = r->be;
-	if (!be)
+	if (!be || be->state != BE_PINNED)
 		return;
 	be->owner = NULL;
 	if (a->session_pinned)
 		be->discard = 1;
-	if (be->state == BE_BUSY) {
-		/* Mid-statement: cancel it, then roll back and reuse the
-		 * backend once it is idle and clean (see statement_done). */
-		log_info("agent %u gone mid-statement: cancelling on backend %u (pid %d)",
-			 a->slot, be->slot, be->pg_pid);
-		if (be_cancel(b, be) < 0)
-			be_close(b, be, CLOSE_BROKEN);
-	} else if (be->state == BE_PINNED) {
-		log_debug("agent %u gone while holding backend %u: cleaning it", a->slot, be->slot);
-		if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
-			be_reset(b, be, "ROLLBACK");
-		else
-			be_release(b, be);
-	}
+	log_debug("agent %u gone while holding backend %u: cleaning it", a->slot, be->slot);
+	if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
+		be_reset(b, be, "ROLLBACK");
+	else
+		be_release(b, be);
 }
 
 static void pool_grow(struct broker *b)
@@ -961,6 +1321,13 @@ int pool_init(struct broker *b)
 	list_init(&b->connecting);
 	list_init(&b->waitq);
 	list_init(&b->delayed);
+	list_init(&b->pipes);
+	b->busy_target = 2 * (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
+					sysconf(_SC_NPROCESSORS_ONLN) : 1);
+	for (int i = 0; i < b->cfg.max_pool_size; i++) {
+		list_init(&b->backends[i].pipeq);
+		list_init(&b->backends[i].plink);
+	}
 	breaker_init(&b->breaker, b->cfg.breaker_threshold, b->cfg.breaker_reset_timeout_ms,
 		     8LL * b->cfg.breaker_reset_timeout_ms);
 	b->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

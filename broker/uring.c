@@ -58,3 +58,13 @@ void uring_futex_wake(struct broker *b, uint32_t *word)
 	sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
 	io_uring_sqe_set_data64(sqe, tag_make(TAG_IGNORE, 0, 0));
 }
+
+/* Make an agent's eventfd readable (pgb_socket); rides in the next submit. */
+void uring_eventfd_signal(struct broker *b, int fd)
+{
+	static const uint64_t one = 1;
+	struct io_uring_sqe *sqe = uring_sqe(b);
+
+	io_uring_prep_write(sqe, fd, &one, sizeof(one), 0);
+	io_uring_sqe_set_data64(sqe, tag_make(TAG_IGNORE, 0, 0));
+}

@@ -1,6 +1,8 @@
-/* libpgbroker: the agent side of a channel. One blocking statement at a time
- * per connection; the wait is a futex sleep in bounded slices, and each slice
- * that ends without an answer checks that the broker is still there. */
+/* libpgbroker: the agent side of a channel. Statements go out as framed
+ * requests; answers come back in the order the broker finishes them and are
+ * matched by request id. Blocking waits are futex sleeps in bounded slices;
+ * a slice that ends without an answer checks that the broker is still
+ * there. The eventfd behind pgb_socket is signalled only when armed. */
 #include "pgbroker.h"
 
 #include <errno.h>
@@ -21,11 +23,27 @@
 
 #define PGB_API __attribute__((visibility("default")))
 #define WAIT_SLICE_NS (250 * 1000000L)
+#define SPIN_MAX_NS 40000
+#define SPIN_MIN_NS 2000
 #define CONNECT_TIMEOUT_S 5
+
+/* A finished result nobody has asked for yet (async, or behind a batch). */
+struct stash {
+	struct stash *next;
+	uint32_t id;
+	pgb_result *r;
+};
+
+/* A request in flight: its id and when it left, for the per-agent stats. */
+struct flight {
+	uint32_t id;
+	int64_t t0;
+};
 
 struct pgb_conn {
 	int status;
 	int sock;
+	int efd;                 /* readable when a result is ready and fd_armed was set */
 	unsigned fork_gen;       /* fork generation at connect: see on_fork */
 	struct chan_shm *chan;
 	uint64_t chan_size;
@@ -33,6 +51,13 @@ struct pgb_conn {
 	struct ring req;
 	struct ring resp;
 	uint32_t next_id;
+	struct stash *stash, *stash_tail;
+	struct flight *flights;  /* requests whose final response is outstanding */
+	uint32_t nflights, capflights;
+	struct pgb_conn_stats stats;
+	int64_t spin_ns;         /* adaptive spin budget before sleeping */
+	int spin_skips;
+	uint64_t rtt_sum_ns;
 	char errmsg[256];
 };
 
@@ -92,14 +117,17 @@ static void conn_close(pgb_conn *c)
 	if (c->chan)
 		munmap(c->chan, c->chan_size);
 	c->chan = NULL;
+	if (c->efd >= 0)
+		close(c->efd);
+	c->efd = -1;
 	if (c->sock >= 0)
 		close(c->sock);
 	c->sock = -1;
 }
 
-static int recv_reply(int sock, struct reg_reply *rep, int *fd)
+static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))];
+	char cbuf[CMSG_SPACE(2 * sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
 	struct msghdr msg = {
 		.msg_iov = &iov, .msg_iovlen = 1,
@@ -107,16 +135,21 @@ static int recv_reply(int sock, struct reg_reply *rep, int *fd)
 	};
 	ssize_t n;
 
-	*fd = -1;
+	*fd = *efd = -1;
 	do
 		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
 	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
-		    cm->cmsg_len == CMSG_LEN(sizeof(int)))
-			memcpy(fd, CMSG_DATA(cm), sizeof(int));
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int fds[2] = { -1, -1 };
+			size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			memcpy(fds, CMSG_DATA(cm), (nfd > 2 ? 2 : nfd) * sizeof(int));
+			*fd = fds[0];
+			*efd = fds[1];
+		}
 	if ((size_t)n != sizeof(*rep) || rep->magic != REG_MAGIC)
 		return -EPROTO;
 	return 0;
@@ -138,6 +171,8 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 		return NULL;
 	c->status = PGB_CONNECTION_BAD;
 	c->sock = -1;
+	c->efd = -1;
+	c->spin_ns = SPIN_MAX_NS / 4;
 	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 	if (!dir || !*dir)
 		dir = getenv("PGBROKER_DIR");
@@ -163,7 +198,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 		set_error(c, "could not register with broker: %s", strerror(errno));
 		goto fail;
 	}
-	err = recv_reply(c->sock, &rep, &fd);
+	err = recv_reply(c->sock, &rep, &fd, &c->efd);
 	if (err < 0) {
 		set_error(c, "no valid answer from broker at %s: %s", sa.sun_path,
 			  err == -EPROTO ? "protocol error" : strerror(-err));
@@ -174,7 +209,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 		set_error(c, "broker refused the connection: %s", rep.message);
 		goto fail;
 	}
-	if (fd < 0 || rep.ring_size < 4096 || (rep.ring_size & (rep.ring_size - 1)) ||
+	if (fd < 0 || c->efd < 0 || rep.ring_size < 4096 || (rep.ring_size & (rep.ring_size - 1)) ||
 	    rep.chan_size != chan_size_for(rep.ring_size)) {
 		set_error(c, "broker sent a malformed channel");
 		goto fail;
@@ -223,7 +258,23 @@ PGB_API void pgb_finish(pgb_conn *c)
 	/* In a forked child only drop our references; the parent's channel
 	 * and socket stay untouched (unmapping is private to this process). */
 	conn_close(c);
+	while (c->stash) {
+		struct stash *st = c->stash;
+
+		c->stash = st->next;
+		pgb_clear(st->r);
+		free(st);
+	}
+	free(c->flights);
 	free(c);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Wake the broker if it sleeps on our channel. */
@@ -252,10 +303,44 @@ enum wait_for { WAIT_RESPONSE, WAIT_SPACE };
 
 /* Sleep until the broker published a response (or freed request space).
  * Returns 0, or -1 when the broker is gone (the connection is then bad). */
+/* Spin briefly for an answer about to arrive before paying for a futex
+ * sleep and wake-up; the budget adapts: it grows while spins succeed and
+ * halves when they fail, so a loaded machine (answers take longer than a
+ * spin) stops spinning and leaves the CPU to PostgreSQL and the broker. */
+
+static int spin_for_response(pgb_conn *c)
+{
+	int64_t start, limit = c->spin_ns;
+
+	if (limit < SPIN_MIN_NS) {
+		/* Now and then try again, in case the load went down. */
+		if (++c->spin_skips < 64)
+			return 0;
+		c->spin_skips = 0;
+		limit = SPIN_MIN_NS;
+	}
+	start = now_ns();
+	do {
+		for (int i = 0; i < 64; i++) {
+			if (ring_has_data(&c->resp)) {
+				c->spin_ns = c->spin_ns * 2 + SPIN_MIN_NS;
+				if (c->spin_ns > SPIN_MAX_NS)
+					c->spin_ns = SPIN_MAX_NS;
+				return 1;
+			}
+			__builtin_ia32_pause();
+		}
+	} while (now_ns() - start < limit);
+	c->spin_ns /= 2;
+	return 0;
+}
+
 static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 {
 	struct chan_shm *ch = c->chan;
 
+	if (what == WAIT_RESPONSE && spin_for_response(c))
+		return 0;
 	for (;;) {
 		uint32_t v;
 
@@ -295,8 +380,12 @@ static pgb_result *gone_error(pgb_conn *c)
 
 	c->status = PGB_CONNECTION_BAD;
 	if (closing) {
-		set_error(c, "broker is shutting down");
-		return local_error(PGB_SQLSTATE_SHUTTING_DOWN, "broker is shutting down");
+		/* Not PB005 (refused, never run): a statement already handed to
+		 * the broker may have run before it closed. */
+		set_error(c, "broker shut down");
+		return local_error(PGB_SQLSTATE_BROKER_GONE,
+				   "broker shut down before answering; the statement may or "
+				   "may not have run");
 	}
 	set_error(c, "broker gone");
 	return local_error(PGB_SQLSTATE_BROKER_GONE, "broker gone: the pgbroker process exited");
@@ -373,12 +462,16 @@ bad:
 	return r;
 }
 
-/* Read the frames of response `id` into one blob. */
-static pgb_result *recv_response(pgb_conn *c, uint32_t id)
+/* Read the frames of the next response into one blob and build it. With
+ * block == 0, returns NULL at once when nothing has arrived (or only part of
+ * a response: the broker always finishes a response it has started, so we
+ * then wait for the rest). */
+static pgb_result *recv_next(pgb_conn *c, int block, uint32_t *id)
 {
 	uint8_t *blob = NULL;
 	uint64_t total = 0, got = 0;
 
+	*id = 0;
 	for (;;) {
 		struct frame_hdr h;
 		int rc = ring_peek(&c->resp, &h);
@@ -388,25 +481,28 @@ static pgb_result *recv_response(pgb_conn *c, uint32_t id)
 			return broken(c, "response ring is corrupt");
 		}
 		if (rc == 0) {
+			if (!block && !blob)
+				return NULL;
 			if (wait_broker(c, WAIT_RESPONSE, 0) < 0) {
 				free(blob);
 				return gone_error(c);
 			}
 			continue;
 		}
-		if (h.type != FRAME_RESP || h.id != id) {
-			ring_consume(&c->resp, &h);  /* not ours: a stale answer */
-			continue;
+		if (h.type != FRAME_RESP) {
+			free(blob);
+			return broken(c, "unexpected frame in the response ring");
 		}
 		if (h.flags & FRAME_FIRST) {
 			free(blob);
 			total = h.aux;
 			got = 0;
+			*id = h.id;
 			blob = malloc(total ? total : 1);
 			if (!blob)
 				return broken(c, "out of memory for a response");
 		}
-		if (!blob || h.len > total - got) {
+		if (!blob || h.len > total - got || h.id != *id) {
 			free(blob);
 			return broken(c, "response frames out of order");
 		}
@@ -426,14 +522,120 @@ static pgb_result *recv_response(pgb_conn *c, uint32_t id)
 	}
 }
 
-static pgb_result *exec_blob(pgb_conn *c, const char *sql, int nparams,
-			     const char *const *values, uint32_t flags)
-{
-	uint64_t total;
-	uint8_t *blob;
-	uint32_t id;
-	int rc;
 
+static int flight_add(pgb_conn *c, uint32_t id)
+{
+	if (c->nflights == c->capflights) {
+		uint32_t cap = c->capflights ? 2 * c->capflights : 16;
+		struct flight *f = realloc(c->flights, cap * sizeof(*f));
+
+		if (!f)
+			return -1;
+		c->flights = f;
+		c->capflights = cap;
+	}
+	c->flights[c->nflights++] = (struct flight){ .id = id, .t0 = now_ns() };
+	return 0;
+}
+
+/* The final response for id arrived: count it. */
+static void flight_done(pgb_conn *c, uint32_t id, const pgb_result *r)
+{
+	for (uint32_t i = 0; i < c->nflights; i++) {
+		if (c->flights[i].id != id)
+			continue;
+		uint64_t rtt = (uint64_t)(now_ns() - c->flights[i].t0);
+
+		c->stats.total++;
+		if (!pgb_result_ok(r))
+			c->stats.failed++;
+		c->rtt_sum_ns += rtt;
+		if (rtt / 1000 > c->stats.max_rtt_us)
+			c->stats.max_rtt_us = rtt / 1000;
+		c->flights[i] = c->flights[--c->nflights];
+		return;
+	}
+}
+
+static int is_final(const pgb_result *r)
+{
+	return !(r->v.head.flags & RESP_MORE);
+}
+
+static void stash_push(pgb_conn *c, uint32_t id, pgb_result *r)
+{
+	struct stash *st = malloc(sizeof(*st));
+
+	if (!st) {
+		pgb_clear(r);
+		return;
+	}
+	*st = (struct stash){ .id = id, .r = r };
+	if (c->stash_tail)
+		c->stash_tail->next = st;
+	else
+		c->stash = st;
+	c->stash_tail = st;
+}
+
+static pgb_result *stash_take(pgb_conn *c, int any, uint32_t id, uint32_t *got)
+{
+	struct stash **pp = &c->stash, *prev = NULL;
+
+	for (; *pp; prev = *pp, pp = &(*pp)->next) {
+		struct stash *st = *pp;
+		pgb_result *r;
+
+		if (!any && st->id != id)
+			continue;
+		*pp = st->next;
+		if (c->stash_tail == st)
+			c->stash_tail = prev;
+		r = st->r;
+		*got = st->id;
+		free(st);
+		return r;
+	}
+	return NULL;
+}
+
+/* The next response for id (any id when any is set), stashing others. A
+ * broken connection answers every outstanding id with its error. */
+static pgb_result *wait_result(pgb_conn *c, int any, uint32_t id, int block, uint32_t *got)
+{
+	for (;;) {
+		pgb_result *r = stash_take(c, any, id, got);
+
+		if (r)
+			return r;
+		if (c->status != PGB_CONNECTION_OK) {
+			*got = id;
+			if (any && c->nflights)
+				*got = c->flights[0].id;
+			r = local_error(PGB_SQLSTATE_NOT_CONNECTED, "connection is not open: %s",
+					c->errmsg);
+			if (r && (!any || c->nflights))
+				flight_done(c, *got, r);
+			return r;
+		}
+		if (!any && c->nflights == 0)
+			return local_error(PGB_SQLSTATE_BAD_REQUEST, "no such statement in flight");
+		r = recv_next(c, block, got);
+		if (!r)
+			return NULL;
+		if (!r->blob && *got == 0)
+			/* our own error: the connection broke while waiting */
+			*got = any ? (c->nflights ? c->flights[0].id : 0) : id;
+		if (is_final(r))
+			flight_done(c, *got, r);
+		if (any || *got == id)
+			return r;
+		stash_push(c, *got, r);
+	}
+}
+
+static pgb_result *check_usable(pgb_conn *c)
+{
 	if (!c)
 		return local_error(PGB_SQLSTATE_NOT_CONNECTED, "no connection");
 	if (c->fork_gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED))
@@ -443,25 +645,70 @@ static pgb_result *exec_blob(pgb_conn *c, const char *sql, int nparams,
 	if (c->status != PGB_CONNECTION_OK)
 		return local_error(PGB_SQLSTATE_NOT_CONNECTED, "connection is not open: %s",
 				   c->errmsg);
-	if (!sql)
-		return local_error(PGB_SQLSTATE_BAD_REQUEST, "statement text is NULL");
-	if (nparams < 0 || (nparams > 0 && !values))
-		return local_error(PGB_SQLSTATE_BAD_REQUEST, "bad parameter count %d", nparams);
-	total = req_encoded_len(sql, (uint32_t)nparams, values);
-	if (total == 0 || total > UINT32_MAX)
-		return local_error(PGB_SQLSTATE_TOO_LARGE, "statement too large to send");
+	return NULL;
+}
+
+/* Encode and send one request; returns its id, or 0 with *err set. */
+static uint32_t send_request(pgb_conn *c, const char *sql, int nparams,
+			     const char *const *values, uint32_t flags,
+			     const struct req_stmt *batch, uint32_t nbatch, pgb_result **err)
+{
+	uint64_t total;
+	uint8_t *blob;
+	uint32_t id;
+	int rc;
+
+	if ((*err = check_usable(c)))
+		return 0;
+	if (!batch && !sql) {
+		*err = local_error(PGB_SQLSTATE_BAD_REQUEST, "statement text is NULL");
+		return 0;
+	}
+	if (nparams < 0 || (nparams > 0 && !values)) {
+		*err = local_error(PGB_SQLSTATE_BAD_REQUEST, "bad parameter count %d", nparams);
+		return 0;
+	}
+	total = batch ? batch_encoded_len(batch, nbatch)
+		      : req_encoded_len(sql, (uint32_t)nparams, values);
+	if (total == 0 || total > UINT32_MAX) {
+		*err = local_error(batch ? PGB_SQLSTATE_BAD_REQUEST : PGB_SQLSTATE_TOO_LARGE,
+				   batch ? "batch is empty, has a NULL statement or is too large"
+					 : "statement too large to send");
+		return 0;
+	}
 	blob = malloc(total);
-	if (!blob)
-		return local_error(PGB_SQLSTATE_TOO_LARGE, "out of memory encoding the statement");
-	req_encode(blob, sql, (uint32_t)nparams, values, flags);
+	if (!blob || flight_add(c, 0) < 0) {
+		free(blob);
+		*err = local_error(PGB_SQLSTATE_TOO_LARGE, "out of memory encoding the statement");
+		return 0;
+	}
+	if (batch)
+		batch_encode(blob, batch, nbatch, flags);
+	else
+		req_encode(blob, sql, (uint32_t)nparams, values, flags);
 	id = ++c->next_id;
+	if (id == 0)
+		id = ++c->next_id;
+	c->flights[c->nflights - 1].id = id;
 	rc = send_blob(c, blob, total, id);
 	free(blob);
-	if (rc == -EPIPE)
-		return gone_error(c);
-	if (rc < 0)
-		return broken(c, "request ring is corrupt");
-	return recv_response(c, id);
+	if (rc < 0) {
+		c->nflights--;
+		*err = rc == -EPIPE ? gone_error(c) : broken(c, "request ring is corrupt");
+		return 0;
+	}
+	return id;
+}
+
+static pgb_result *exec_blob(pgb_conn *c, const char *sql, int nparams,
+			     const char *const *values, uint32_t flags)
+{
+	pgb_result *err;
+	uint32_t id = send_request(c, sql, nparams, values, flags, NULL, 0, &err), got;
+
+	if (!id)
+		return err;
+	return wait_result(c, 0, id, 1, &got);
 }
 
 PGB_API pgb_result *pgb_exec(pgb_conn *c, const char *sql)
@@ -482,6 +729,173 @@ PGB_API pgb_result *pgb_exec_flags(pgb_conn *c, const char *sql, int nparams,
 		return local_error(PGB_SQLSTATE_BAD_REQUEST, "unknown statement flags 0x%x", flags);
 	return exec_blob(c, sql, nparams, values,
 			 (flags & PGB_IDEMPOTENT) ? REQ_IDEMPOTENT : 0);
+}
+
+PGB_API long long pgb_send(pgb_conn *c, const char *sql, int nparams,
+			   const char *const *values, int flags)
+{
+	pgb_result *err;
+	uint32_t rf = 0, id;
+
+	if (flags & ~(PGB_IDEMPOTENT | PGB_INDEPENDENT)) {
+		if (c)
+			set_error(c, "unknown statement flags 0x%x", flags);
+		return -1;
+	}
+	if (flags & PGB_IDEMPOTENT)
+		rf |= REQ_IDEMPOTENT;
+	if (flags & PGB_INDEPENDENT)
+		rf |= REQ_INDEPENDENT;
+	id = send_request(c, sql, nparams, values, rf, NULL, 0, &err);
+	if (!id) {
+		if (c)
+			set_error(c, "%s", pgb_result_error(err));
+		pgb_clear(err);
+		return -1;
+	}
+	return id;
+}
+
+static pgb_result *next_result(pgb_conn *c, long long *id, int block)
+{
+	uint32_t got = 0;
+	pgb_result *r;
+
+	if (id)
+		*id = 0;
+	if (!c || (c->nflights == 0 && !c->stash))
+		return NULL;
+	r = wait_result(c, 1, 0, block, &got);
+	if (r && id)
+		*id = got;
+	return r;
+}
+
+PGB_API pgb_result *pgb_get_result(pgb_conn *c, long long *id)
+{
+	return next_result(c, id, 1);
+}
+
+PGB_API pgb_result *pgb_try_result(pgb_conn *c, long long *id)
+{
+	pgb_result *r;
+	uint64_t n;
+
+	if (!c || c->status != PGB_CONNECTION_OK)
+		return next_result(c, id, 0);
+	/* Clear the eventfd first, then look: a result published after the
+	 * look finds fd_armed set and signals the fd again. */
+	(void)!read(c->efd, &n, sizeof(n));
+	r = next_result(c, id, 0);
+	if (r)
+		return r;
+	__atomic_store_n(&c->chan->fd_armed, 1, __ATOMIC_SEQ_CST);
+	if (ring_has_data(&c->resp))
+		return next_result(c, id, 0);
+	return NULL;
+}
+
+PGB_API int pgb_socket(const pgb_conn *c)
+{
+	return c && c->status == PGB_CONNECTION_OK ? c->efd : -1;
+}
+
+PGB_API int pgb_in_flight(const pgb_conn *c)
+{
+	return c ? (int)c->nflights : 0;
+}
+
+static void fill_errors(pgb_result **results, int from, int n, const pgb_result *why)
+{
+	for (int i = from; i < n; i++)
+		results[i] = local_error(pgb_sqlstate(why), "not run: %s", pgb_result_error(why));
+}
+
+PGB_API int pgb_batch(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_result **results)
+{
+	struct req_stmt *rs;
+	pgb_result *err;
+	uint32_t id, got;
+	int i, ok = 1;
+
+	if (!results || n <= 0 || !stmts || (unsigned)n > REQ_MAX_BATCH) {
+		if (c)
+			set_error(c, "pgb_batch: need 1..%u statements and a results array",
+				  REQ_MAX_BATCH);
+		return -1;
+	}
+	rs = calloc((size_t)n, sizeof(*rs));
+	if (!rs) {
+		fill_errors(results, 0, n, &(pgb_result){ .v = { .err = "out of memory" } });
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		rs[i].sql = stmts[i].sql;
+		rs[i].nparams = stmts[i].nparams > 0 ? (uint32_t)stmts[i].nparams : 0;
+		rs[i].values = stmts[i].values;
+		if (stmts[i].nparams < 0 || (stmts[i].nparams > 0 && !stmts[i].values))
+			rs[i].sql = NULL;
+	}
+	id = send_request(c, NULL, 0, NULL, 0, rs, (uint32_t)n, &err);
+	free(rs);
+	if (!id) {
+		results[0] = err;
+		fill_errors(results, 1, n, err);
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		results[i] = wait_result(c, 0, id, 1, &got);
+		if (!pgb_result_ok(results[i]))
+			ok = 0;
+		if (is_final(results[i]))
+			break;
+	}
+	/* The broker answered the whole batch with one error. */
+	if (i < n - 1)
+		fill_errors(results, i + 1, n, results[i]);
+	return ok ? 0 : -1;
+}
+
+PGB_API int pgb_parallel(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_result **results)
+{
+	long long *ids;
+	int ok = 1;
+
+	if (!results || n <= 0 || !stmts) {
+		if (c)
+			set_error(c, "pgb_parallel: need at least one statement and a results array");
+		return -1;
+	}
+	ids = calloc((size_t)n, sizeof(*ids));
+	if (!ids)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		/* Each on a backend of its own: never queued behind a sibling. */
+		ids[i] = send_request(c, stmts[i].sql, stmts[i].nparams, stmts[i].values,
+				      REQ_INDEPENDENT | REQ_SPREAD, NULL, 0, &results[i]);
+		if (ids[i] == 0)
+			ids[i] = -1;
+	}
+	for (int i = 0; i < n; i++) {
+		uint32_t got;
+
+		if (ids[i] > 0)
+			results[i] = wait_result(c, 0, (uint32_t)ids[i], 1, &got);
+		if (!pgb_result_ok(results[i]))
+			ok = 0;
+	}
+	free(ids);
+	return ok ? 0 : -1;
+}
+
+PGB_API int pgb_conn_stats(const pgb_conn *c, struct pgb_conn_stats *st)
+{
+	if (!c || !st)
+		return -1;
+	*st = c->stats;
+	st->success_rate = st->total ? (double)(st->total - st->failed) / (double)st->total : 1.0;
+	st->mean_rtt_us = st->total ? (double)c->rtt_sum_ns / 1000.0 / (double)st->total : 0;
+	return 0;
 }
 
 PGB_API int pgb_result_ok(const pgb_result *r)

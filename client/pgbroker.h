@@ -43,10 +43,13 @@ pgb_result *pgb_exec(pgb_conn *c, const char *sql);
 pgb_result *pgb_exec_params(pgb_conn *c, const char *sql, int nparams,
 			    const char *const *values);
 
-/* Statement flags for pgb_exec_flags. */
+/* Statement flags for pgb_exec_flags and pgb_send. */
 enum {
 	PGB_IDEMPOTENT = 1 << 0,  /* the broker may run it again after a lost
 				     connection, even when its fate is unknown */
+	PGB_INDEPENDENT = 1 << 1, /* may run beside this connection's other
+				     statements, on another backend, and finish
+				     out of order (autocommit only) */
 };
 /* pgb_exec_params with flags (PGB_IDEMPOTENT). */
 pgb_result *pgb_exec_flags(pgb_conn *c, const char *sql, int nparams,
@@ -76,6 +79,176 @@ long long pgb_cmd_tuples(const pgb_result *r);
 const char *pgb_cmd_status(const pgb_result *r);
 /* Free a result (NULL is fine). */
 void pgb_clear(pgb_result *r);
+
+/* --- Batch, parallel and asynchronous statements --- */
+
+/* One statement of a batch or a parallel call. */
+struct pgb_stmt {
+	const char *sql;
+	int nparams;
+	const char *const *values;
+};
+
+/* Run n statements in order on one backend as one atomic transaction, in
+ * one round trip (pipelined). results[i] gets statement i's result; when
+ * one fails none is applied: it carries PostgreSQL's error and every other
+ * statement PB011 naming it. 0 when all succeeded, else -1. Free each
+ * result with pgb_clear. Inside an open transaction the batch joins it. */
+int pgb_batch(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_result **results);
+/* Run n independent autocommit statements concurrently on up to n backends;
+ * returns when all are done (0 when all succeeded, else -1). */
+int pgb_parallel(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_result **results);
+
+/* Send a statement without waiting: returns its request id (> 0), or -1
+ * (see pgb_error_message). Statements run in the order sent unless
+ * flagged PGB_INDEPENDENT. */
+long long pgb_send(pgb_conn *c, const char *sql, int nparams, const char *const *values,
+		   int flags);
+/* The next finished result and its id; blocks until one is there. NULL
+ * when nothing is in flight. */
+pgb_result *pgb_get_result(pgb_conn *c, long long *id);
+/* Like pgb_get_result but never blocks: NULL when no result is ready yet
+ * (then pgb_socket becomes readable when one is). */
+pgb_result *pgb_try_result(pgb_conn *c, long long *id);
+/* A file descriptor for poll/epoll/io_uring: readable when pgb_try_result
+ * has returned NULL and a result has since arrived. -1 when not connected. */
+int pgb_socket(const pgb_conn *c);
+/* Statements sent whose results have not been taken yet. */
+int pgb_in_flight(const pgb_conn *c);
+
+/* This connection's own statement statistics. */
+struct pgb_conn_stats {
+	unsigned long long total;      /* statements answered */
+	unsigned long long failed;     /* of which failed */
+	double success_rate;           /* (total - failed) / total, 1 when none */
+	double mean_rtt_us;            /* mean round trip, microseconds */
+	unsigned long long max_rtt_us; /* longest round trip */
+};
+/* Fill st with this connection's statistics; 0, or -1 for NULL arguments. */
+int pgb_conn_stats(const pgb_conn *c, struct pgb_conn_stats *st);
+
+/* --- Helpers: SQLSTATE classification, retry, circuit breaker, transactions --- */
+
+/* What pgb_retry, pgb_breaker_call and pgb_transaction return. */
+enum {
+	PGB_OK = 0,            /* the operation succeeded */
+	PGB_FAILED = -1,       /* it failed: permanently, or on every attempt */
+	PGB_REJECTED = -2,     /* not run: the breaker is open (SQLSTATE PB002) */
+	PGB_BAD_ARGUMENT = -3, /* NULL or invalid argument (PB006); nothing ran */
+};
+
+/* What happened, filled in by the helpers when the caller passes one; also
+ * handed to each operation, which reports its failure in it. */
+struct pgb_outcome {
+	int attempts;          /* the current try (1, 2, ...); at the end: tries made */
+	char sqlstate[6];      /* the last failure's SQLSTATE; "" on success or when none */
+	char message[256];     /* the last failure in words; "" on success */
+};
+
+/* Whether a statement that failed with some SQLSTATE was applied. */
+enum {
+	PGB_RAN_NO = 0,          /* never ran: not sent, or refused before it started */
+	PGB_RAN_ROLLED_BACK = 1, /* ran, and PostgreSQL undid it: nothing applied */
+	PGB_RAN_UNKNOWN = 2,     /* may or may not have been applied */
+	PGB_RAN_YES = 3,         /* completed (classes 00, 01, 02 are not failures) */
+};
+
+/* 1 if a failure with this SQLSTATE may go away by itself (README table). */
+int pgb_sqlstate_is_transient(const char *sqlstate);
+/* PGB_RAN_*: was the failed statement applied? Unknown codes: PGB_RAN_UNKNOWN. */
+int pgb_sqlstate_ran(const char *sqlstate);
+/* Transient and known not applied: running the statement again is safe. */
+int pgb_sqlstate_retry_safe(const char *sqlstate);
+
+/* An operation for pgb_retry and pgb_breaker_call: 0 on success; on failure
+ * non-zero, after putting a SQLSTATE (and a message) into why if it has one. */
+typedef int (*pgb_op)(void *arg, struct pgb_outcome *why);
+/* For an operation or a transaction body: when r failed, copy its SQLSTATE
+ * and message into why (may be NULL); free r; return -1. Use it as
+ * `return pgb_fail(r, why);`. */
+int pgb_fail(pgb_result *r, struct pgb_outcome *why);
+
+struct pgb_retry_policy {
+	int attempts;    /* tries in all, >= 1 */
+	int base_ms;     /* delay before the first retry; doubles for each one after */
+	int max_ms;      /* no delay is longer */
+	int jitter_pct;  /* 0: none; 1..99: each delay is +-p % off; 100: uniform in [0, delay] */
+	int deadline_ms; /* 0: none; else no retry starts later than this after the first try */
+	/* Is this failure worth another try? Gets "" when the operation gave no
+	 * SQLSTATE. NULL: "" or pgb_sqlstate_is_transient. For an operation that
+	 * must never apply twice, use pgb_sqlstate_retry_safe. */
+	int (*is_transient)(const char *sqlstate);
+};
+/* The pool's defaults: 5 attempts, 100 ms doubling, 30 s cap, +-5 % jitter, no deadline. */
+struct pgb_retry_policy pgb_retry_policy_default(void);
+/* Run op until it succeeds, fails with a SQLSTATE that is not transient, or
+ * the attempts or the deadline are spent, sleeping the backoff in between
+ * (policy NULL: defaults). PGB_OK, PGB_FAILED or PGB_BAD_ARGUMENT; out may be NULL. */
+int pgb_retry(pgb_op op, void *arg, const struct pgb_retry_policy *policy,
+	      struct pgb_outcome *out);
+
+enum { PGB_BREAKER_CLOSED = 0, PGB_BREAKER_OPEN = 1, PGB_BREAKER_HALF_OPEN = 2 };
+/* A circuit breaker around any operation, with the broker's own policy.
+ * Fill it with pgb_breaker_init; then set clock_ms to drive time yourself.
+ * Not thread-safe: one per thread, or guard it with your own lock. */
+struct pgb_breaker {
+	long long (*clock_ms)(void *clock_arg); /* milliseconds; NULL: CLOCK_MONOTONIC */
+	void *clock_arg;
+	unsigned magic;                         /* set by pgb_breaker_init */
+	long long opaque[12];                   /* private */
+};
+/* Open after threshold consecutive failures (0: 5); after reset_ms (0: 30000)
+ * let one probe through; each failed probe doubles the wait, up to 8 x
+ * reset_ms. PGB_OK, or PGB_BAD_ARGUMENT (negative values: defaults used). */
+int pgb_breaker_init(struct pgb_breaker *br, int threshold, int reset_ms);
+/* Run op unless the breaker is open (then PGB_REJECTED at once, PB002).
+ * A failure with a permanent SQLSTATE proves the service answers: it is not
+ * counted as an outage. PGB_OK, PGB_FAILED, PGB_REJECTED, PGB_BAD_ARGUMENT. */
+int pgb_breaker_call(struct pgb_breaker *br, pgb_op op, void *arg, struct pgb_outcome *out);
+/* PGB_BREAKER_*: HALF_OPEN when the next call would be the probe; -1 if br is
+ * NULL or not initialised. */
+int pgb_breaker_state(const struct pgb_breaker *br);
+
+enum { PGB_ISOLATION_DEFAULT = 0, PGB_READ_COMMITTED, PGB_REPEATABLE_READ, PGB_SERIALIZABLE };
+/* Options of pgb_transaction; all zero (or NULL) means the defaults. */
+struct pgb_txn_opts {
+	int isolation;  /* PGB_ISOLATION_DEFAULT: the server's default_transaction_isolation */
+	int read_only;  /* 1: READ ONLY (a write fails with 25006) */
+	int attempts;   /* tries in all on 40001/40P01; 0: 5 */
+	int base_ms;    /* first backoff delay; 0: 100 (doubling, +-5 % jitter) */
+	int max_ms;     /* backoff cap; 0: 30000 */
+};
+/* A transaction body: run statements on c; 0 to commit; non-zero to roll
+ * back, after reporting the failing result in why (pgb_fail does both) so
+ * that 40001 and 40P01 make pgb_transaction run the whole body again. */
+typedef int (*pgb_txn_fn)(pgb_conn *c, void *arg, struct pgb_outcome *why);
+/* BEGIN [ISOLATION LEVEL ...] [READ ONLY]; fn; COMMIT on one pinned backend.
+ * Rolls back when fn or COMMIT fails; on 40001/40P01 re-runs it all after a
+ * backoff. PGB_OK (committed once), PGB_FAILED or PGB_BAD_ARGUMENT; out may
+ * be NULL. Call it outside a transaction; fn must not COMMIT or ROLLBACK. */
+int pgb_transaction(pgb_conn *c, pgb_txn_fn fn, void *arg, const struct pgb_txn_opts *opts,
+		    struct pgb_outcome *out);
+
+/* --- Pool health, read from the broker's stats segment --- */
+
+/* pgb_health.status; the same numbers as poolstat's exit status. */
+enum { PGB_HEALTHY = 0, PGB_DEGRADED = 1, PGB_UNHEALTHY = 2, PGB_NO_BROKER = 3 };
+
+struct pgb_health {
+	int status;                 /* PGB_HEALTHY .. PGB_UNHEALTHY; PGB_NO_BROKER on failure */
+	int healthy;                /* 1 when status is PGB_HEALTHY */
+	int total, idle, active;    /* backends: open or opening, idle, running a statement */
+	int waiting;                /* statements waiting for a backend */
+	double utilization_percent; /* busy backends (active + pinned) / max_pool_size */
+	long long timestamp_ms;     /* when the broker published this (Unix time, ms) */
+	char status_name[16];       /* "healthy", "degraded", "unhealthy" or "no broker" */
+	char reasons[2048];         /* what is wrong, one per line; "" when healthy */
+	char recommendations[2048]; /* what to do, one per line, in the order of reasons */
+	char error[512];            /* why pgb_pool_health failed; "" on success */
+};
+
+/* Health of the pool in dir (NULL: $PGBROKER_DIR, else /tmp/pgbroker): 0, or -1 with h->error. */
+int pgb_pool_health(const char *dir, struct pgb_health *h);
 
 #ifdef __cplusplus
 }

@@ -27,6 +27,7 @@ struct reg_reply {
 	uint32_t ring_size;
 	uint64_t chan_size;
 	uint32_t agent_id;     /* slot number, for display */
+	uint32_t nfds;         /* fds passed: the channel memfd, then the eventfd */
 	char message[108];     /* why, when status != 0 */
 };
 
@@ -50,6 +51,9 @@ struct chan_shm {
 	uint32_t broker_armed;
 	_Alignas(64) uint32_t agent_bell;
 	uint32_t agent_sleeping;
+	/* Set by an agent about to poll its eventfd (pgb_socket); the broker
+	 * clears it and signals the eventfd once. */
+	uint32_t fd_armed;
 };
 
 _Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");

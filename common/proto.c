@@ -114,6 +114,102 @@ void req_params(const struct req_view *v, const char **vals)
 	}
 }
 
+/* --- batches --- */
+
+#define BATCH_PREFIX (sizeof(struct req_head) + 1 + 4)
+
+uint64_t batch_encoded_len(const struct req_stmt *stmts, uint32_t n)
+{
+	uint64_t total = BATCH_PREFIX;
+
+	if (n == 0 || n > REQ_MAX_BATCH)
+		return 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t one;
+
+		if (!stmts[i].sql)
+			return 0;
+		one = req_encoded_len(stmts[i].sql, stmts[i].nparams, stmts[i].values);
+		if (one == 0 || one > UINT32_MAX)
+			return 0;
+		total += 4 + one;
+	}
+	return total >= MAX_BLOB ? 0 : total;
+}
+
+void batch_encode(uint8_t *buf, const struct req_stmt *stmts, uint32_t n, uint32_t flags)
+{
+	uint8_t *p = buf + BATCH_PREFIX;
+
+	req_encode(buf, "", 0, NULL, flags | REQ_BATCH);
+	memcpy(buf + sizeof(struct req_head) + 1, &n, 4);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t one = (uint32_t)req_encoded_len(stmts[i].sql, stmts[i].nparams,
+							 stmts[i].values);
+
+		memcpy(p, &one, 4);
+		req_encode(p + 4, stmts[i].sql, stmts[i].nparams, stmts[i].values, 0);
+		p += 4 + one;
+	}
+}
+
+int batch_count(const uint8_t *buf, uint64_t n, uint32_t *count, const char **why)
+{
+	struct req_head h;
+
+	if (n < BATCH_PREFIX) {
+		*why = "batch too short";
+		return -1;
+	}
+	memcpy(&h, buf, sizeof(h));
+	if (!(h.flags & REQ_BATCH) || h.sql_len != 1 || h.nparams != 0 ||
+	    buf[sizeof(h)] != '\0') {
+		*why = "malformed batch header";
+		return -1;
+	}
+	memcpy(count, buf + sizeof(h) + 1, 4);
+	if (*count == 0 || *count > REQ_MAX_BATCH || (uint64_t)*count * 4 > n - BATCH_PREFIX) {
+		*why = "batch statement count out of range";
+		return -1;
+	}
+	return 0;
+}
+
+int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const char **why)
+{
+	uint64_t at = BATCH_PREFIX;
+	uint32_t count;
+
+	if (batch_count(buf, n, &count, why) < 0)
+		return -1;
+	for (uint32_t i = 0; i < count; i++) {
+		uint32_t one;
+
+		if (n - at < 4) {
+			*why = "batch truncated";
+			return -1;
+		}
+		memcpy(&one, buf + at, 4);
+		at += 4;
+		if (one > n - at) {
+			*why = "batch statement length out of range";
+			return -1;
+		}
+		if (req_decode(buf + at, one, &views[i], why) < 0)
+			return -1;
+		if (views[i].flags & REQ_BATCH) {
+			*why = "nested batch";
+			return -1;
+		}
+		at += one;
+	}
+	if (at != n) {
+		*why = "trailing bytes after the batch";
+		return -1;
+	}
+	return 0;
+}
+
 /* --- responses --- */
 
 static const char *item_text(const struct resp_src *src, uint64_t item, uint32_t *len)

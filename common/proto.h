@@ -22,7 +22,11 @@ enum frame_flags {
 enum req_flags {
 	REQ_IDEMPOTENT = 1u << 0,  /* may be re-run when its fate is unknown */
 	REQ_INDEPENDENT = 1u << 1, /* may run beside this agent's other statements */
+	REQ_BATCH = 1u << 2,       /* several statements, one atomic pipeline */
+	REQ_SPREAD = 1u << 3,      /* wants a backend of its own (pgb_parallel) */
 };
+
+#define REQ_MAX_BATCH 65535u
 
 #define REQ_MAX_PARAMS 65535u
 
@@ -53,10 +57,24 @@ int req_decode(const uint8_t *buf, uint64_t n, struct req_view *v, const char **
 /* Fill vals[0..nparams) from a decoded view (NULL for SQL NULL). */
 void req_params(const struct req_view *v, const char **vals);
 
+/* Batch blob: a req_head with REQ_BATCH, sql "" and no parameters, then
+ * u32 count, then count times (u32 length, one request blob). */
+struct req_stmt {
+	const char *sql;
+	uint32_t nparams;
+	const char *const *values;
+};
+uint64_t batch_encoded_len(const struct req_stmt *stmts, uint32_t n);
+void batch_encode(uint8_t *buf, const struct req_stmt *stmts, uint32_t n, uint32_t flags);
+/* Check a whole batch blob; fills views[count] (count from batch_count). */
+int batch_count(const uint8_t *buf, uint64_t n, uint32_t *count, const char **why);
+int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const char **why);
+
 /* Response blob: resp_head, then items "u32 len, bytes, NUL" (len
  * 0xffffffff = NULL, no bytes): error message, command status, nfields
  * field names, ntuples * nfields values in row order. */
 #define RESP_NULL 0xffffffffu
+#define RESP_MORE 1u   /* resp_head.flags: more responses follow for this id (batch) */
 
 struct resp_head {
 	uint64_t total;       /* bytes of the whole blob */

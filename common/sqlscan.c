@@ -110,3 +110,49 @@ int sql_changes_session(const char *sql)
 	/* a lone SET with nothing after it is a syntax error: harmless */
 	return 0;
 }
+
+int sql_pipelinable(const char *sql)
+{
+	static const char *const ok[] = { "select", "insert", "update", "delete", "with",
+					  "values", "table", "show" };
+	const char *p = sql;
+	size_t n;
+	int good = 0;
+
+	while (*p && (isspace((unsigned char)*p) || *p == '('))
+		p++;
+	for (n = 0; is_word((unsigned char)p[n]); n++)
+		;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		if (word_is(p, n, ok[i]))
+			good = 1;
+	if (!good)
+		return 0;
+	/* A ';' outside literals and comments, with more after it, is a
+	 * second statement (the extended protocol refuses those). */
+	for (; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c == '-' && p[1] == '-') {
+			while (*p && *p != '\n')
+				p++;
+			if (!*p)
+				break;
+		} else if (c == '/' && p[1] == '*') {
+			return 0;   /* rare in hot statements: stay safe */
+		} else if (c == '\'' || c == '"') {
+			for (p++; *p && *p != (char)c; p++)
+				;
+			if (!*p)
+				return 0;
+		} else if (c == '$') {
+			return 0;
+		} else if (c == ';') {
+			for (p++; *p; p++)
+				if (!isspace((unsigned char)*p) && *p != ';')
+					return 0;
+			return 1;
+		}
+	}
+	return 1;
+}

@@ -9,4 +9,10 @@
  * HOLD, CREATE TEMP, LOAD, session advisory locks, set_config(). */
 int sql_changes_session(const char *sql);
 
+/* 1 when the text is one plain statement that cannot leave a transaction
+ * open: it starts with SELECT, INSERT, UPDATE, DELETE, WITH, VALUES, TABLE
+ * or SHOW, and holds no second statement. Such statements from different
+ * agents may share a backend's pipeline, each with its own Sync. */
+int sql_pipelinable(const char *sql);
+
 #endif

@@ -1,26 +1,50 @@
 /* The stats segment: a file in the run directory, written only by the
- * broker (seqlock), mapped read-only by poolstat and pgb_pool_health(). */
+ * broker (seqlock), mapped read-only by poolstat and pgb_pool_health().
+ * Also the pure pieces around it that broker, client, poolstat and tests
+ * share: histogram percentiles, the snapshot reader, health classification. */
 #ifndef PGB_STATS_H
 #define PGB_STATS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 1u
+#define STATS_VERSION 2u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
-#define STATS_BUCKETS 32          /* log2 buckets of microseconds */
+
+/* Latency histograms: log-scaled buckets of microseconds, four per power of
+ * two (an estimate is at most 25 % above the true value); values 0..3 have
+ * a bucket each; the last bucket (from 2^36 us, 19 h) holds everything above. */
+#define STATS_SUB     4
+#define STATS_BUCKETS 144
+
+#define STATS_HISTORY 100  /* health samples kept for trends */
+#define STATS_REASONS 8    /* health reasons at most */
+#define STATS_TEXT    192  /* one reason or recommendation, NUL-terminated */
+
+/* A writer that is behind by this much is no broker at all. The broker
+ * publishes at least once per loop pass, and a pass lasts at most 1 s. */
+#define STATS_STALE_MS 5000
 
 struct stats_hist {
 	uint64_t count;
 	uint64_t sum_us;
 	uint64_t max_us;
-	uint64_t bucket[STATS_BUCKETS];  /* bucket i: [2^i, 2^(i+1)) us; 0 also holds 0 */
+	uint64_t bucket[STATS_BUCKETS];
 };
 
 struct stats_pool {
-	uint32_t total, idle, active, pinned, connecting, waiting;
-	uint32_t min, size, max;
-	uint32_t agents;
+	uint32_t total;          /* = idle + active + pinned + connecting + other */
+	uint32_t idle;
+	uint32_t active;         /* running an agent's statement */
+	uint32_t pinned;         /* held by an agent's transaction or session */
+	uint32_t connecting;
+	uint32_t other;          /* the broker's own work: rollback, validation, cancel */
+	uint32_t waiting;        /* statements (one per agent) waiting for a backend */
+	uint32_t min, size, max; /* min_pool_size, pool_size, max_pool_size */
+	uint32_t agents;         /* agents connected */
+	uint32_t pad;
+	double utilization;      /* percent: (active + pinned) / max */
 };
 
 struct stats_counters {
@@ -32,74 +56,251 @@ struct stats_counters {
 	uint64_t session_pins;
 };
 
+/* Published once per loop pass: the broker counts into its own copy
+ * (struct broker.st) with plain increments and copies it here. */
 struct stats_data {
-	int64_t started_ms;      /* wall clock */
+	uint64_t pass;           /* publication number; == pass_end in a whole copy */
+	int64_t started_ms;      /* wall clock (Unix ms), like every *_ms below */
 	int64_t updated_ms;
 	int32_t broker_pid;
 	uint32_t breaker_state;  /* 0 closed, 1 open, 2 half-open */
+	uint32_t breaker_failures;   /* consecutive connection failures */
+	uint32_t connect_fails;      /* consecutive failed connects; 0: the last one worked */
+	uint64_t breaker_opened;     /* times opened since start */
+	int64_t breaker_changed_ms;  /* last state change, 0 never */
+	/* The server's room for connections, 0 while not known. */
+	uint32_t server_max_connections;
+	uint32_t server_reserved_connections;  /* superuser_reserved_connections */
+	uint32_t server_other_connections;     /* held by other clients */
+	uint32_t pad;
+	int64_t server_checked_ms;
 	struct stats_pool pool;
 	struct stats_counters c;
-	struct stats_hist acquire;
-	struct stats_hist stmt;
+	struct stats_hist acquire;   /* wait for a backend */
+	struct stats_hist stmt;      /* statement round trip, arrival to result */
+	uint64_t pass_end;
+};
+
+/* Per backend, by slot; filled at each health sample (see broker/stats.c). */
+enum stats_backend_state {
+	STATS_BE_CONNECTING = 1, STATS_BE_IDLE, STATS_BE_BUSY, STATS_BE_PINNED, STATS_BE_RESET,
+};
+
+struct stats_backend {
+	uint32_t slot;
+	uint32_t state;          /* enum stats_backend_state */
+	int32_t pg_pid;
+	int32_t agent_slot;      /* the agent it serves or is pinned to, -1 none */
+	int32_t agent_pid;
+	uint32_t pad;
+	int64_t since_ms;        /* connection opened */
+	uint64_t served;         /* statements */
+};
+
+enum stats_agent_state { STATS_AG_IDLE = 0, STATS_AG_WAITING, STATS_AG_RUNNING, STATS_AG_IN_TXN };
+
+/* Per connected agent; filled at each health sample (see broker/stats.c). */
+struct stats_agent {
+	uint32_t slot;
+	uint32_t state;          /* enum stats_agent_state */
+	int32_t pid;
+	uint32_t pad;
+	int64_t since_ms;        /* registered */
+	uint64_t statements, errors;
+};
+
+enum health_status { HEALTH_HEALTHY = 0, HEALTH_DEGRADED = 1, HEALTH_UNHEALTHY = 2 };
+
+enum health_reason_code {
+	HEALTH_R_UTILIZATION = 1,
+	HEALTH_R_WAITING,
+	HEALTH_R_SUCCESS,
+	HEALTH_R_ACQUIRE,
+	HEALTH_R_BREAKER,
+	HEALTH_R_UNREACHABLE,
+	HEALTH_R_CAPACITY,
+	HEALTH_R_STALE,          /* only readers add it: the broker stopped publishing */
+};
+
+struct stats_reason {
+	uint32_t code;           /* enum health_reason_code */
+	uint32_t level;          /* HEALTH_DEGRADED or HEALTH_UNHEALTHY */
+	char text[STATS_TEXT];   /* what is wrong */
+	char advice[STATS_TEXT]; /* what to do about it */
+};
+
+/* One health sample; the counts cover the interval since the previous one. */
+struct stats_sample {
+	int64_t t_ms;
+	uint32_t interval_ms;
+	uint32_t waiting;
+	uint32_t busy, max;
+	double utilization;      /* percent */
+	double stmts_per_s;
+	double success_pct;      /* 100 when there were no statements */
+	uint64_t statements, failed;
+	uint64_t acquires, acquire_sum_us, acquire_p99_us;
+};
+
+/* Written at each health sample (every health_interval_ms). */
+struct stats_health {
+	uint32_t status;         /* enum health_status */
+	int32_t trend;           /* utilization over the history: -1 falling, 0 flat, 1 rising */
+	double trend_per_min;    /* its slope, percentage points per minute */
+	int64_t sample_ms;       /* newest sample; 0 before the first */
+	int64_t status_since_ms;
+	uint32_t interval_ms;
+	uint32_t window_ms;      /* success rate and acquire time are judged over this */
+	double success_pct;      /* over the window */
+	double acquire_avg_ms;   /* over the window */
+	double stmts_per_s;      /* over the window */
+	uint32_t nreasons;
+	uint32_t nsamples;       /* valid entries in hist */
+	uint32_t next;           /* where the next sample goes; the newest is next - 1 */
+	uint32_t nbackends;      /* rows valid in the backend array */
+	uint32_t nagents;        /* rows valid in the agent array */
+	uint32_t pad;
+	struct stats_reason reasons[STATS_REASONS];
+	struct stats_sample hist[STATS_HISTORY];
 };
 
 struct stats_seg {
+	/* Fixed from creation on (the file is renamed into place complete). */
 	uint32_t magic;
 	uint32_t version;
 	uint64_t size;           /* bytes of the whole segment */
-	uint32_t seq;            /* seqlock: odd while the broker writes */
-	uint32_t pad;
+	uint32_t data_size;      /* sizeof(struct stats_data) */
+	uint32_t health_size;    /* sizeof(struct stats_health) */
+	uint32_t backend_size;   /* sizeof(struct stats_backend) */
+	uint32_t agent_size;     /* sizeof(struct stats_agent) */
+	uint32_t max_backends;   /* rows at backends_off: max_pool_size */
+	uint32_t max_agents;     /* rows at agents_off: max_agents */
+	uint64_t backends_off;
+	uint64_t agents_off;
+	/* Two seqlocks, odd while the broker writes what they guard: seq the
+	 * small stats_data (once per loop pass), hseq the large rest (once per
+	 * health sample), so that a reader of either rarely has to retry. */
+	uint32_t seq;            /* guards d */
+	uint32_t hseq;           /* guards h and the rows */
 	struct stats_data d;
+	struct stats_health h;
+	/* then struct stats_backend[max_backends], struct stats_agent[max_agents] */
 };
 
+static inline unsigned stats_bucket(uint64_t us)
+{
+	unsigned e, i;
+
+	if (us < STATS_SUB)
+		return (unsigned)us;
+	e = 63 - (unsigned)__builtin_clzll(us);
+	i = 4 * (e - 1) + (unsigned)((us >> (e - 2)) & 3);
+	return i < STATS_BUCKETS ? i : STATS_BUCKETS - 1;
+}
+
+/* The hot path: plain increments, no call. */
 static inline void stats_hist_add(struct stats_hist *h, uint64_t us)
 {
-	unsigned b = us ? 63 - (unsigned)__builtin_clzll(us) : 0;
-
-	if (b >= STATS_BUCKETS)
-		b = STATS_BUCKETS - 1;
-	h->bucket[b]++;
+	h->bucket[stats_bucket(us)]++;
 	h->count++;
 	h->sum_us += us;
 	if (us > h->max_us)
 		h->max_us = us;
 }
 
-/* Percentile estimate (upper edge of the bucket, capped by max). */
-static inline uint64_t stats_hist_pct(const struct stats_hist *h, double p)
-{
-	uint64_t want, seen = 0;
+/* Upper edge (exclusive) of bucket i, in us. */
+uint64_t stats_bucket_high(unsigned i);
+/* Percentile p (0..1) in us: the upper edge of the bucket holding the
+ * ceil(p * count)-th value, never above max. 0 when empty. */
+uint64_t stats_hist_pct(const struct stats_hist *h, double p);
+/* Mean in us, 0 when empty. */
+double stats_hist_avg(const struct stats_hist *h);
+/* out = now - before, bucket by bucket (max is now's). */
+void stats_hist_delta(const struct stats_hist *now, const struct stats_hist *before,
+		      struct stats_hist *out);
 
-	if (!h->count)
-		return 0;
-	want = (uint64_t)(p * (double)h->count + 0.5);
-	if (want == 0)
-		want = 1;
-	for (unsigned i = 0; i < STATS_BUCKETS; i++) {
-		seen += h->bucket[i];
-		if (seen >= want) {
-			uint64_t edge = 2ull << i;
-			return edge < h->max_us ? edge : h->max_us;
-		}
-	}
-	return h->max_us;
+/* Writer side of a seqlock (seg->seq or seg->hseq); a single writer, the
+ * broker's loop. */
+static inline void stats_write_begin(uint32_t *seq)
+{
+	__atomic_store_n(seq, *seq + 1, __ATOMIC_RELAXED);
+	/* Orders the odd seq before every data store that follows. */
+	__atomic_thread_fence(__ATOMIC_RELEASE);
 }
 
-/* Reader: copy a consistent snapshot. 0 ok, -1 when the writer kept
- * changing it (retry later). */
-static inline int stats_read(const struct stats_seg *s, struct stats_data *out)
+static inline void stats_write_end(uint32_t *seq)
 {
-	for (int tries = 0; tries < 1000; tries++) {
-		uint32_t a = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-
-		if (a & 1)
-			continue;
-		__builtin_memcpy(out, (const void *)&s->d, sizeof(*out));
-		__atomic_thread_fence(__ATOMIC_ACQUIRE);
-		if (__atomic_load_n(&s->seq, __ATOMIC_RELAXED) == a)
-			return 0;
-	}
-	return -1;
+	/* Release: a reader that sees the even seq sees all the data. */
+	__atomic_store_n(seq, *seq + 1, __ATOMIC_RELEASE);
 }
+
+/* A reader's copy. Rows are copied only into what the caller provides. */
+struct stats_snap {
+	struct stats_data d;
+	struct stats_health h;
+	struct stats_backend *backends;   /* cap_backends rows, or NULL */
+	struct stats_agent *agents;       /* cap_agents rows, or NULL */
+	uint32_t cap_backends, cap_agents;
+	uint32_t nbackends, nagents;      /* rows copied */
+};
+
+/* A mapped, checked segment. */
+struct stats_map {
+	const struct stats_seg *seg;
+	size_t len;
+	char path[512];
+};
+
+/* Map DIR/pgbroker.stats read-only and check that it is a segment of this
+ * layout. 0, or -ENOENT (no broker), another -errno when unreadable, -EPROTO
+ * when it is not a pgbroker segment or of another layout version; err says
+ * which in plain words. */
+int stats_map_open(const char *dir, struct stats_map *m, char *err, size_t errlen);
+void stats_map_close(struct stats_map *m);
+/* Check a segment image of len bytes (what stats_map_open does after mmap). */
+int stats_check(const void *seg, size_t len, char *err, size_t errlen);
+/* Copy a snapshot: d consistent in itself, h and the rows consistent in
+ * themselves (h is the last health sample, d may be newer). 0, or -EAGAIN
+ * when the writer kept changing it (try again later). */
+int stats_read(const struct stats_seg *s, struct stats_snap *out);
+/* Is the writer of this snapshot alive? 0 fresh, 1 alive but not publishing
+ * for STATS_STALE_MS, -ESRCH when its process is gone (a stale segment). */
+int stats_alive(const struct stats_data *d, int64_t now_ms);
+
+/* A reader's verdict on a snapshot it just read: the health status (the
+ * broker's, made unhealthy with a HEALTH_R_STALE reason when the broker is
+ * alive but stopped publishing), or -ESRCH with err set when the broker that
+ * wrote it is gone. */
+int stats_verdict(struct stats_snap *s, const char *dir, int64_t now_ms, char *err,
+		  size_t errlen);
+
+/* Health thresholds (the replaced pool's), see health_limits_default. */
+struct health_limits {
+	double util_warn_pct, util_crit_pct;        /* above: degraded, unhealthy */
+	uint32_t waiting_warn, waiting_crit;        /* above */
+	double success_warn_pct, success_crit_pct;  /* below */
+	double acquire_warn_ms, acquire_crit_ms;    /* average wait above */
+	uint32_t window_ms;         /* success rate and acquire average are over this */
+	uint32_t min_statements;    /* fewer in the window: success rate not judged */
+	double trend_flat_pct;      /* fitted change over the history below this: flat */
+};
+
+void health_limits_default(struct health_limits *lim);
+const char *health_status_name(uint32_t status);
+const char *stats_breaker_name(uint32_t state);
+const char *stats_backend_state_name(uint32_t state);
+const char *stats_agent_state_name(uint32_t state);
+
+/* Append a sample to the history ring (the oldest falls out). */
+void health_push(struct stats_health *h, const struct stats_sample *s);
+/* The newest sample, or the i-th before it; NULL when there is none. */
+const struct stats_sample *health_sample_at(const struct stats_health *h, uint32_t back);
+/* Pure: decide status, reasons, recommendations, window figures and trend
+ * from the pool state in d and the samples in h. Writes only h's results. */
+void health_classify(const struct stats_data *d, struct stats_health *h,
+		     const struct health_limits *lim);
+/* Add a reason (ignored when full); raises h->status to its level. */
+void health_add_reason(struct stats_health *h, uint32_t code, uint32_t level,
+		       const char *text, const char *advice);
 
 #endif

@@ -1,53 +1,109 @@
 #!/bin/sh
-# make demo: a throwaway PostgreSQL, a broker on it, 60 agents for 10 s,
-# a summary, and nothing left running afterwards on any exit path.
+# make demo: a throwaway PostgreSQL, a broker on it, then tools/pgb_demo
+# (60 agents for 10 s; it prints its own summary) and a poolstat snapshot.
+# Nothing is left running or on disk afterwards, on any exit path; the exit
+# status is pgb_demo's. PGB_DEMO_AGENTS / PGB_DEMO_SECONDS override 60 / 10.
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P) || exit 1
+cd "$ROOT" || exit 1
+BROKER=broker/pgbroker
+DEMO=tools/pgb_demo
 AGENTS=${PGB_DEMO_AGENTS:-60}
 SECONDS_RUN=${PGB_DEMO_SECONDS:-10}
+for b in "$BROKER" "$DEMO"; do
+	[ -x "$b" ] || { echo "demo.sh: $b not built; run: make" >&2; exit 1; }
+done
+
 PGDIR=
-RUNDIR=
-BROKER=
-STATUS=1
+WORK=
+BPID=
+DPID=
+CLEANED=0
+
+# Stop a pid with TERM, wait up to $2 seconds, then KILL; reap it.
+stop_pid() {
+	kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null; return 0; }
+	kill -TERM "$1" 2>/dev/null
+	i=0
+	while kill -0 "$1" 2>/dev/null && [ "$i" -lt $(($2 * 10)) ]; do
+		sleep 0.1; i=$((i + 1))
+	done
+	if kill -0 "$1" 2>/dev/null; then
+		echo "demo.sh: pid $1 ignored SIGTERM for $2 s; killing it" >&2
+		kill -KILL "$1" 2>/dev/null
+	fi
+	wait "$1" 2>/dev/null
+	return 0
+}
 
 cleanup() {
-	if [ -n "$BROKER" ] && kill -0 "$BROKER" 2>/dev/null; then
-		kill -TERM "$BROKER" 2>/dev/null
-		i=0
-		while kill -0 "$BROKER" 2>/dev/null && [ $i -lt 100 ]; do
-			sleep 0.1; i=$((i + 1))
-		done
-		kill -KILL "$BROKER" 2>/dev/null
-		wait "$BROKER" 2>/dev/null
+	[ "$CLEANED" -eq 1 ] && return
+	CLEANED=1
+	[ -n "$DPID" ] && stop_pid "$DPID" 10
+	[ -n "$BPID" ] && stop_pid "$BPID" 15
+	if [ -n "$PGDIR" ]; then
+		sh "$ROOT/tools/pgtmp.sh" stop "$PGDIR" || echo "demo.sh: could not stop PostgreSQL in $PGDIR" >&2
+		[ -d "$PGDIR" ] && rm -rf "$PGDIR"
 	fi
-	[ -n "$PGDIR" ] && sh "$ROOT/tools/pgtmp.sh" stop "$PGDIR"
-	[ -n "$RUNDIR" ] && rm -rf "$RUNDIR"
+	[ -n "$WORK" ] && rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-PGDIR=$(mktemp -d /tmp/pgb-demo-pg.XXXXXX) || exit 1
+broker_log_tail() {
+	if [ -s "$WORK/broker.log" ]; then
+		echo "demo.sh: last lines of the broker log:" >&2
+		tail -n 40 "$WORK/broker.log" >&2
+	fi
+}
+
+PGDIR=$(mktemp -d /tmp/pgb-pg.XXXXXX) || exit 1
 chmod 755 "$PGDIR"
-echo "demo: starting a throwaway PostgreSQL in $PGDIR"
-DSN=$(sh "$ROOT/tools/pgtmp.sh" start "$PGDIR") || { echo "demo: PostgreSQL did not start" >&2; exit 1; }
+WORK=$(mktemp -d /tmp/pgb-demo.XXXXXX) || exit 1
+RUNDIR=$WORK/run
+mkdir -m 700 "$RUNDIR" || exit 1
+FIFO=$WORK/ready
+mkfifo "$FIFO" || exit 1
 
-RUNDIR=$(mktemp -d /tmp/pgb-demo-run.XXXXXX) || exit 1
-mkfifo "$RUNDIR/ready"
-echo "demo: starting pgbroker in $RUNDIR (log: $RUNDIR/broker.log)"
-"$ROOT/broker/pgbroker" --dir "$RUNDIR" --dsn "$DSN" --ready-fd 3 \
-	3>"$RUNDIR/ready" >"$RUNDIR/broker.log" 2>&1 &
-BROKER=$!
-# Bounded wait for the broker's ready line.
-if ! line=$(timeout 30 head -n 1 "$RUNDIR/ready") || [ "$line" != ready ]; then
-	echo "demo: the broker did not start; its log:" >&2
-	cat "$RUNDIR/broker.log" >&2
+echo "demo: starting a throwaway PostgreSQL in $PGDIR"
+DSN=$(sh "$ROOT/tools/pgtmp.sh" start "$PGDIR") || { echo "demo.sh: could not start PostgreSQL" >&2; exit 1; }
+
+echo "demo: starting pgbroker in $RUNDIR"
+"$BROKER" --dir "$RUNDIR" --dsn "$DSN" --ready-fd 3 3>"$FIFO" >"$WORK/broker.log" 2>&1 &
+BPID=$!
+# EOF (broker died) or the timeout both leave $ready empty.
+ready=$(timeout 30 head -n 1 "$FIFO" 2>/dev/null) || ready=
+if [ "$ready" != "ready" ]; then
+	if kill -0 "$BPID" 2>/dev/null; then
+		echo "demo.sh: the broker did not report ready within 30 s" >&2
+	else
+		echo "demo.sh: the broker exited before it was ready" >&2
+	fi
+	broker_log_tail
 	exit 1
 fi
 
+# In the background so that INT/TERM reach our trap at once; timeout signals
+# the demo's whole process group (its agents too).
 echo "demo: $AGENTS agents for $SECONDS_RUN s"
-"$ROOT/tools/pgb_demo" --dir "$RUNDIR" --agents "$AGENTS" --seconds "$SECONDS_RUN"
-STATUS=$?
-"$ROOT/tools/poolstat" --once "$RUNDIR" || true
-exit $STATUS
+timeout -k 10 $((SECONDS_RUN + 300)) "$DEMO" --dir "$RUNDIR" --agents "$AGENTS" --seconds "$SECONDS_RUN" &
+DPID=$!
+wait "$DPID"
+rc=$?
+DPID=
+[ "$rc" -eq 124 ] && echo "demo.sh: pgb_demo timed out" >&2
+
+if ! kill -0 "$BPID" 2>/dev/null; then
+	echo "demo.sh: the broker died during the demo" >&2
+	broker_log_tail
+	[ "$rc" -eq 0 ] && rc=1
+else
+	timeout 10 tools/poolstat --once "$RUNDIR" || true
+	stop_pid "$BPID" 15
+	BPID=
+	[ "$rc" -ne 0 ] && broker_log_tail
+fi
+exit "$rc"

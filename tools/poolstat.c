@@ -1,58 +1,793 @@
-/* poolstat: read a broker's stats segment without talking to the broker. */
+/* poolstat: show a broker's pool from its stats segment, never talking to
+ * the broker. A live top-like view, one plain snapshot (--once), JSON
+ * (--json) or the Prometheus text format (--prometheus). The exit status
+ * follows health: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker. */
 #include <errno.h>
-#include <fcntl.h>
+#include <langinfo.h>
+#include <locale.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "stats.h"
 
+#define EXIT_NO_BROKER 3
+#define MAX_LINES 128
+#define LINE_MAX_BYTES 512
+
+enum mode { MODE_LIVE, MODE_ONCE, MODE_JSON, MODE_PROM };
+
+struct view {
+	const char *dir;
+	struct stats_snap s;
+	int64_t now_ms;
+	uint32_t status;          /* with the reader's own findings */
+};
+
+static int64_t now_wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: poolstat [--once | --json | --prometheus] [DIR]\n"
+		"  Show the pool of the pgbroker whose run directory is DIR\n"
+		"  (default: $PGBROKER_DIR, else /tmp/pgbroker), read from its stats segment.\n"
+		"  (none)        live view, refreshed every second; q quits\n"
+		"  --once        one plain-text snapshot\n"
+		"  --json        one JSON document\n"
+		"  --prometheus  Prometheus text exposition format\n"
+		"exit status: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker or unreadable segment\n");
+}
+
+/* Map, read and unmap: a broker that restarted has a new file. Returns 0,
+ * or EXIT_NO_BROKER with err set. */
+static int load(struct view *v, char *err, size_t errlen)
+{
+	struct stats_map m;
+	int rc;
+
+	rc = stats_map_open(v->dir, &m, err, errlen);
+	if (rc < 0)
+		return EXIT_NO_BROKER;
+	if (!v->s.backends || v->s.cap_backends < m.seg->max_backends) {
+		free(v->s.backends);
+		v->s.cap_backends = m.seg->max_backends;
+		v->s.backends = calloc(v->s.cap_backends ? v->s.cap_backends : 1,
+				       sizeof(*v->s.backends));
+	}
+	if (!v->s.agents || v->s.cap_agents < m.seg->max_agents) {
+		free(v->s.agents);
+		v->s.cap_agents = m.seg->max_agents;
+		v->s.agents = calloc(v->s.cap_agents ? v->s.cap_agents : 1, sizeof(*v->s.agents));
+	}
+	if (!v->s.backends || !v->s.agents) {
+		stats_map_close(&m);
+		snprintf(err, errlen, "out of memory");
+		return EXIT_NO_BROKER;
+	}
+	rc = stats_read(m.seg, &v->s);
+	stats_map_close(&m);
+	if (rc < 0) {
+		snprintf(err, errlen, "%s/%s: the broker kept changing it; no consistent snapshot",
+			 v->dir, STATS_FILE);
+		return EXIT_NO_BROKER;
+	}
+	v->now_ms = now_wall_ms();
+	rc = stats_verdict(&v->s, v->dir, v->now_ms, err, errlen);
+	if (rc < 0)
+		return EXIT_NO_BROKER;
+	v->status = (uint32_t)rc;
+	return 0;
+}
+
+/* ---- numbers and times ---- */
+
+static double ms(uint64_t us)
+{
+	return (double)us / 1000.0;
+}
+
+static double success_ratio(const struct stats_data *d)
+{
+	return d->c.statements ? (double)(d->c.statements - d->c.failed) / (double)d->c.statements : 1.0;
+}
+
+static const char *iso_time(int64_t t_ms, char *buf, size_t n)
+{
+	struct tm tm;
+	time_t t = (time_t)(t_ms / 1000);
+	char base[32];
+
+	if (t_ms <= 0) {
+		snprintf(buf, n, "-");
+		return buf;
+	}
+	gmtime_r(&t, &tm);
+	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, n, "%s.%03dZ", base, (int)(t_ms % 1000));
+	return buf;
+}
+
+static const char *clock_time(int64_t t_ms, char *buf, size_t n)
+{
+	struct tm tm;
+	time_t t = (time_t)(t_ms / 1000);
+
+	if (t_ms <= 0) {
+		snprintf(buf, n, "-");
+		return buf;
+	}
+	localtime_r(&t, &tm);
+	strftime(buf, n, "%H:%M:%S", &tm);
+	return buf;
+}
+
+static const char *age(int64_t ms_, char *buf, size_t n)
+{
+	long long s = ms_ > 0 ? ms_ / 1000 : 0;
+
+	if (s < 60)
+		snprintf(buf, n, "%llds", s);
+	else if (s < 3600)
+		snprintf(buf, n, "%lldm%02llds", s / 60, s % 60);
+	else if (s < 86400)
+		snprintf(buf, n, "%lldh%02lldm", s / 3600, s / 60 % 60);
+	else
+		snprintf(buf, n, "%lldd%02lldh", s / 86400, s / 3600 % 24);
+	return buf;
+}
+
+/* Statements per second in the newest sample. */
+static double rate_now(const struct stats_health *h)
+{
+	const struct stats_sample *s = health_sample_at(h, 0);
+
+	return s ? s->stmts_per_s : 0;
+}
+
+static const char *trend_name(int32_t t)
+{
+	return t > 0 ? "rising" : t < 0 ? "falling" : "flat";
+}
+
+/* ---- the text screen, shared by the live view and --once ---- */
+
+struct screen {
+	char line[MAX_LINES][LINE_MAX_BYTES];
+	int n;
+	int utf8;
+};
+
+static void __attribute__((format(printf, 2, 3))) put(struct screen *sc, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (sc->n >= MAX_LINES)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(sc->line[sc->n++], LINE_MAX_BYTES, fmt, ap);
+	va_end(ap);
+}
+
+/* A sparkline of the newest `width` samples (oldest left), each scaled to
+ * top; blank where there is no sample yet. */
+static void spark(const struct stats_health *h, int what, int width, double top, int utf8,
+		  char *out, size_t n)
+{
+	static const char *const blocks[] = { "\u2581", "\u2582", "\u2583", "\u2584",
+					      "\u2585", "\u2586", "\u2587", "\u2588" };
+	static const char ascii[] = "_.-:=+*#";
+	size_t len = 0;
+	int have = (int)(h->nsamples < (uint32_t)width ? h->nsamples : (uint32_t)width);
+
+	for (int i = 0; i < width - have && len + 2 < n; i++)
+		out[len++] = ' ';
+	for (int i = have - 1; i >= 0; i--) {
+		const struct stats_sample *s = health_sample_at(h, (uint32_t)i);
+		double val;
+		int lvl;
+
+		if (!s)
+			continue;
+		val = what == 0 ? s->utilization : s->stmts_per_s;
+		lvl = top > 0 ? (int)(val / top * 8.0) : 0;
+		lvl = lvl < 0 ? 0 : lvl > 7 ? 7 : lvl;
+		if (utf8) {
+			size_t bl = strlen(blocks[lvl]);
+
+			if (len + bl + 1 >= n)
+				break;
+			memcpy(out + len, blocks[lvl], bl);
+			len += bl;
+		} else if (len + 2 < n) {
+			out[len++] = ascii[lvl];
+		}
+	}
+	out[len] = '\0';
+}
+
+static int cmp_backend(const void *pa, const void *pb)
+{
+	const struct stats_backend *a = pa, *b = pb;
+	int ra = a->state == STATS_BE_BUSY || a->state == STATS_BE_PINNED;
+	int rb = b->state == STATS_BE_BUSY || b->state == STATS_BE_PINNED;
+
+	if (ra != rb)
+		return rb - ra;
+	if (a->served != b->served)
+		return a->served < b->served ? 1 : -1;
+	return (int)a->slot - (int)b->slot;
+}
+
+static int cmp_agent(const void *pa, const void *pb)
+{
+	const struct stats_agent *a = pa, *b = pb;
+	int ra = a->state != STATS_AG_IDLE, rb = b->state != STATS_AG_IDLE;
+
+	if (ra != rb)
+		return rb - ra;
+	if (a->statements != b->statements)
+		return a->statements < b->statements ? 1 : -1;
+	return (int)a->slot - (int)b->slot;
+}
+
+static const char *agent_state_short(uint32_t s)
+{
+	return s == STATS_AG_IN_TXN ? "in-txn" : stats_agent_state_name(s);
+}
+
+/* rows: how many backend/agent rows to show (-1: all). */
+static void render(struct view *v, struct screen *sc, int live, int rows, int reasons_max)
+{
+	const struct stats_data *d = &v->s.d;
+	const struct stats_health *h = &v->s.h;
+	const struct stats_pool *p = &d->pool;
+	char t1[64], t2[64], sp[LINE_MAX_BYTES];
+	double top = 1;
+	int nr;
+
+	put(sc, "pgbroker %s  pid %d  up %s  %s%s", v->dir, (int)d->broker_pid,
+	    age(d->updated_ms - d->started_ms, t1, sizeof(t1)),
+	    clock_time(d->updated_ms, t2, sizeof(t2)), live ? "   (q quits)" : "");
+	if (h->sample_ms)
+		put(sc, "health: %s for %s  utilization trend %s (%+.1f points/min)",
+		    health_status_name(v->status),
+		    age(v->now_ms - h->status_since_ms, t1, sizeof(t1)), trend_name(h->trend),
+		    h->trend_per_min);
+	else
+		put(sc, "health: %s (no sample yet)", health_status_name(v->status));
+	nr = (int)(h->nreasons < STATS_REASONS ? h->nreasons : STATS_REASONS);
+	for (int i = 0; i < nr && (reasons_max < 0 || i < reasons_max); i++) {
+		put(sc, "  %s %s", h->reasons[i].level == HEALTH_UNHEALTHY ? "!!" : "! ",
+		    h->reasons[i].text);
+		put(sc, "     -> %s", h->reasons[i].advice);
+	}
+	if (reasons_max >= 0 && nr > reasons_max)
+		put(sc, "  (+%d more reasons: poolstat --once)", nr - reasons_max);
+	put(sc, "pool: total %u idle %u active %u pinned %u connecting %u waiting %u other %u",
+	    p->total, p->idle, p->active, p->pinned, p->connecting, p->waiting, p->other);
+	put(sc, "utilization %.1f%% (%u busy of max %u; min %u, size %u)  agents %u",
+	    p->utilization, p->active + p->pinned, p->max, p->min, p->size, p->agents);
+	if (d->breaker_changed_ms)
+		snprintf(t1, sizeof(t1), "changed %s ago",
+			 age(v->now_ms - d->breaker_changed_ms, t2, sizeof(t2)));
+	else
+		snprintf(t1, sizeof(t1), "never changed");
+	put(sc, "breaker: %s  failures %u  opened %llu times  %s",
+	    stats_breaker_name(d->breaker_state), d->breaker_failures,
+	    (unsigned long long)d->breaker_opened, t1);
+	put(sc, "queries: %llu total  %llu failed (%.2f%% ok)  %llu retried  %.1f/s",
+	    (unsigned long long)d->c.statements, (unsigned long long)d->c.failed,
+	    100.0 * success_ratio(d), (unsigned long long)d->c.retried, rate_now(h));
+	put(sc, "latency ms: p50 %.1f p95 %.1f p99 %.1f max %.1f  acquire ms: avg %.1f p99 %.1f",
+	    ms(stats_hist_pct(&d->stmt, 0.50)), ms(stats_hist_pct(&d->stmt, 0.95)),
+	    ms(stats_hist_pct(&d->stmt, 0.99)), ms(d->stmt.max_us),
+	    stats_hist_avg(&d->acquire) / 1000.0, ms(stats_hist_pct(&d->acquire, 0.99)));
+	if (!live) {
+		put(sc, "timeouts: acquire %llu statement %llu  connects %llu (failed %llu)  "
+		    "closed: idle %llu broken %llu validation %llu lifetime %llu",
+		    (unsigned long long)d->c.acquire_timeouts,
+		    (unsigned long long)d->c.statement_timeouts, (unsigned long long)d->c.connects,
+		    (unsigned long long)d->c.connect_failures, (unsigned long long)d->c.closed_idle,
+		    (unsigned long long)d->c.closed_broken,
+		    (unsigned long long)d->c.closed_validation,
+		    (unsigned long long)d->c.closed_lifetime);
+	}
+	spark(h, 0, 60, 100.0, sc->utf8, sp, sizeof(sp));
+	put(sc, "util %%  |%s| %.0f%%", sp, p->utilization);
+	for (uint32_t i = 0; i < h->nsamples; i++) {
+		const struct stats_sample *s = health_sample_at(h, i);
+
+		if (s && s->stmts_per_s > top)
+			top = s->stmts_per_s;
+	}
+	spark(h, 1, 60, top, sc->utf8, sp, sizeof(sp));
+	put(sc, "stmt/s  |%s| %.0f", sp, rate_now(h));
+
+	qsort(v->s.backends, v->s.nbackends, sizeof(*v->s.backends), cmp_backend);
+	qsort(v->s.agents, v->s.nagents, sizeof(*v->s.agents), cmp_agent);
+	put(sc, "%3s %-8s %7s %8s %7s | %7s %-8s %8s %5s %6s", "BE", "STATE", "PID", "SERVED",
+	    "AGENT", "AGENT", "STATE", "STMTS", "ERR", "AGE");
+	for (int i = 0; rows < 0 || i < rows; i++) {
+		char left[64] = "", right[64] = "";
+
+		if ((uint32_t)i >= v->s.nbackends && (uint32_t)i >= v->s.nagents)
+			break;
+		if ((uint32_t)i < v->s.nbackends) {
+			const struct stats_backend *be = &v->s.backends[i];
+			char ag[16] = "-";
+
+			if (be->agent_slot >= 0)
+				snprintf(ag, sizeof(ag), "%d", (int)be->agent_pid);
+			snprintf(left, sizeof(left), "%3u %-8.8s %7d %8llu %7s", be->slot,
+				 stats_backend_state_name(be->state), (int)be->pg_pid,
+				 (unsigned long long)be->served, ag);
+		}
+		if ((uint32_t)i < v->s.nagents) {
+			const struct stats_agent *a = &v->s.agents[i];
+
+			snprintf(right, sizeof(right), "%7d %-8s %8llu %5llu %6s", (int)a->pid,
+				 agent_state_short(a->state), (unsigned long long)a->statements,
+				 (unsigned long long)a->errors,
+				 age(v->now_ms - a->since_ms, t1, sizeof(t1)));
+		}
+		put(sc, "%-37s | %s", left, right);
+	}
+	if (rows >= 0 && ((uint32_t)rows < v->s.nbackends || (uint32_t)rows < v->s.nagents)) {
+		snprintf(sp, sizeof(sp), "(%u backends in all)", v->s.nbackends);
+		put(sc, "%-37s | (%u agents in all)", sp, v->s.nagents);
+	}
+}
+
+/* ---- --json ---- */
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c == '\n')
+			fputs("\\n", f);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
+
+static void json_time(FILE *f, int64_t t_ms)
+{
+	char buf[48];
+
+	if (t_ms <= 0)
+		fputs("null", f);
+	else
+		json_str(f, iso_time(t_ms, buf, sizeof(buf)));
+}
+
+static void json_hist(FILE *f, const struct stats_hist *h)
+{
+	fprintf(f, "{\"count\":%llu,\"avg\":%.3f,\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f,"
+		"\"max\":%.3f}", (unsigned long long)h->count, stats_hist_avg(h) / 1000.0,
+		ms(stats_hist_pct(h, 0.50)), ms(stats_hist_pct(h, 0.95)),
+		ms(stats_hist_pct(h, 0.99)), ms(h->max_us));
+}
+
+static void print_json(struct view *v, FILE *f)
+{
+	const struct stats_data *d = &v->s.d;
+	const struct stats_health *h = &v->s.h;
+	const struct stats_pool *p = &d->pool;
+	uint32_t nr = h->nreasons < STATS_REASONS ? h->nreasons : STATS_REASONS;
+	uint32_t nsamples = h->nsamples < STATS_HISTORY ? h->nsamples : STATS_HISTORY;
+
+	fputs("{\"timestamp\":", f);
+	json_time(f, d->updated_ms);
+	fprintf(f, ",\"timestamp_ms\":%lld,\"dir\":", (long long)d->updated_ms);
+	json_str(f, v->dir);
+	fprintf(f, ",\"broker\":{\"pid\":%d,\"started\":", (int)d->broker_pid);
+	json_time(f, d->started_ms);
+	fprintf(f, ",\"uptime_s\":%lld},", (long long)((d->updated_ms - d->started_ms) / 1000));
+	fprintf(f, "\"pool\":{\"total\":%u,\"idle\":%u,\"active\":%u,\"pinned\":%u,"
+		"\"connecting\":%u,\"other\":%u,\"waiting\":%u,\"min\":%u,\"size\":%u,\"max\":%u,"
+		"\"utilization_percent\":%.2f},", p->total, p->idle, p->active, p->pinned,
+		p->connecting, p->other, p->waiting, p->min, p->size, p->max, p->utilization);
+	fprintf(f, "\"clients\":{\"connected\":%u,\"registered\":%llu,\"gone\":%llu,"
+		"\"refused\":%llu,\"protocol_errors\":%llu},", p->agents,
+		(unsigned long long)d->c.agents_registered, (unsigned long long)d->c.agents_gone,
+		(unsigned long long)d->c.agents_refused, (unsigned long long)d->c.protocol_errors);
+	fprintf(f, "\"queries\":{\"total\":%llu,\"failed\":%llu,\"succeeded\":%llu,"
+		"\"success_rate\":%.6f,\"retried\":%llu,\"acquire_timeouts\":%llu,"
+		"\"statement_timeouts\":%llu,\"session_pins\":%llu,\"per_second\":%.3f},",
+		(unsigned long long)d->c.statements, (unsigned long long)d->c.failed,
+		(unsigned long long)(d->c.statements - d->c.failed), success_ratio(d),
+		(unsigned long long)d->c.retried, (unsigned long long)d->c.acquire_timeouts,
+		(unsigned long long)d->c.statement_timeouts, (unsigned long long)d->c.session_pins,
+		rate_now(h));
+	fputs("\"latency_ms\":", f);
+	json_hist(f, &d->stmt);
+	fputs(",\"acquire_ms\":", f);
+	json_hist(f, &d->acquire);
+	fprintf(f, ",\"connections\":{\"connects\":%llu,\"connect_failures\":%llu,"
+		"\"closed\":{\"idle\":%llu,\"broken\":%llu,\"validation\":%llu,\"lifetime\":%llu}},",
+		(unsigned long long)d->c.connects, (unsigned long long)d->c.connect_failures,
+		(unsigned long long)d->c.closed_idle, (unsigned long long)d->c.closed_broken,
+		(unsigned long long)d->c.closed_validation, (unsigned long long)d->c.closed_lifetime);
+	fputs("\"breaker\":{\"state\":", f);
+	json_str(f, stats_breaker_name(d->breaker_state));
+	fprintf(f, ",\"consecutive_failures\":%u,\"times_opened\":%llu,\"last_change\":",
+		d->breaker_failures, (unsigned long long)d->breaker_opened);
+	json_time(f, d->breaker_changed_ms);
+	fputs("},\"server\":", f);
+	if (d->server_max_connections)
+		fprintf(f, "{\"max_connections\":%u,\"superuser_reserved_connections\":%u,"
+			"\"other_connections\":%u}", d->server_max_connections,
+			d->server_reserved_connections, d->server_other_connections);
+	else
+		fputs("null", f);
+	fputs(",\"health\":{\"status\":", f);
+	json_str(f, health_status_name(v->status));
+	fputs(",\"since\":", f);
+	json_time(f, h->status_since_ms);
+	fputs(",\"sampled\":", f);
+	json_time(f, h->sample_ms);
+	fputs(",\"reasons\":[", f);
+	for (uint32_t i = 0; i < nr; i++) {
+		fputs(i ? "," : "", f);
+		json_str(f, h->reasons[i].text);
+	}
+	fputs("],\"recommendations\":[", f);
+	for (uint32_t i = 0; i < nr; i++) {
+		fputs(i ? "," : "", f);
+		json_str(f, h->reasons[i].advice);
+	}
+	fputs("],\"trend\":", f);
+	json_str(f, trend_name(h->trend));
+	fprintf(f, ",\"trend_points_per_min\":%.3f,\"window_s\":%.1f,\"success_rate\":%.6f,"
+		"\"acquire_avg_ms\":%.3f,\"statements_per_s\":%.3f,\"history\":[",
+		h->trend_per_min, h->window_ms / 1000.0, h->success_pct / 100.0, h->acquire_avg_ms,
+		h->stmts_per_s);
+	for (uint32_t i = nsamples; i-- > 0;) {
+		const struct stats_sample *s = health_sample_at(h, i);
+
+		if (!s)
+			continue;
+		fputs(i + 1 == nsamples ? "" : ",", f);
+		fputs("{\"t\":", f);
+		json_time(f, s->t_ms);
+		fprintf(f, ",\"utilization_percent\":%.2f,\"waiting\":%u,\"statements_per_s\":%.3f,"
+			"\"success_rate\":%.6f,\"acquire_p99_ms\":%.3f}", s->utilization, s->waiting,
+			s->stmts_per_s, s->success_pct / 100.0, ms(s->acquire_p99_us));
+	}
+	fputs("]},\"backends\":[", f);
+	for (uint32_t i = 0; i < v->s.nbackends; i++) {
+		const struct stats_backend *be = &v->s.backends[i];
+
+		fprintf(f, "%s{\"slot\":%u,\"state\":", i ? "," : "", be->slot);
+		json_str(f, stats_backend_state_name(be->state));
+		fprintf(f, ",\"pid\":%d,\"served\":%llu,\"agent_pid\":", (int)be->pg_pid,
+			(unsigned long long)be->served);
+		if (be->agent_slot >= 0)
+			fprintf(f, "%d", (int)be->agent_pid);
+		else
+			fputs("null", f);
+		fputs(",\"since\":", f);
+		json_time(f, be->since_ms);
+		fputc('}', f);
+	}
+	fputs("],\"agents\":[", f);
+	for (uint32_t i = 0; i < v->s.nagents; i++) {
+		const struct stats_agent *a = &v->s.agents[i];
+
+		fprintf(f, "%s{\"pid\":%d,\"state\":", i ? "," : "", (int)a->pid);
+		json_str(f, stats_agent_state_name(a->state));
+		fprintf(f, ",\"statements\":%llu,\"errors\":%llu,\"since\":",
+			(unsigned long long)a->statements, (unsigned long long)a->errors);
+		json_time(f, a->since_ms);
+		fputc('}', f);
+	}
+	fputs("]}\n", f);
+}
+
+/* ---- --prometheus ---- */
+
+static void prom_head(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_one(FILE *f, const char *name, const char *type, const char *help, double v)
+{
+	prom_head(f, name, type, help);
+	fprintf(f, "%s %.15g\n", name, v);
+}
+
+static void prom_summary(FILE *f, const char *name, const char *help, const struct stats_hist *h)
+{
+	static const double q[] = { 0.5, 0.95, 0.99, 1.0 };
+
+	prom_head(f, name, "summary", help);
+	for (unsigned i = 0; i < sizeof(q) / sizeof(q[0]); i++)
+		fprintf(f, "%s{quantile=\"%g\"} %.6f\n", name, q[i],
+			(double)stats_hist_pct(h, q[i]) / 1e6);
+	fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6, name,
+		(unsigned long long)h->count);
+}
+
+static void print_prometheus(struct view *v, FILE *f)
+{
+	const struct stats_data *d = &v->s.d;
+	const struct stats_pool *p = &d->pool;
+
+	prom_one(f, "pgbroker_up", "gauge", "1 when a live broker published this segment", 1);
+	prom_one(f, "pgbroker_start_time_seconds", "gauge", "when the broker started (Unix time)",
+		 (double)d->started_ms / 1000.0);
+	prom_one(f, "pgbroker_stats_updated_time_seconds", "gauge",
+		 "when the broker last published its stats (Unix time)", (double)d->updated_ms / 1000.0);
+	prom_head(f, "pgbroker_pool_connections", "gauge", "backend connections by state");
+	fprintf(f, "pgbroker_pool_connections{state=\"idle\"} %u\n", p->idle);
+	fprintf(f, "pgbroker_pool_connections{state=\"active\"} %u\n", p->active);
+	fprintf(f, "pgbroker_pool_connections{state=\"pinned\"} %u\n", p->pinned);
+	fprintf(f, "pgbroker_pool_connections{state=\"connecting\"} %u\n", p->connecting);
+	fprintf(f, "pgbroker_pool_connections{state=\"other\"} %u\n", p->other);
+	prom_one(f, "pgbroker_pool_total", "gauge", "backend connections open or opening",
+		 p->total);
+	prom_one(f, "pgbroker_pool_waiting", "gauge", "statements waiting for a backend",
+		 p->waiting);
+	prom_head(f, "pgbroker_pool_limit", "gauge", "configured pool sizes");
+	fprintf(f, "pgbroker_pool_limit{limit=\"min\"} %u\n", p->min);
+	fprintf(f, "pgbroker_pool_limit{limit=\"size\"} %u\n", p->size);
+	fprintf(f, "pgbroker_pool_limit{limit=\"max\"} %u\n", p->max);
+	prom_one(f, "pgbroker_pool_utilization_percent", "gauge",
+		 "busy backends (active + pinned) in percent of max_pool_size", p->utilization);
+	prom_one(f, "pgbroker_clients_connected", "gauge", "agents connected", p->agents);
+	prom_one(f, "pgbroker_clients_registered_total", "counter", "agents registered",
+		 (double)d->c.agents_registered);
+	prom_one(f, "pgbroker_clients_refused_total", "counter", "agents refused",
+		 (double)d->c.agents_refused);
+	prom_one(f, "pgbroker_queries_total", "counter", "statements answered",
+		 (double)d->c.statements);
+	prom_one(f, "pgbroker_queries_failed_total", "counter", "statements answered with an error",
+		 (double)d->c.failed);
+	prom_one(f, "pgbroker_queries_retried_total", "counter", "statement retries",
+		 (double)d->c.retried);
+	prom_head(f, "pgbroker_timeouts_total", "counter", "timeouts by kind");
+	fprintf(f, "pgbroker_timeouts_total{kind=\"acquire\"} %llu\n",
+		(unsigned long long)d->c.acquire_timeouts);
+	fprintf(f, "pgbroker_timeouts_total{kind=\"statement\"} %llu\n",
+		(unsigned long long)d->c.statement_timeouts);
+	prom_one(f, "pgbroker_connects_total", "counter", "backend connections opened",
+		 (double)d->c.connects);
+	prom_one(f, "pgbroker_connect_failures_total", "counter", "failed connection attempts",
+		 (double)d->c.connect_failures);
+	prom_head(f, "pgbroker_backends_closed_total", "counter", "backend connections closed by reason");
+	fprintf(f, "pgbroker_backends_closed_total{reason=\"idle\"} %llu\n",
+		(unsigned long long)d->c.closed_idle);
+	fprintf(f, "pgbroker_backends_closed_total{reason=\"broken\"} %llu\n",
+		(unsigned long long)d->c.closed_broken);
+	fprintf(f, "pgbroker_backends_closed_total{reason=\"validation\"} %llu\n",
+		(unsigned long long)d->c.closed_validation);
+	fprintf(f, "pgbroker_backends_closed_total{reason=\"lifetime\"} %llu\n",
+		(unsigned long long)d->c.closed_lifetime);
+	prom_summary(f, "pgbroker_statement_duration_seconds",
+		     "statement round trip in the broker, arrival to result", &d->stmt);
+	prom_summary(f, "pgbroker_acquire_wait_seconds", "wait for a free backend", &d->acquire);
+	prom_one(f, "pgbroker_breaker_state", "gauge", "circuit breaker: 0 closed, 1 open, 2 half-open",
+		 d->breaker_state);
+	prom_one(f, "pgbroker_breaker_consecutive_failures", "gauge",
+		 "consecutive connection failures", d->breaker_failures);
+	prom_one(f, "pgbroker_breaker_opened_total", "counter", "times the breaker opened",
+		 (double)d->breaker_opened);
+	prom_one(f, "pgbroker_health_status", "gauge", "0 healthy, 1 degraded, 2 unhealthy",
+		 v->status);
+	prom_one(f, "pgbroker_health_success_ratio", "gauge",
+		 "statements that succeeded over the health window", v->s.h.success_pct / 100.0);
+	prom_one(f, "pgbroker_health_acquire_avg_seconds", "gauge",
+		 "average wait for a backend over the health window", v->s.h.acquire_avg_ms / 1000.0);
+}
+
+/* ---- the live view ---- */
+
+static volatile sig_atomic_t got_stop, got_winch;
+static struct termios saved_tio;
+static int tio_saved;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	got_stop = 1;
+}
+
+static void on_winch(int sig)
+{
+	(void)sig;
+	got_winch = 1;
+}
+
+static void term_restore(void)
+{
+	static const char leave[] = "\033[?25h\033[?1049l";
+
+	if (tio_saved)
+		tcsetattr(0, TCSANOW, &saved_tio);
+	tio_saved = 0;
+	(void)!write(1, leave, sizeof(leave) - 1);
+}
+
+/* Append s to buf cut at `cols` display columns (UTF-8 aware). */
+static size_t cut(char *buf, size_t at, size_t cap, const char *s, int cols)
+{
+	int col = 0;
+
+	for (; *s && at + 8 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if ((c & 0xC0) != 0x80) {
+			if (col >= cols)
+				break;
+			col++;
+		}
+		buf[at++] = (char)c;
+	}
+	return at;
+}
+
+static int live(struct view *v, int utf8)
+{
+	struct sigaction sa = { 0 };
+	struct termios tio;
+	static struct screen sc;
+	static char out[MAX_LINES * (LINE_MAX_BYTES + 8) + 64];
+
+	sa.sa_handler = on_stop;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	sa.sa_handler = on_winch;
+	sigaction(SIGWINCH, &sa, NULL);
+	if (isatty(0) && tcgetattr(0, &saved_tio) == 0) {
+		tio = saved_tio;
+		tio.c_lflag &= (tcflag_t)~(ICANON | ECHO);
+		tio.c_cc[VMIN] = 0;
+		tio.c_cc[VTIME] = 0;
+		tcsetattr(0, TCSANOW, &tio);
+		tio_saved = 1;
+	}
+	atexit(term_restore);
+	/* Alternate screen, cursor hidden, cleared once; afterwards every
+	 * frame overwrites in place (home, lines with clear-to-end). */
+	fputs("\033[?1049h\033[?25l\033[H\033[2J", stdout);
+	fflush(stdout);
+	while (!got_stop) {
+		struct winsize ws = { 0 };
+		int rows = 24, cols = 80, n, table;
+		char err[600];
+		size_t len = 0;
+		struct pollfd pf = { .fd = 0, .events = POLLIN };
+		int64_t wait;
+
+		if (ioctl(1, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) {
+			rows = ws.ws_row;
+			cols = ws.ws_col;
+		}
+		if (got_winch) {
+			got_winch = 0;
+			fputs("\033[2J", stdout);
+		}
+		memset(&sc, 0, sizeof(sc));
+		sc.utf8 = utf8;
+		if (load(v, err, sizeof(err)) != 0) {
+			put(&sc, "poolstat: %s", err);
+			put(&sc, "retrying every second (q quits)");
+		} else {
+			/* Fixed part: 11 lines + 2 per reason shown; the rest is the table. */
+			int reasons = rows >= 24 ? 2 : 1;
+
+			table = rows - 12 - 2 * reasons - 1;
+			render(v, &sc, 1, table > 0 ? table : 0, reasons);
+		}
+		n = sc.n < rows ? sc.n : rows;
+		len += (size_t)snprintf(out + len, sizeof(out) - len, "\033[H");
+		for (int i = 0; i < n; i++) {
+			len = cut(out, len, sizeof(out), sc.line[i], cols - 1);
+			len += (size_t)snprintf(out + len, sizeof(out) - len, "\033[K%s",
+						i + 1 < n ? "\r\n" : "");
+		}
+		len += (size_t)snprintf(out + len, sizeof(out) - len, "\033[J");
+		(void)!write(1, out, len);
+
+		wait = 1000 - now_wall_ms() % 1000;
+		if (poll(&pf, isatty(0) ? 1 : 0, (int)wait) > 0) {
+			char key[16];
+			ssize_t k = read(0, key, sizeof(key));
+
+			for (ssize_t i = 0; i < k; i++)
+				if (key[i] == 'q' || key[i] == 'Q')
+					got_stop = 1;
+			if (k == 0)
+				got_stop = 1;   /* stdin closed */
+		}
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	const char *dir = getenv("PGBROKER_DIR");
-	char path[512];
-	struct stats_data d;
-	struct stat st;
-	const struct stats_seg *seg;
-	int fd;
+	static struct view v;
+	enum mode mode = MODE_LIVE;
+	char err[600];
+	int rc, utf8;
 
-	for (int i = 1; i < argc; i++)
-		if (argv[i][0] != '-')
-			dir = argv[i];
-	if (!dir || !*dir)
-		dir = "/tmp/pgbroker";
-	snprintf(path, sizeof(path), "%s/%s", dir, STATS_FILE);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		fprintf(stderr, "poolstat: no broker at %s: %s\n", dir, strerror(errno));
-		return 3;
+	v.dir = getenv("PGBROKER_DIR");
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--once") == 0)
+			mode = MODE_ONCE;
+		else if (strcmp(argv[i], "--json") == 0)
+			mode = MODE_JSON;
+		else if (strcmp(argv[i], "--prometheus") == 0)
+			mode = MODE_PROM;
+		else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (argv[i][0] == '-') {
+			fprintf(stderr, "poolstat: unknown option %s\n", argv[i]);
+			usage(stderr);
+			return EXIT_NO_BROKER;
+		} else {
+			v.dir = argv[i];
+		}
 	}
-	if ((size_t)st.st_size < sizeof(struct stats_seg)) {
-		fprintf(stderr, "poolstat: %s is not a pgbroker stats segment\n", path);
-		return 3;
+	if (!v.dir || !*v.dir)
+		v.dir = "/tmp/pgbroker";
+	setlocale(LC_CTYPE, "");
+	utf8 = strcmp(nl_langinfo(CODESET), "UTF-8") == 0;
+	if (mode == MODE_LIVE && !isatty(1))
+		mode = MODE_ONCE;
+	if (mode == MODE_LIVE) {
+		if (load(&v, err, sizeof(err)) != 0) {
+			fprintf(stderr, "poolstat: %s\n", err);
+			return EXIT_NO_BROKER;
+		}
+		return live(&v, utf8);
 	}
-	seg = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
-	if (seg == MAP_FAILED || seg->magic != STATS_MAGIC || seg->version != STATS_VERSION) {
-		fprintf(stderr, "poolstat: %s is not a pgbroker stats segment of version %u\n",
-			path, STATS_VERSION);
-		return 3;
+	rc = load(&v, err, sizeof(err));
+	if (rc != 0) {
+		fprintf(stderr, "poolstat: %s\n", err);
+		if (mode == MODE_PROM)
+			prom_one(stdout, "pgbroker_up", "gauge",
+				 "1 when a live broker published this segment", 0);
+		return rc;
 	}
-	if (stats_read(seg, &d) < 0) {
-		fprintf(stderr, "poolstat: segment kept changing\n");
-		return 3;
+	if (mode == MODE_JSON) {
+		print_json(&v, stdout);
+	} else if (mode == MODE_PROM) {
+		print_prometheus(&v, stdout);
+	} else {
+		static struct screen sc;
+
+		sc.utf8 = utf8;
+		render(&v, &sc, 0, 10, -1);
+		for (int i = 0; i < sc.n; i++)
+			puts(sc.line[i]);
 	}
-	printf("pool: total %u idle %u active %u pinned %u connecting %u waiting %u "
-	       "(min %u size %u max %u) agents %u\n",
-	       d.pool.total, d.pool.idle, d.pool.active, d.pool.pinned, d.pool.connecting,
-	       d.pool.waiting, d.pool.min, d.pool.size, d.pool.max, d.pool.agents);
-	printf("statements %llu failed %llu acquire_timeouts %llu connects %llu "
-	       "connect_failures %llu\n",
-	       (unsigned long long)d.c.statements, (unsigned long long)d.c.failed,
-	       (unsigned long long)d.c.acquire_timeouts, (unsigned long long)d.c.connects,
-	       (unsigned long long)d.c.connect_failures);
-	return 0;
+	if (fflush(stdout) != 0)
+		return EXIT_NO_BROKER;
+	return (int)v.status;
 }

@@ -53,6 +53,11 @@ void h_broker_start(struct h_broker *br, const char *const *extra)
 	snprintf(br->log, sizeof(br->log), "%s/broker.log", br->dir);
 	cr_assert_eq(pipe(p), 0);
 	snprintf(fdarg, sizeof(fdarg), "%d", p[1]);
+	/* PGB_BROKER_WRAPPER runs the broker under e.g. valgrind (make valgrind). */
+	char *wrap = getenv("PGB_BROKER_WRAPPER") ? strdup(getenv("PGB_BROKER_WRAPPER")) : NULL;
+	for (char *save = NULL, *w = wrap ? strtok_r(wrap, " ", &save) : NULL; w && n < 16;
+	     w = strtok_r(NULL, " ", &save))
+		argv[n++] = w;
 	argv[n++] = h_bin("broker/pgbroker", bin, sizeof(bin));
 	argv[n++] = "--dir";
 	argv[n++] = br->dir;
@@ -75,13 +80,13 @@ void h_broker_start(struct h_broker *br, const char *const *extra)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		dup2(fd, 1);
 		dup2(fd, 2);
-		execv(argv[0], (char **)argv);
+		execvp(argv[0], (char **)argv);
 		_exit(127);
 	}
 	close(p[1]);
 	pf.fd = p[0];
 	pf.events = POLLIN;
-	if (poll(&pf, 1, 15000) == 1)
+	if (poll(&pf, 1, wrap ? 60000 : 15000) == 1)
 		(void)!read(p[0], line, sizeof(line) - 1);
 	close(p[0]);
 	if (strncmp(line, "ready", 5) != 0) {
@@ -105,7 +110,7 @@ int h_broker_stop(struct h_broker *br)
 	if (br->pid <= 0)
 		return -1;
 	kill(br->pid, SIGTERM);
-	st = h_wait(br->pid, 15000);
+	st = h_wait(br->pid, getenv("PGB_BROKER_WRAPPER") ? 60000 : 15000);
 	br->pid = 0;
 	return st;
 }

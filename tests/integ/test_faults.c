@@ -466,3 +466,32 @@ Test(faults, unreachable_postgresql_is_a_clear_error, .timeout = 60)
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&b2), 0);
 }
+
+Test(faults, agent_that_stops_reading_is_disconnected, .timeout = 60)
+{
+	const char *args[] = { "--send-timeout-ms", "500", NULL };
+	const char *sql = "select repeat('x', 1000) from generate_series(1, 5000)";
+	uint8_t blob[256];
+	uint64_t size, n = req_encoded_len(sql, 0, NULL);
+	struct ring req;
+	int sock;
+
+	h_broker_start(&br, args);
+	pgb_conn *good = h_connect(&br);
+	struct chan_shm *ch = raw_register(&sock, &size);
+
+	cr_assert_lt(n, sizeof(blob));
+	req_encode(blob, sql, 0, NULL, 0);
+	ring_init(&req, &ch->req, chan_req_data(ch, ch->ring_size), ch->ring_size);
+	struct frame_hdr h = { .len = (uint32_t)n, .type = FRAME_REQ, .flags = FRAME_FIRST | FRAME_LAST,
+			       .id = 1, .aux = (uint32_t)n };
+	ring_put(&req, &h, blob);
+	ring_bell(ch);
+	/* a 5 MB result fills the 256 KiB ring; nobody reads it */
+	cr_assert(hung_up(sock), "the stalled agent was not disconnected");
+	cr_assert_eq(h_num(good, "select 12"), 12, "the stall hurt a bystander");
+	munmap(ch, size);
+	close(sock);
+	pgb_finish(good);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}

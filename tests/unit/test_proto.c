@@ -1077,6 +1077,7 @@ Test(proto, resp_parse_random_corruption)
 			bad++;
 		free(tmp);
 	}
+	free(good);
 	cr_assert_gt(ok, 50, "ok %u", ok);
 	cr_assert_gt(bad, 1000, "bad %u", bad);
 }

@@ -1,0 +1,583 @@
+/* The stats segment's pure side: percentiles, the checked read-only mapping,
+ * the seqlock reader, and health classification (the thresholds live here,
+ * in health_limits_default, and nowhere else). */
+#include "stats.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+uint64_t stats_bucket_high(unsigned i)
+{
+	unsigned e;
+
+	if (i < STATS_SUB)
+		return i + 1;
+	if (i >= STATS_BUCKETS - 1)
+		return UINT64_MAX;
+	e = i / 4 + 1;
+	return (uint64_t)(4 + i % 4 + 1) << (e - 2);
+}
+
+uint64_t stats_hist_pct(const struct stats_hist *h, double p)
+{
+	uint64_t want, seen = 0;
+
+	if (!h->count)
+		return 0;
+	if (p <= 0)
+		p = 0;
+	want = (uint64_t)(p * (double)h->count);
+	if ((double)want < p * (double)h->count)
+		want++;   /* ceil, without libm */
+	if (want == 0)
+		want = 1;
+	if (want >= h->count)
+		return h->max_us;
+	for (unsigned i = 0; i < STATS_BUCKETS; i++) {
+		seen += h->bucket[i];
+		if (seen >= want) {
+			uint64_t edge = stats_bucket_high(i);
+
+			return edge < h->max_us ? edge : h->max_us;
+		}
+	}
+	return h->max_us;
+}
+
+double stats_hist_avg(const struct stats_hist *h)
+{
+	return h->count ? (double)h->sum_us / (double)h->count : 0;
+}
+
+void stats_hist_delta(const struct stats_hist *now, const struct stats_hist *before,
+		      struct stats_hist *out)
+{
+	out->count = now->count - before->count;
+	out->sum_us = now->sum_us - before->sum_us;
+	out->max_us = now->max_us;
+	for (unsigned i = 0; i < STATS_BUCKETS; i++)
+		out->bucket[i] = now->bucket[i] - before->bucket[i];
+}
+
+int stats_check(const void *p, size_t len, char *err, size_t errlen)
+{
+	const struct stats_seg *s = p;
+	uint64_t end;
+
+	if (len < offsetof(struct stats_seg, seq) || s->magic != STATS_MAGIC) {
+		snprintf(err, errlen, "not a pgbroker stats segment");
+		return -EPROTO;
+	}
+	if (s->version != STATS_VERSION) {
+		snprintf(err, errlen, "stats segment of layout version %u; this reader understands "
+			 "version %u only (use the poolstat and libpgbroker of the running broker's "
+			 "release)", s->version, STATS_VERSION);
+		return -EPROTO;
+	}
+	if (s->size != len || len < sizeof(*s)) {
+		snprintf(err, errlen, "stats segment says it has %llu bytes but has %zu",
+			 (unsigned long long)s->size, len);
+		return -EPROTO;
+	}
+	if (s->data_size != sizeof(struct stats_data) ||
+	    s->health_size != sizeof(struct stats_health) ||
+	    s->backend_size != sizeof(struct stats_backend) ||
+	    s->agent_size != sizeof(struct stats_agent)) {
+		snprintf(err, errlen, "stats segment of version %u but with another layout "
+			 "(built from different sources?)", s->version);
+		return -EPROTO;
+	}
+	end = s->backends_off + (uint64_t)s->max_backends * sizeof(struct stats_backend);
+	if (s->backends_off < sizeof(*s) || s->backends_off % 8 || end > len ||
+	    s->agents_off < end || s->agents_off % 8 ||
+	    s->agents_off + (uint64_t)s->max_agents * sizeof(struct stats_agent) > len) {
+		snprintf(err, errlen, "stats segment with its arrays out of bounds");
+		return -EPROTO;
+	}
+	return 0;
+}
+
+int stats_map_open(const char *dir, struct stats_map *m, char *err, size_t errlen)
+{
+	struct stat st;
+	void *map;
+	int fd, rc;
+
+	memset(m, 0, sizeof(*m));
+	snprintf(m->path, sizeof(m->path), "%s/%s", dir, STATS_FILE);
+	fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		if (rc == -ENOENT || rc == -ENOTDIR)
+			snprintf(err, errlen, "no broker at %s (%s: %s)", dir, m->path, strerror(-rc));
+		else
+			snprintf(err, errlen, "cannot read %s: %s%s", m->path, strerror(-rc),
+				 rc == -EACCES ? " (it is readable by the broker's user and group)" : "");
+		return rc;
+	}
+	if (fstat(fd, &st) < 0) {
+		rc = -errno;
+		close(fd);
+		snprintf(err, errlen, "cannot read %s: %s", m->path, strerror(-rc));
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode) || (size_t)st.st_size < offsetof(struct stats_seg, seq)) {
+		close(fd);
+		snprintf(err, errlen, "%s is not a pgbroker stats segment", m->path);
+		return -EPROTO;
+	}
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	rc = -errno;
+	close(fd);
+	if (map == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map %s: %s", m->path, strerror(-rc));
+		return rc;
+	}
+	rc = stats_check(map, (size_t)st.st_size, err, errlen);
+	if (rc < 0) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", err);
+		snprintf(err, errlen, "%s: %s", m->path, why);
+		munmap(map, (size_t)st.st_size);
+		return rc;
+	}
+	m->seg = map;
+	m->len = (size_t)st.st_size;
+	return 0;
+}
+
+void stats_map_close(struct stats_map *m)
+{
+	if (m->seg)
+		munmap((void *)m->seg, m->len);
+	m->seg = NULL;
+}
+
+/* Rows that fit both the caller's buffer and the mapping, whatever the
+ * (possibly torn) count says. */
+static uint32_t rows_fit(uint32_t n, uint32_t cap, uint32_t max, uint64_t off, size_t row,
+			 size_t len)
+{
+	if (n > cap)
+		n = cap;
+	if (n > max)
+		n = max;
+	if (off > len)
+		return 0;
+	if ((uint64_t)n * row > len - off)
+		n = (uint32_t)((len - off) / row);
+	return n;
+}
+
+#define READ_TRIES 100000
+
+/* Wait until seq is even; its value, or 1 (odd) when it never was. */
+static uint32_t seq_enter(const uint32_t *seq)
+{
+	for (int tries = 0; tries < READ_TRIES; tries++) {
+		uint32_t a = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+
+		if (!(a & 1))
+			return a;
+		if (!(tries & 15))
+			sched_yield();
+	}
+	return 1;
+}
+
+/* Did the copies made since seq_enter returned a see no writer? */
+static int seq_valid(const uint32_t *seq, uint32_t a)
+{
+	/* The copies must complete before seq is read again. */
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	return __atomic_load_n(seq, __ATOMIC_RELAXED) == a;
+}
+
+int stats_read(const struct stats_seg *s, struct stats_snap *out)
+{
+	const char *base = (const char *)s;
+	int tries;
+
+	/* Plain copies below: they may be torn, the second load of seq tells. */
+	for (tries = 0; tries < READ_TRIES; tries++) {
+		uint32_t a = seq_enter(&s->seq);
+
+		if (a & 1)
+			return -EAGAIN;
+		memcpy(&out->d, (const void *)&s->d, sizeof(out->d));
+		if (seq_valid(&s->seq, a))
+			break;
+		if (!(tries & 15))
+			sched_yield();
+	}
+	if (tries == READ_TRIES)
+		return -EAGAIN;
+	for (tries = 0; tries < READ_TRIES; tries++) {
+		uint32_t a = seq_enter(&s->hseq), nb, na;
+
+		if (a & 1)
+			return -EAGAIN;
+		memcpy(&out->h, (const void *)&s->h, sizeof(out->h));
+		nb = rows_fit(out->h.nbackends, out->backends ? out->cap_backends : 0,
+			      s->max_backends, s->backends_off, sizeof(struct stats_backend), s->size);
+		na = rows_fit(out->h.nagents, out->agents ? out->cap_agents : 0, s->max_agents,
+			      s->agents_off, sizeof(struct stats_agent), s->size);
+		if (nb)
+			memcpy(out->backends, base + s->backends_off, nb * sizeof(struct stats_backend));
+		if (na)
+			memcpy(out->agents, base + s->agents_off, na * sizeof(struct stats_agent));
+		if (seq_valid(&s->hseq, a)) {
+			out->nbackends = nb;
+			out->nagents = na;
+			if (out->h.nreasons > STATS_REASONS)
+				out->h.nreasons = STATS_REASONS;
+			for (unsigned i = 0; i < STATS_REASONS; i++) {
+				out->h.reasons[i].text[STATS_TEXT - 1] = '\0';
+				out->h.reasons[i].advice[STATS_TEXT - 1] = '\0';
+			}
+			return 0;
+		}
+		if (!(tries & 15))
+			sched_yield();
+	}
+	return -EAGAIN;
+}
+
+int stats_alive(const struct stats_data *d, int64_t now_ms)
+{
+	if (now_ms - d->updated_ms <= STATS_STALE_MS)
+		return 0;
+	if (d->broker_pid > 0 && (kill(d->broker_pid, 0) == 0 || errno == EPERM))
+		return 1;
+	return -ESRCH;
+}
+
+int stats_verdict(struct stats_snap *s, const char *dir, int64_t now_ms, char *err,
+		  size_t errlen)
+{
+	long long behind = (long long)((now_ms - s->d.updated_ms) / 1000);
+	int rc = stats_alive(&s->d, now_ms);
+	char text[STATS_TEXT];
+
+	if (rc < 0) {
+		snprintf(err, errlen, "no broker at %s: stale stats segment left by pid %d "
+			 "(last update %lld s ago)", dir, (int)s->d.broker_pid, behind);
+		return -ESRCH;
+	}
+	if (s->h.status > HEALTH_UNHEALTHY)
+		s->h.status = HEALTH_UNHEALTHY;
+	if (rc > 0) {
+		snprintf(text, sizeof(text), "the broker (pid %d) has not published its stats "
+			 "for %lld s", (int)s->d.broker_pid, behind);
+		health_add_reason(&s->h, HEALTH_R_STALE, HEALTH_UNHEALTHY, text,
+				  "the broker is stuck or stopped: look at its log, and at its "
+				  "stack with gdb -p PID");
+	}
+	return (int)s->h.status;
+}
+
+void health_limits_default(struct health_limits *lim)
+{
+	/* The replaced pool's thresholds. */
+	*lim = (struct health_limits){
+		.util_warn_pct = 75,
+		.util_crit_pct = 90,
+		.waiting_warn = 5,
+		.waiting_crit = 10,
+		.success_warn_pct = 99,
+		.success_crit_pct = 95,
+		.acquire_warn_ms = 100,
+		.acquire_crit_ms = 500,
+		/* It checked every 30 s: rates and averages cover that much. */
+		.window_ms = 30000,
+		/* A single failed statement out of three is no outage. */
+		.min_statements = 20,
+		.trend_flat_pct = 5,
+	};
+}
+
+const char *health_status_name(uint32_t status)
+{
+	switch (status) {
+	case HEALTH_HEALTHY: return "healthy";
+	case HEALTH_DEGRADED: return "degraded";
+	case HEALTH_UNHEALTHY: return "unhealthy";
+	default: return "unknown";
+	}
+}
+
+const char *stats_breaker_name(uint32_t state)
+{
+	switch (state) {
+	case 0: return "closed";
+	case 1: return "open";
+	case 2: return "half-open";
+	default: return "unknown";
+	}
+}
+
+const char *stats_backend_state_name(uint32_t state)
+{
+	switch (state) {
+	case STATS_BE_CONNECTING: return "connecting";
+	case STATS_BE_IDLE: return "idle";
+	case STATS_BE_BUSY: return "active";
+	case STATS_BE_PINNED: return "pinned";
+	case STATS_BE_RESET: return "cleaning";
+	default: return "free";
+	}
+}
+
+const char *stats_agent_state_name(uint32_t state)
+{
+	switch (state) {
+	case STATS_AG_IDLE: return "idle";
+	case STATS_AG_WAITING: return "waiting";
+	case STATS_AG_RUNNING: return "running";
+	case STATS_AG_IN_TXN: return "in-transaction";
+	default: return "unknown";
+	}
+}
+
+void health_push(struct stats_health *h, const struct stats_sample *s)
+{
+	if (h->next >= STATS_HISTORY)
+		h->next = 0;
+	h->hist[h->next] = *s;
+	h->next = (h->next + 1) % STATS_HISTORY;
+	if (h->nsamples < STATS_HISTORY)
+		h->nsamples++;
+	h->sample_ms = s->t_ms;
+	h->interval_ms = s->interval_ms;
+}
+
+const struct stats_sample *health_sample_at(const struct stats_health *h, uint32_t back)
+{
+	uint32_t n = h->nsamples < STATS_HISTORY ? h->nsamples : STATS_HISTORY;
+
+	if (back >= n || h->next >= STATS_HISTORY)
+		return NULL;
+	return &h->hist[(h->next + STATS_HISTORY - 1 - back) % STATS_HISTORY];
+}
+
+void health_add_reason(struct stats_health *h, uint32_t code, uint32_t level,
+		       const char *text, const char *advice)
+{
+	struct stats_reason *r;
+
+	if (h->nreasons >= STATS_REASONS)
+		return;
+	r = &h->reasons[h->nreasons++];
+	r->code = code;
+	r->level = level;
+	snprintf(r->text, sizeof(r->text), "%s", text);
+	snprintf(r->advice, sizeof(r->advice), "%s", advice);
+	if (level > h->status)
+		h->status = level;
+}
+
+enum { RUN_UTIL, RUN_WAITING };
+
+/* How long the newest samples in a row have been over thr. */
+static uint64_t run_ms(const struct stats_health *h, int what, double thr)
+{
+	const struct stats_sample *s;
+	uint64_t ms = 0;
+
+	for (uint32_t i = 0; (s = health_sample_at(h, i)); i++) {
+		double v = what == RUN_UTIL ? s->utilization : (double)s->waiting;
+
+		if (!(v > thr))
+			break;
+		ms += s->interval_ms;
+	}
+	return ms;
+}
+
+static const char *dur(uint64_t ms, char *buf, size_t n)
+{
+	if (ms < 10000)
+		snprintf(buf, n, "%.1f s", (double)ms / 1000.0);
+	else if (ms < 120000)
+		snprintf(buf, n, "%llu s", (unsigned long long)((ms + 500) / 1000));
+	else if (ms < 2 * 3600000)
+		snprintf(buf, n, "%llu min", (unsigned long long)((ms + 30000) / 60000));
+	else
+		snprintf(buf, n, "%llu h", (unsigned long long)((ms + 1800000) / 3600000));
+	return buf;
+}
+
+static const char rule_of_thumb[] =
+	"the server is the limit: shorten transactions; more than about twice "
+	"the server's CPU cores of busy connections does not help";
+
+/* Least-squares slope of utilization over the history, points per minute. */
+static double util_slope(const struct stats_health *h, double *span_min)
+{
+	const struct stats_sample *s, *oldest = NULL;
+	double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0, den;
+
+	for (uint32_t i = 0; (s = health_sample_at(h, i)); i++)
+		oldest = s;
+	*span_min = 0;
+	if (!oldest)
+		return 0;
+	for (uint32_t i = 0; (s = health_sample_at(h, i)); i++) {
+		double x = (double)(s->t_ms - oldest->t_ms) / 60000.0;
+
+		n++;
+		sx += x;
+		sy += s->utilization;
+		sxx += x * x;
+		sxy += x * s->utilization;
+		if (x > *span_min)
+			*span_min = x;
+	}
+	den = n * sxx - sx * sx;
+	if (n < 3 || den <= 0)
+		return 0;
+	return (n * sxy - sx * sy) / den;
+}
+
+void health_classify(const struct stats_data *d, struct stats_health *h,
+		     const struct health_limits *lim)
+{
+	const struct stats_sample *now = health_sample_at(h, 0), *s;
+	uint32_t before = h->status;
+	uint64_t st = 0, failed = 0, acq = 0, acq_us = 0, span = 0;
+	int64_t room = -1;
+	int limited = 0;
+	char text[STATS_TEXT], advice[STATS_TEXT], t1[32];
+	double span_min;
+
+	h->status = HEALTH_HEALTHY;
+	h->nreasons = 0;
+	memset(h->reasons, 0, sizeof(h->reasons));
+
+	/* Rates and averages over the window, newest samples first. */
+	for (uint32_t i = 0; (s = health_sample_at(h, i)) && span < lim->window_ms; i++) {
+		st += s->statements;
+		failed += s->failed;
+		acq += s->acquires;
+		acq_us += s->acquire_sum_us;
+		span += s->interval_ms;
+	}
+	h->window_ms = (uint32_t)span;
+	h->success_pct = st ? 100.0 * (double)(st - failed) / (double)st : 100.0;
+	h->acquire_avg_ms = acq ? (double)acq_us / (double)acq / 1000.0 : 0;
+	h->stmts_per_s = span ? (double)st * 1000.0 / (double)span : 0;
+
+	if (d->server_max_connections) {
+		room = (int64_t)d->server_max_connections - d->server_reserved_connections -
+		       d->server_other_connections;
+		limited = room < (int64_t)d->pool.max;
+	}
+
+	if (d->breaker_state == 1 || d->breaker_state == 2) {
+		snprintf(text, sizeof(text), "circuit breaker %s after %u consecutive connection "
+			 "failures (opened %llu times)", stats_breaker_name(d->breaker_state),
+			 d->breaker_failures, (unsigned long long)d->breaker_opened);
+		health_add_reason(h, HEALTH_R_BREAKER, HEALTH_UNHEALTHY, text,
+				  "PostgreSQL is unreachable: check that it runs and accepts "
+				  "connections (the broker log has libpq's reason); statements "
+				  "fail fast with PB002 meanwhile");
+	} else if (d->pool.total == d->pool.connecting && d->connect_fails > 0) {
+		snprintf(text, sizeof(text), "no backend connected: the last %u connection "
+			 "attempts failed", d->connect_fails);
+		health_add_reason(h, HEALTH_R_UNREACHABLE, HEALTH_UNHEALTHY, text,
+				  "check that PostgreSQL runs and that the DSN, the user and "
+				  "pg_hba.conf let the broker in (the broker log has libpq's reason)");
+	}
+
+	if (now) {
+		uint32_t level = now->utilization > lim->util_crit_pct ? HEALTH_UNHEALTHY :
+				 now->utilization > lim->util_warn_pct ? HEALTH_DEGRADED : 0;
+
+		if (level) {
+			snprintf(text, sizeof(text), "utilization %.0f%% above %.0f%% (%u of "
+				 "max_pool_size %u busy) for %s", now->utilization,
+				 level == HEALTH_UNHEALTHY ? lim->util_crit_pct : lim->util_warn_pct,
+				 now->busy, now->max,
+				 dur(run_ms(h, RUN_UTIL, lim->util_warn_pct), t1, sizeof(t1)));
+			if (limited)
+				snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
+			else
+				snprintf(advice, sizeof(advice), "raise max_pool_size (now %u) or "
+					 "shorten transactions: agents queue once every backend "
+					 "is busy", now->max);
+			health_add_reason(h, HEALTH_R_UTILIZATION, level, text, advice);
+		}
+		level = now->waiting > lim->waiting_crit ? HEALTH_UNHEALTHY :
+			now->waiting > lim->waiting_warn ? HEALTH_DEGRADED : 0;
+		if (level) {
+			snprintf(text, sizeof(text), "%u agents waiting for a backend (above %u) "
+				 "for %s", now->waiting,
+				 level == HEALTH_UNHEALTHY ? lim->waiting_crit : lim->waiting_warn,
+				 dur(run_ms(h, RUN_WAITING, lim->waiting_warn), t1, sizeof(t1)));
+			if (limited)
+				snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
+			else
+				snprintf(advice, sizeof(advice), "raise max_pool_size (now %u) or "
+					 "shorten transactions", now->max);
+			health_add_reason(h, HEALTH_R_WAITING, level, text, advice);
+		}
+	}
+
+	if (st >= lim->min_statements && h->success_pct < lim->success_warn_pct) {
+		uint32_t level = h->success_pct < lim->success_crit_pct ? HEALTH_UNHEALTHY :
+				 HEALTH_DEGRADED;
+
+		snprintf(text, sizeof(text), "success rate %.1f%% below %.0f%% over the last %s "
+			 "(%llu of %llu statements failed)", h->success_pct,
+			 level == HEALTH_UNHEALTHY ? lim->success_crit_pct : lim->success_warn_pct,
+			 dur(span, t1, sizeof(t1)), (unsigned long long)failed,
+			 (unsigned long long)st);
+		health_add_reason(h, HEALTH_R_SUCCESS, level, text,
+				  "look at the failing statements' SQLSTATEs: PB001 means too few "
+				  "backends, 57014 statement_timeout_ms, 08xxx lost connections");
+	}
+
+	if (acq && h->acquire_avg_ms > lim->acquire_warn_ms) {
+		uint32_t level = h->acquire_avg_ms > lim->acquire_crit_ms ? HEALTH_UNHEALTHY :
+				 HEALTH_DEGRADED;
+
+		snprintf(text, sizeof(text), "average wait for a backend %.0f ms above %.0f ms "
+			 "over the last %s", h->acquire_avg_ms,
+			 level == HEALTH_UNHEALTHY ? lim->acquire_crit_ms : lim->acquire_warn_ms,
+			 dur(span, t1, sizeof(t1)));
+		if (limited)
+			snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
+		else
+			snprintf(advice, sizeof(advice), "raise pool_size (now %u) and max_pool_size "
+				 "(now %u), or shorten transactions", d->pool.size, d->pool.max);
+		health_add_reason(h, HEALTH_R_ACQUIRE, level, text, advice);
+	}
+
+	if (limited) {
+		snprintf(text, sizeof(text), "max_pool_size %u does not fit the server: "
+			 "max_connections %u, %u reserved, %u held by others: room for %lld",
+			 d->pool.max, d->server_max_connections, d->server_reserved_connections,
+			 d->server_other_connections, (long long)(room > 0 ? room : 0));
+		snprintf(advice, sizeof(advice), "lower max_pool_size to %lld or raise "
+			 "max_connections; about twice the server's CPU cores of busy "
+			 "connections is the useful pool size", (long long)(room > 0 ? room : 0));
+		health_add_reason(h, HEALTH_R_CAPACITY, HEALTH_DEGRADED, text, advice);
+	}
+
+	h->trend_per_min = util_slope(h, &span_min);
+	if (__builtin_fabs(h->trend_per_min * span_min) < lim->trend_flat_pct)
+		h->trend = 0;
+	else
+		h->trend = h->trend_per_min > 0 ? 1 : -1;
+
+	if (h->status != before || !h->status_since_ms)
+		h->status_since_ms = now ? now->t_ms : d->updated_ms;
+}
