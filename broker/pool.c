@@ -111,8 +111,9 @@ static void connect_one(struct broker *b)
 		if (strcmp(o->keyword, "options") == 0 && o->val)
 			user_opts = o->val;
 	snprintf(options, sizeof(options),
-		 "%s -c statement_timeout=%d -c client_connection_check_interval=1000",
-		 user_opts, b->cfg.statement_timeout_ms);
+		 "%s -c statement_timeout=%d -c idle_in_transaction_session_timeout=%d "
+		 "-c client_connection_check_interval=1000",
+		 user_opts, b->cfg.statement_timeout_ms, b->cfg.idle_in_transaction_timeout_ms);
 	PQconninfoFree(info);
 	snprintf(idle, sizeof(idle), "%d", (b->cfg.keepalive_initial_delay_ms + 999) / 1000);
 	vals[0] = b->cfg.dsn;
@@ -298,7 +299,9 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 	if (be->owner) {
 		be->owner->pinned = NULL;
 		/* Its transaction (and any session state) died with the backend. */
-		if (why == CLOSE_BROKEN &&
+		/* ...and the agent hears it once: from the statement that was
+		 * running, or else from its next one. */
+		if (why == CLOSE_BROKEN && !(be->req && be->req->agent == be->owner) &&
 		    (be->state == BE_PINNED || be->in_txn || be->owner->session_pinned))
 			be->owner->txn_lost = 1;
 		be->owner->session_pinned = 0;

@@ -61,8 +61,13 @@ struct pgb_conn {
 	char errmsg[256];
 };
 
+#define RESULT_LIVE 0x6c697665u
+#define RESULT_DEAD 0x64656164u
+
 struct pgb_result {
 	uint8_t *blob;           /* the response as received; NULL for local errors */
+	char pad[32];            /* keeps magic clear of the allocator's free-list words */
+	uint32_t magic;          /* RESULT_LIVE; RESULT_DEAD once cleared (debug check) */
 	struct resp_view v;
 	const char **fnames;
 	const char **vals;
@@ -103,6 +108,7 @@ static pgb_result *local_error(const char *sqlstate, const char *fmt, ...)
 
 	if (!r)
 		return NULL;
+	r->magic = RESULT_LIVE;
 	va_start(ap, fmt);
 	vsnprintf(r->local_err, sizeof(r->local_err), fmt, ap);
 	va_end(ap);
@@ -437,6 +443,7 @@ static pgb_result *build_result(uint8_t *blob, uint64_t n)
 
 	if (!r)
 		return NULL;
+	r->magic = RESULT_LIVE;
 	if (resp_parse_head(blob, n, &h) < 0)
 		goto bad;
 	cells = (uint64_t)h.ntuples * h.nfields;
@@ -455,6 +462,7 @@ bad:
 	free(r->lens);
 	free(blob);
 	memset(r, 0, sizeof(*r));
+	r->magic = RESULT_LIVE;
 	snprintf(r->local_err, sizeof(r->local_err), "malformed response from broker");
 	snprintf(r->v.head.sqlstate, sizeof(r->v.head.sqlstate), "%s", PGB_SQLSTATE_BAD_REQUEST);
 	r->v.err = r->local_err;
@@ -980,6 +988,15 @@ PGB_API void pgb_clear(pgb_result *r)
 {
 	if (!r)
 		return;
+#ifndef NDEBUG
+	/* A result cleared twice: say so instead of corrupting the heap. */
+	if (r->magic != RESULT_LIVE) {
+		fprintf(stderr, "libpgbroker: pgb_clear(%p): %s\n", (void *)r,
+			r->magic == RESULT_DEAD ? "result already cleared" : "not a result");
+		abort();
+	}
+#endif
+	*(volatile uint32_t *)&r->magic = RESULT_DEAD;  /* must survive the free below */
 	free(r->blob);
 	free(r->fnames);
 	free(r->vals);

@@ -36,6 +36,7 @@ struct pgb_config {
 	int max_inflight_per_agent;
 	int max_waiting;            /* statements waiting for a backend, all agents */
 	int send_timeout_ms;        /* agent that stops reading its responses */
+	int idle_in_transaction_timeout_ms; /* set on every backend */
 	int health_interval_ms;
 	int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
 

@@ -1,6 +1,7 @@
 /* The working broker end to end: statements, parameters, errors, large
  * statements and results, transactions and isolation between agents. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -287,4 +288,20 @@ Test(core, null_and_closed_handles_are_errors_not_crashes)
 	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_NOT_CONNECTED);
 	pgb_clear(r);
 	pgb_finish(bad);
+}
+
+/* Under AddressSanitizer the second clear is ASan's to report, not ours. */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+
+Test(core, clearing_a_result_twice_is_caught, .signal = SIGABRT, .disabled = UNDER_ASAN)
+{
+	pgb_conn *c = h_connect(&br);
+	pgb_result *r = h_ok(c, "select 1");
+
+	pgb_clear(r);
+	pgb_clear(r);   /* debug builds abort with a message, not a corrupt heap */
 }

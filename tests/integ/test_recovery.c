@@ -278,3 +278,30 @@ Test(recovery, breaker_opens_when_postgresql_stops_and_closes_after, .timeout = 
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+static int no_pinned_txn(void *arg)
+{
+	return h_backends(arg, &br, "state like 'idle in transaction%'") == 0;
+}
+
+Test(recovery, stalled_transaction_is_bounded_and_backend_recovered, .timeout = 60)
+{
+	const char *args[] = { "--idle-in-transaction-timeout-ms", "300", NULL };
+	PGconn *pg = h_pg();
+	pgb_conn *c;
+	pgb_result *r;
+
+	h_broker_start(&br, args);
+	c = h_connect(&br);
+	pgb_clear(h_ok(c, "begin"));
+	pgb_clear(h_ok(c, "select 1"));
+	/* the agent stalls inside its transaction: PostgreSQL ends it */
+	cr_assert(h_until(no_pinned_txn, pg, 5000), "the stalled transaction was not ended");
+	r = pgb_exec(c, "select 2");
+	cr_assert_str_eq(pgb_sqlstate(r), "08006", "%s", pgb_result_error(r));
+	pgb_clear(r);
+	cr_assert_eq(h_num(c, "select 3"), 3, "the connection did not recover");
+	pgb_finish(c);
+	PQfinish(pg);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
