@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -86,6 +87,25 @@ static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
 	default:
 		break;
 	}
+}
+
+/* Each agent costs the broker two descriptors (socket, eventfd): lift the
+ * soft limit to the hard one and say so when max_agents cannot fit. */
+static void raise_fd_limit(const struct broker *b)
+{
+	struct rlimit rl;
+	rlim_t need = 2 * (rlim_t)b->cfg.max_agents + (rlim_t)b->cfg.max_pool_size + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur < need)
+		log_warn("open file limit %llu is below the %llu that max_agents=%d needs; "
+			 "raise it (ulimit -n) or lower max_agents", (unsigned long long)rl.rlim_cur,
+			 (unsigned long long)need, b->cfg.max_agents);
 }
 
 static int setup_ring(struct broker *b)
@@ -209,6 +229,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_level = b->cfg.log_level;
+	raise_fd_limit(b);
 	b->listen_fd = b->lock_fd = b->signal_fd = -1;
 	list_init(&b->hello);
 	list_init(&b->wake);
