@@ -1309,6 +1309,11 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 	    (b->nwaiting || b->ntotal < (uint32_t)b->cfg.min_pool_size))
 		*next_ns = b->next_connect_ns;
 	b->st.breaker_state = b->breaker.state;
+	b->st.breaker_failures = (uint32_t)b->breaker.failures;
+	b->st.breaker_opened = b->breaker.times_opened;
+	/* the breaker keeps monotonic ms; the segment speaks wall-clock ms */
+	b->st.breaker_changed_ms = b->breaker.changed_ms ?
+		wall_ms() - (b->now_ns / MS - b->breaker.changed_ms) : 0;
 }
 
 int pool_init(struct broker *b)
