@@ -152,6 +152,7 @@ struct backend {
 	int parked;               /* clean, waiting for that thread before reuse */
 	int discard;              /* run DISCARD ALL before anyone else uses it */
 	int dirty;                /* nobody's: clean up before reuse */
+	int probe;                /* running the server capacity query */
 	/* Pipeline of autocommit statements from several agents, each with
 	 * its own Sync: req is the head, pipeq holds the ones behind it. */
 	int piped;
@@ -193,6 +194,7 @@ struct broker {
 	struct list delayed;      /* requests waiting out a retry backoff */
 	struct list pipes;        /* backends running a shared pipeline */
 	uint32_t busy_target;     /* busy backends worth having: 2 x cores */
+	int64_t exec_ewma_ns;     /* recent statement execution time */
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */
 	uint64_t rng;

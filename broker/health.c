@@ -28,6 +28,14 @@ int health_init(struct broker *b)
 	if (!m)
 		return -ENOMEM;
 	health_limits_default(&m->lim);
+	m->lim.util_warn_pct = b->cfg.health_util_warn_pct;
+	m->lim.util_crit_pct = b->cfg.health_util_crit_pct;
+	m->lim.waiting_warn = (uint32_t)b->cfg.health_waiting_warn;
+	m->lim.waiting_crit = (uint32_t)b->cfg.health_waiting_crit;
+	m->lim.success_warn_pct = b->cfg.health_success_warn_pct;
+	m->lim.success_crit_pct = b->cfg.health_success_crit_pct;
+	m->lim.acquire_warn_ms = b->cfg.health_acquire_warn_ms;
+	m->lim.acquire_crit_ms = b->cfg.health_acquire_crit_ms;
 	m->last_ns = b->now_ns;
 	m->next_ns = b->now_ns + (int64_t)b->cfg.health_interval_ms * MS;
 	b->health = m;

@@ -34,6 +34,7 @@ static void pipe_leave(struct broker *b, struct backend *be);
 static void keep_result(struct backend *be, PGresult *x);
 static int rolled_back(const char *state);
 static int ends_transaction(const char *sql);
+static void capacity_result(struct broker *b, PGresult *x);
 
 struct backend *pool_by_tag(struct broker *b, uint64_t tag)
 {
@@ -235,6 +236,8 @@ static void connect_done(struct broker *b, struct backend *be)
 	PQsetnonblocking(be->pg, 1);
 	be->pg_pid = PQbackendPID(be->pg);
 	be->fd = PQsocket(be->pg);
+	int had_failures = b->connect_fails > 0;
+
 	b->connect_fails = 0;
 	b->st.c.connects++;
 	if (b->breaker.state != BREAKER_CLOSED)
@@ -242,7 +245,37 @@ static void connect_done(struct broker *b, struct backend *be)
 	breaker_success(&b->breaker, b->now_ns / MS);
 	log_debug("backend %u connected (pid %d)", be->slot, be->pg_pid);
 	be->last_used_ns = b->now_ns;
+	/* At start and after each reconnect: can max_pool_size fit? */
+	if (!b->st.server_checked_ms || had_failures) {
+		be->probe = 1;
+		be_reset(b, be, "select current_setting('max_connections')::int, "
+			 "current_setting('superuser_reserved_connections')::int, "
+			 "(select count(*) from pg_stat_activity where backend_type = 'client backend' "
+			 "and application_name <> current_setting('application_name'))");
+		return;
+	}
 	be_release(b, be);
+}
+
+/* The capacity query's answer: record it and warn when the pool cannot fit. */
+static void capacity_result(struct broker *b, PGresult *x)
+{
+	int64_t room;
+
+	if (PQresultStatus(x) != PGRES_TUPLES_OK || PQntuples(x) != 1 || PQnfields(x) != 3)
+		return;
+	b->st.server_max_connections = (uint32_t)atoi(PQgetvalue(x, 0, 0));
+	b->st.server_reserved_connections = (uint32_t)atoi(PQgetvalue(x, 0, 1));
+	b->st.server_other_connections = (uint32_t)atoi(PQgetvalue(x, 0, 2));
+	b->st.server_checked_ms = wall_ms();
+	room = (int64_t)b->st.server_max_connections - b->st.server_reserved_connections -
+	       b->st.server_other_connections;
+	if (room < b->cfg.max_pool_size)
+		log_warn("max_pool_size=%d cannot fit: the server allows %u connections, %u "
+			 "reserved for superusers, %u held by other clients: room for %lld",
+			 b->cfg.max_pool_size, b->st.server_max_connections,
+			 b->st.server_reserved_connections, b->st.server_other_connections,
+			 (long long)(room > 0 ? room : 0));
 }
 
 static void on_connect_poll(struct broker *b, struct backend *be)
@@ -354,6 +387,12 @@ static void be_reset(struct broker *b, struct backend *be, const char *sql)
 }
 
 #define PIPE_MAX 32            /* statements in one backend's pipeline */
+
+/* Keep a moving average of how long statements execute. */
+static void exec_time(struct broker *b, int64_t ns)
+{
+	b->exec_ewma_ns += (ns - b->exec_ewma_ns) / 8;
+}
 #define PIPE_HEAD_FRESH_NS (2 * MS) /* join only pipelines whose head is quick */
 
 static void pipe_leave(struct broker *b, struct backend *be)
@@ -420,6 +459,9 @@ static struct backend *pipe_pick(struct broker *b)
 
 		if (be->npipe >= PIPE_MAX || b->now_ns - be->head_ns > PIPE_HEAD_FRESH_NS)
 			continue;
+		/* Slow statements lately: a joiner would wait behind one. */
+		if (b->exec_ewma_ns > PIPE_HEAD_FRESH_NS / 2)
+			return NULL;
 		if (!best || be->npipe < best->npipe)
 			best = be;
 	}
@@ -451,6 +493,7 @@ static void pipe_done(struct broker *b, struct backend *be)
 	be->res = NULL;
 	be->npipe--;
 	be->served++;
+	exec_time(b, b->now_ns - be->head_ns);
 	r->be = NULL;
 	if (a && !ok && rolled_back(state) && request_retry(b, r, state)) {
 		retry = 1;
@@ -535,6 +578,7 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 
 	be->in_txn = PQtransactionStatus(be->pg) != PQTRANS_IDLE;
 	be->req = r;
+	be->head_ns = b->now_ns;
 	r->be = be;
 	if (!r->attempts)
 		stats_hist_add(&b->st.acquire,
@@ -738,6 +782,7 @@ static void statement_done(struct broker *b, struct backend *be)
 
 		r->be = NULL;
 		be->served++;
+		exec_time(b, b->now_ns - be->head_ns);
 		if (r->nsub) {
 			ok = 1;
 			state = NULL;
@@ -879,6 +924,10 @@ static void drain(struct broker *b, struct backend *be)
 			 * backend is not trusted again. */
 			if (PQresultStatus(x) == PGRES_FATAL_ERROR)
 				be->dirty = 1;
+			if (be->probe) {
+				be->probe = 0;
+				capacity_result(b, x);
+			}
 			PQclear(x);
 			break;
 		}
@@ -1330,6 +1379,7 @@ int pool_init(struct broker *b)
 	list_init(&b->waitq);
 	list_init(&b->delayed);
 	list_init(&b->pipes);
+	b->exec_ewma_ns = PIPE_HEAD_FRESH_NS;  /* pipelines only once statements prove quick */
 	b->busy_target = 2 * (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
 	for (int i = 0; i < b->cfg.max_pool_size; i++) {

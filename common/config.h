@@ -38,6 +38,11 @@ struct pgb_config {
 	int send_timeout_ms;        /* agent that stops reading its responses */
 	int idle_in_transaction_timeout_ms; /* set on every backend */
 	int health_interval_ms;
+	/* health thresholds (the replaced pool's, by default) */
+	int health_util_warn_pct, health_util_crit_pct;
+	int health_waiting_warn, health_waiting_crit;
+	int health_success_warn_pct, health_success_crit_pct;
+	int health_acquire_warn_ms, health_acquire_crit_ms;
 	int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
 
 	int n_allow_uids;           /* besides the broker's own uid */

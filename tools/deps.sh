@@ -2,6 +2,7 @@
 # Install the Debian packages pgbroker needs to build and test, if missing.
 #   sh tools/deps.sh           build + test dependencies
 #   sh tools/deps.sh --bench   also pgbouncer and postgresql-contrib (pgbench)
+#   sh tools/deps.sh --fuzz    also clang and its libFuzzer runtime (make fuzz)
 # Quiet when everything is already installed. As root it installs directly;
 # otherwise through passwordless sudo, or it prints the command to run and
 # exits 1.
@@ -12,11 +13,12 @@ PKGS="gcc make pkg-config liburing-dev libcriterion-dev libpq-dev postgresql tmu
 for arg in "$@"; do
 	case $arg in
 	--bench) PKGS="$PKGS pgbouncer postgresql-contrib" ;;
+	--fuzz) PKGS="$PKGS clang libclang-rt-dev" ;;
 	-h|--help)
-		echo "usage: sh tools/deps.sh [--bench]"
+		echo "usage: sh tools/deps.sh [--bench] [--fuzz]"
 		exit 0 ;;
 	*)
-		echo "deps.sh: unknown argument: $arg (usage: sh tools/deps.sh [--bench])" >&2
+		echo "deps.sh: unknown argument: $arg (usage: sh tools/deps.sh [--bench] [--fuzz])" >&2
 		exit 2 ;;
 	esac
 done

@@ -47,7 +47,7 @@
 	"select count(*) from pg_stat_activity where backend_type = 'client backend' " \
 	"and pid <> pg_backend_pid()"
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop;   /* the signal that asked us to stop */
 
 /* Everything that must be undone on any exit path (see cleanup()). */
 static struct {
@@ -93,8 +93,7 @@ static uint64_t now_us(void)
 
 static void on_signal(int sig)
 {
-	(void)sig;
-	g_stop = 1;
+	g_stop = sig;
 }
 
 /* Sleep until the monotonic time t; -1 when a stop was requested. */
@@ -1692,5 +1691,5 @@ int main(int argc, char **argv)
 	if (o.plot && write_output(o.plot, 's', &m, &cx, results, nres, notes, nnotes) < 0)
 		status = 1;
 	cleanup();
-	return g_stop ? 130 : status;
+	return g_stop ? 128 + g_stop : status;
 }

@@ -1,0 +1,417 @@
+/* libFuzzer target for everything the broker decodes from an agent's
+ * channel: request blobs (req_decode, req_params), batch blobs (batch_count,
+ * batch_decode), and the request ring itself (ring_peek, ring_read,
+ * ring_consume) with control words taken from the input. Also the response
+ * parser the client runs on the broker's output (resp_parse_head,
+ * resp_parse), and the producer side's view of a hostile consumer head
+ * (ring_space).
+ *
+ * Input: byte 0 selects the decoder (mod 4), the rest is its input:
+ *   0  a request blob
+ *   1  a batch blob
+ *   2  a ring: u8 size selector (64 << (b % 7) bytes), u32 our head, u32 the
+ *      consumer head seen by a producer, u8 k (1 + k % 8 tail values), k u32
+ *      producer tails used in turn on successive peeks, then the ring bytes
+ *   3  a response blob
+ *
+ * Built with -DFUZZ_SEED_MAIN instead of -fsanitize=fuzzer it is a program
+ * that writes a seed corpus of valid encodings into the directory argv[1].
+ * `make fuzz` builds and runs both. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+#include "ring.h"
+
+#define CHECK(c)                                                              \
+	do {                                                                  \
+		if (!(c)) {                                                   \
+			fprintf(stderr, "fuzz_req: check failed at line %d: %s\n", \
+				__LINE__, #c);                                \
+			abort();                                              \
+		}                                                             \
+	} while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* A fresh heap copy, so ASan sees exactly n bytes and nothing past them. */
+static uint8_t *dup_exact(const uint8_t *p, size_t n)
+{
+	uint8_t *b = malloc(n ? n : 1);
+
+	CHECK(b);
+	if (n)
+		memcpy(b, p, n);
+	return b;
+}
+
+/* Everything the broker does with a decoded request: fetch the parameters
+ * and read each value as a C string. A decoded request re-encodes to the
+ * same bytes unless a value has an embedded NUL (then its text stops at the
+ * NUL, which is what PostgreSQL's text parameters see anyway). */
+static void use_view(const struct req_view *v, const uint8_t *blob, uint64_t n, int check_roundtrip)
+{
+	const char **vals;
+	int plain = 1;
+
+	CHECK(v->sql >= (const char *)blob && v->sql < (const char *)blob + n);
+	CHECK(strlen(v->sql) < n);
+	vals = malloc(sizeof(*vals) * (v->nparams ? v->nparams : 1));
+	CHECK(vals);
+	req_params(v, vals);
+	for (uint32_t i = 0; i < v->nparams; i++) {
+		int32_t len;
+
+		memcpy(&len, v->lens + 4ull * i, 4);
+		if (!vals[i]) {
+			CHECK(len == -1);
+			continue;
+		}
+		CHECK(len >= 0);
+		CHECK((const uint8_t *)vals[i] >= blob && (const uint8_t *)vals[i] + len < blob + n);
+		CHECK(vals[i][len] == '\0');
+		if (strlen(vals[i]) != (size_t)len)
+			plain = 0;
+	}
+	if (check_roundtrip && plain) {
+		uint64_t m = req_encoded_len(v->sql, v->nparams, vals);
+		struct req_head h;
+
+		CHECK(m == n);
+		uint8_t *again = malloc(m);
+		CHECK(again);
+		req_encode(again, v->sql, v->nparams, vals, v->flags);
+		memcpy(&h, blob, sizeof(h));
+		memcpy(again + offsetof(struct req_head, reserved), &h.reserved, sizeof(h.reserved));
+		CHECK(memcmp(again, blob, m) == 0);
+		free(again);
+	}
+	free(vals);
+}
+
+static void fuzz_request(const uint8_t *in, size_t n)
+{
+	uint8_t *blob = dup_exact(in, n);
+	struct req_view v;
+	const char *why = NULL;
+
+	if (req_decode(blob, n, &v, &why) == 0)
+		use_view(&v, blob, n, 1);
+	else
+		CHECK(why && *why);
+	free(blob);
+}
+
+static void fuzz_batch(const uint8_t *in, size_t n)
+{
+	uint8_t *blob = dup_exact(in, n);
+	const char *why = NULL;
+	uint32_t count;
+
+	if (batch_count(blob, n, &count, &why) == 0) {
+		struct req_view *views;
+
+		CHECK(count >= 1 && count <= REQ_MAX_BATCH);
+		views = malloc(sizeof(*views) * count);
+		CHECK(views);
+		if (batch_decode(blob, n, views, &why) == 0) {
+			for (uint32_t i = 0; i < count; i++) {
+				CHECK(!(views[i].flags & REQ_BATCH));
+				use_view(&views[i], blob, n, 0);
+			}
+		} else {
+			CHECK(why && *why);
+		}
+		free(views);
+	} else {
+		CHECK(why && *why);
+	}
+	free(blob);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static void fuzz_ring(const uint8_t *in, size_t n)
+{
+	struct ring_ctl ctl;
+	struct ring r;
+	uint32_t size, pos, head, tails[8];
+	unsigned k;
+	uint8_t *ring;
+
+	if (n < 10)
+		return;
+	size = 64u << (in[0] % 7);
+	/* our own position is trusted: always on a frame boundary */
+	pos = get32(in + 1) & ~(FRAME_ALIGN - 1);
+	head = get32(in + 5);
+	k = 1 + in[9] % 8;
+	in += 10;
+	n -= 10;
+	for (unsigned i = 0; i < k; i++) {
+		if (n >= 4) {
+			tails[i] = get32(in);
+			in += 4;
+			n -= 4;
+		} else {
+			tails[i] = pos;
+		}
+	}
+	ring = calloc(1, size);
+	CHECK(ring);
+	memcpy(ring, in, n < size ? n : size);
+	memset(&ctl, 0, sizeof(ctl));
+
+	/* Consumer: the broker reading an agent's request ring. */
+	ring_init(&r, &ctl, ring, size);
+	r.pos = r.peer = pos;
+	for (unsigned step = 0; step < 64; step++) {
+		struct frame_hdr h;
+		uint32_t before = r.pos;
+		int got;
+
+		ctl.tail = tails[step % k];
+		got = ring_peek(&r, &h);
+		CHECK(got >= -1 && got <= 1);
+		if (got <= 0)
+			continue;
+		/* a frame ring_peek accepted lies wholly inside what was published */
+		CHECK(h.len <= size - FRAME_HDR);
+		CHECK(FRAME_SPAN(h.len) <= (uint32_t)(ctl.tail - r.pos));
+		uint8_t *payload = malloc(h.len ? h.len : 1);
+		CHECK(payload);
+		/* read it in two pieces, as the broker does across calls */
+		uint32_t half = h.len / 2;
+		ring_read(&r, 0, payload, half);
+		ring_read(&r, half, payload + half, h.len - half);
+		if (h.type == FRAME_REQ && (h.flags & (FRAME_FIRST | FRAME_LAST)) ==
+					       (FRAME_FIRST | FRAME_LAST) && h.aux == h.len) {
+			struct req_view v;
+			const char *why;
+
+			if (req_decode(payload, h.len, &v, &why) == 0)
+				use_view(&v, payload, h.len, 0);
+		}
+		free(payload);
+		ring_consume(&r, &h);
+		CHECK(r.pos - before == FRAME_SPAN(h.len));
+		CHECK(ctl.head == r.pos);
+	}
+
+	/* Producer: the broker writing an agent's response ring, whose head the
+	 * agent controls. */
+	ring_init(&r, &ctl, ring, size);
+	r.pos = pos;
+	r.peer = pos - (tails[0] & (size - 1));
+	ctl.head = head;
+	int64_t space = ring_space(&r);
+	CHECK(space >= -1 && space <= (int64_t)size);
+	if (space >= 0) {
+		uint32_t room = ring_frame_room((uint32_t)space);
+		struct frame_hdr h = { .len = room, .type = FRAME_RESP,
+				       .flags = FRAME_FIRST | FRAME_LAST, .id = 1, .aux = room };
+		uint8_t *payload = calloc(1, room ? room : 1);
+
+		CHECK(payload);
+		CHECK(room == 0 || FRAME_SPAN(room) <= (uint32_t)space);
+		if (room) {
+			ring_put(&r, &h, payload);
+			/* and a consumer in step with us reads it back */
+			struct ring c;
+			struct frame_hdr g;
+			ring_init(&c, &ctl, ring, size);
+			c.pos = c.peer = pos;
+			CHECK(ring_peek(&c, &g) == 1 && g.len == room);
+		}
+		free(payload);
+	}
+	free(ring);
+}
+
+static void fuzz_response(const uint8_t *in, size_t n)
+{
+	uint8_t *blob = dup_exact(in, n);
+	struct resp_head h;
+
+	if (resp_parse_head(blob, n, &h) == 0) {
+		uint64_t cells = (uint64_t)h.ntuples * h.nfields;
+		const char **fnames = malloc(sizeof(*fnames) * (h.nfields ? h.nfields : 1));
+		const char **vals = malloc(sizeof(*vals) * (cells ? cells : 1));
+		uint32_t *lens = malloc(sizeof(*lens) * (cells ? cells : 1));
+		struct resp_view v;
+
+		CHECK(fnames && vals && lens);
+		if (resp_parse(blob, n, &v, fnames, vals, lens) == 0) {
+			CHECK(strlen(v.err) < n && strlen(v.cmd) < n);
+			for (uint64_t i = 0; i < cells; i++)
+				if (vals[i])
+					CHECK(vals[i][lens[i]] == '\0');
+		}
+		free(fnames);
+		free(vals);
+		free(lens);
+	}
+	free(blob);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size < 1)
+		return 0;
+	switch (data[0] % 4) {
+	case 0: fuzz_request(data + 1, size - 1); break;
+	case 1: fuzz_batch(data + 1, size - 1); break;
+	case 2: fuzz_ring(data + 1, size - 1); break;
+	default: fuzz_response(data + 1, size - 1); break;
+	}
+	return 0;
+}
+
+#ifdef FUZZ_SEED_MAIN
+/* --- seed corpus: valid encodings of each kind --- */
+
+static const char *seed_dir;
+static int seed_no;
+
+static void put_seed(uint8_t sel, const uint8_t *p, size_t n)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/seed-%d-%03d", seed_dir, sel, seed_no++);
+	f = fopen(path, "wb");
+	if (!f) {
+		perror(path);
+		exit(1);
+	}
+	fputc(sel, f);
+	if (n)
+		fwrite(p, 1, n, f);
+	fclose(f);
+	/* every seed must pass the target itself */
+	uint8_t *all = malloc(n + 1);
+	all[0] = sel;
+	memcpy(all + 1, p, n);
+	LLVMFuzzerTestOneInput(all, n + 1);
+	free(all);
+}
+
+static const char *const v1[] = { "42" };
+static const char *const v3[] = { "a", NULL, "" };
+static const char *const v2[] = { "x'y", "long value with spaces" };
+
+static const struct req_stmt stmts[] = {
+	{ .sql = "select 1", .nparams = 0, .values = NULL },
+	{ .sql = "select $1::int * 2", .nparams = 1, .values = v1 },
+	{ .sql = "insert into t values ($1, $2, $3)", .nparams = 3, .values = v3 },
+	{ .sql = "update t set v = $1 where k = $2", .nparams = 2, .values = v2 },
+	{ .sql = "", .nparams = 0, .values = NULL },
+};
+#define NSTMTS (sizeof(stmts) / sizeof(stmts[0]))
+
+static const char *seed_fname(void *ctx, uint32_t col)
+{
+	(void)ctx;
+	return col == 0 ? "k" : "v";
+}
+
+static const char *seed_value(void *ctx, uint32_t row, uint32_t col, uint32_t *len)
+{
+	static const char *const cells[] = { "1", "one", "2", NULL };
+	const char *s = cells[row * 2 + col];
+
+	(void)ctx;
+	*len = s ? (uint32_t)strlen(s) : 0;
+	return s;
+}
+
+static size_t ring_seed(uint8_t *out, uint32_t log2sz, uint32_t pos, const uint8_t *blob, uint32_t n)
+{
+	uint32_t size = 64u << log2sz;
+	uint8_t *data = calloc(1, size);
+	struct ring_ctl ctl = { 0 };
+	struct ring r;
+	uint32_t tail;
+	size_t at = 0;
+
+	ring_init(&r, &ctl, data, size);
+	r.pos = pos;
+	struct frame_hdr h = { .len = n, .type = FRAME_REQ, .flags = FRAME_FIRST | FRAME_LAST,
+			       .id = 7, .aux = n };
+	ring_put(&r, &h, blob);
+	tail = r.pos;
+	out[at++] = (uint8_t)log2sz;
+	memcpy(out + at, &pos, 4); at += 4;
+	memcpy(out + at, &pos, 4); at += 4;   /* head for the producer test */
+	out[at++] = 0;                        /* one tail value */
+	memcpy(out + at, &tail, 4); at += 4;
+	memcpy(out + at, data, size); at += size;
+	free(data);
+	return at;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s DIR\n", argv[0]);
+		return 2;
+	}
+	seed_dir = argv[1];
+	for (size_t i = 0; i < NSTMTS; i++) {
+		uint64_t n = req_encoded_len(stmts[i].sql, stmts[i].nparams, stmts[i].values);
+		uint8_t *b = malloc(n);
+
+		req_encode(b, stmts[i].sql, stmts[i].nparams, stmts[i].values, (uint32_t)i & 3);
+		put_seed(0, b, n);
+		/* the same request inside a ring, once wrapping round the end */
+		uint8_t *rs = malloc(16 + 4096 + 64);
+		put_seed(2, rs, ring_seed(rs, 2, 0, b, (uint32_t)n));
+		put_seed(2, rs, ring_seed(rs, 2, 256 - 32, b, (uint32_t)n));
+		put_seed(2, rs, ring_seed(rs, 1, 0xfffffff0u, b, (uint32_t)n));
+		free(rs);
+		free(b);
+	}
+	for (uint32_t k = 1; k <= NSTMTS; k++) {
+		uint64_t n = batch_encoded_len(stmts, k);
+		uint8_t *b = malloc(n);
+
+		batch_encode(b, stmts, k, REQ_INDEPENDENT);
+		put_seed(1, b, n);
+		free(b);
+	}
+	/* responses: an error, a command tag, a small table with a NULL */
+	{
+		struct ring_ctl ctl = { 0 };
+		struct ring r;
+		uint8_t *data = calloc(1, 4096);
+		struct resp_src src[3] = {
+			{ .head = { .ok = 0, .sqlstate = "42P01" }, .err = "relation does not exist",
+			  .cmd = "" },
+			{ .head = { .ok = 1, .cmd_tuples = 3 }, .err = "", .cmd = "INSERT 0 3" },
+			{ .head = { .ok = 1, .ntuples = 2, .nfields = 2 }, .err = "", .cmd = "SELECT 2",
+			  .fname = seed_fname, .value = seed_value },
+		};
+
+		for (int i = 0; i < 3; i++) {
+			struct resp_cursor cur = { 0 };
+			uint64_t total = resp_measure(&src[i]);
+
+			ring_init(&r, &ctl, data, 4096);
+			uint32_t got = resp_emit(&cur, &src[i], &r, 0, (uint32_t)total);
+			put_seed(3, data, got);
+		}
+		free(data);
+	}
+	fprintf(stderr, "fuzz seeds: %d written to %s\n", seed_no, seed_dir);
+	return 0;
+}
+#endif
