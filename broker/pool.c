@@ -1151,7 +1151,7 @@ static int be_cancel(struct broker *b, struct backend *be)
 	be->cancel_pending = 1;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, 64 * 1024);
+	pthread_attr_setstacksize(&attr, 512 * 1024);  /* name lookups can be deep */
 	rc = pthread_create(&t, &attr, cancel_thread, job);
 	pthread_attr_destroy(&attr);
 	if (rc != 0) {
