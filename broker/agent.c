@@ -309,7 +309,7 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	log_debug("agent %u registered: pid %d uid %d", a->slot, (int)a->pid, (int)a->uid);
 	uring_poll(b, a->sock, POLLIN | POLLRDHUP, tag_make(TAG_HUP, a->slot, a->gen));
 	/* The agent may have written before the bell was armed. */
-	agent_service(b, a);
+	agent_service(b, a, 1);
 }
 
 void agent_wake(struct broker *b, struct agent *a)
@@ -342,6 +342,23 @@ void agent_run_wakes(struct broker *b)
 }
 
 static void agent_kick(struct broker *b, struct agent *a);
+
+static int agent_backlogged(const struct broker *b, const struct agent *a)
+{
+	return a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
+	       a->nresponses >= (uint32_t)b->cfg.max_inflight_per_agent;
+}
+
+/* A throttled agent's backlog drained: read its ring again this pass,
+ * without waiting for a bell it has no reason to ring. */
+static void agent_unthrottle(struct broker *b, struct agent *a)
+{
+	if (!a->throttled || agent_backlogged(b, a) || a->doom)
+		return;
+	a->throttled = 0;
+	if (list_empty(&a->ready_link))
+		list_add_tail(&b->ready, &a->ready_link);
+}
 static void request_queue(struct broker *b, struct agent *a, struct request *r);
 static void batch_new(struct broker *b, struct agent *a, struct request *r, uint64_t n);
 
@@ -509,8 +526,10 @@ void agent_request_done(struct broker *b, struct request *r)
 			a->running = NULL;
 	}
 	request_free(r);
-	if (a)
+	if (a) {
 		agent_kick(b, a);
+		agent_unthrottle(b, a);
+	}
 }
 
 /* Copy frames out of the request ring into whole requests. */
@@ -523,10 +542,10 @@ static void read_requests(struct broker *b, struct agent *a, int *budget)
 		struct frame_hdr h;
 		int rc;
 
-		if (a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
-		    a->nresponses >= (uint32_t)b->cfg.max_inflight_per_agent) {
+		if (agent_backlogged(b, a)) {
 			/* Backpressure: leave the rest in the ring until this
-			 * agent's backlog drains. */
+			 * agent's backlog drains (agent_unthrottle resumes). */
+			a->throttled = 1;
 			break;
 		}
 		rc = ring_peek(&a->req, &h);
@@ -588,12 +607,16 @@ static void read_requests(struct broker *b, struct agent *a, int *budget)
 		agent_wake(b, a);
 }
 
-void agent_service(struct broker *b, struct agent *a)
+/* from_bell: called for the bell's completion (the wait is used up);
+ * otherwise a wait may still be armed and stays so. */
+void agent_service(struct broker *b, struct agent *a, int from_bell)
 {
 	int budget = SERVICE_BUDGET;
 
-	a->bell_armed = 0;
-	__atomic_store_n(&a->chan->broker_armed, 0, __ATOMIC_RELAXED);
+	if (from_bell) {
+		a->bell_armed = 0;
+		__atomic_store_n(&a->chan->broker_armed, 0, __ATOMIC_RELAXED);
+	}
 	for (;;) {
 		read_requests(b, a, &budget);
 		agent_flush(b, a);
@@ -625,8 +648,8 @@ void agent_run_ready(struct broker *b)
 	while ((pos = list_pop(&batch))) {
 		struct agent *a = list_entry(pos, struct agent, ready_link);
 
-		if (!a->doom && !a->bell_armed)
-			agent_service(b, a);
+		if (!a->doom)
+			agent_service(b, a, 0);
 	}
 }
 
@@ -760,6 +783,7 @@ void agent_flush(struct broker *b, struct agent *a)
 			list_del(&rs->link);
 			a->nresponses--;
 			response_free(rs);
+			agent_unthrottle(b, a);
 		}
 	}
 	if (a->blocked_since_ns) {

@@ -117,6 +117,7 @@ struct agent {
 	struct list blocked_link; /* broker blocked list while that is set */
 	uint32_t nresponses;
 	int resp_more;            /* responses being queued are not the last for their id */
+	int throttled;            /* reading stopped at max_inflight_per_agent */
 	const char *doom;         /* set: disconnect at the end of this pass */
 	struct list doom_link;
 
@@ -230,7 +231,7 @@ void uring_eventfd_signal(struct broker *b, int fd);
 int agent_listen(struct broker *b);
 void agent_accept(struct broker *b, int fd);
 void agent_on_hello(struct broker *b, struct agent *a, int res);
-void agent_service(struct broker *b, struct agent *a);
+void agent_service(struct broker *b, struct agent *a, int from_bell);
 void agent_fail(struct broker *b, struct agent *a, const char *why);
 void agent_run_doomed(struct broker *b);
 void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res);

@@ -75,7 +75,7 @@ static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
 		break;
 	case TAG_BELL:
 		if ((a = agent_by_tag(b, tag)) && !a->doom)
-			agent_service(b, a);
+			agent_service(b, a, 1);
 		break;
 	case TAG_CANCEL:
 		pool_on_cancel(b);

@@ -329,6 +329,10 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 {
 	if (be->state == BE_FREE)
 		return;
+	if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
+		log_debug("backend %u (pid %d) closed (%s): %s", be->slot, be->pg_pid,
+			  why == CLOSE_BROKEN ? "broken" : "failed validation",
+			  be->pg ? PQerrorMessage(be->pg) : "");
 	if (be->owner) {
 		be->owner->pinned = NULL;
 		/* Its transaction (and any session state) died with the backend. */
@@ -387,6 +391,25 @@ static void be_reset(struct broker *b, struct backend *be, const char *sql)
 }
 
 #define PIPE_MAX 32            /* statements in one backend's pipeline */
+
+/* Leave pipeline mode after the last Sync. libpq 15 may still count
+ * itself busy right after handing out the Sync result until PQgetResult
+ * has returned its NULL: collect that, then leave. 0 ok, -1 broken. */
+static int pipeline_exit(PGconn *pg)
+{
+	for (int tries = 0; tries < 4; tries++) {
+		PGresult *x;
+
+		if (PQexitPipelineMode(pg))
+			return 0;
+		if (PQisBusy(pg))
+			return -1;
+		x = PQgetResult(pg);
+		if (x)
+			PQclear(x);
+	}
+	return -1;
+}
 
 /* Keep a moving average of how long statements execute. */
 static void exec_time(struct broker *b, int64_t ns)
@@ -470,7 +493,14 @@ static struct backend *pipe_pick(struct broker *b)
 
 static void pipe_join(struct broker *b, struct backend *be, struct request *r)
 {
-	list_add_tail(&be->pipeq, &r->link);
+	/* A pipeline whose head just finished (pipe_done answering it) has
+	 * no head: the joiner becomes it. */
+	if (!be->req) {
+		be->req = r;
+		be->head_ns = b->now_ns;
+	} else {
+		list_add_tail(&be->pipeq, &r->link);
+	}
 	if (pipe_send(b, be, r) < 0) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
@@ -524,7 +554,7 @@ static void pipe_done(struct broker *b, struct backend *be)
 		return;
 	/* Drained: leave pipeline mode and free the backend. */
 	pipe_leave(b, be);
-	if (!PQexitPipelineMode(be->pg)) {
+	if (pipeline_exit(be->pg) < 0) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
@@ -880,7 +910,10 @@ static void drain(struct broker *b, struct backend *be)
 				return;
 			}
 			if (batch_result(be, be->req, x)) {
-				PQexitPipelineMode(be->pg);
+				if (pipeline_exit(be->pg) < 0) {
+					be_close(b, be, CLOSE_BROKEN);
+					return;
+				}
 				statement_done(b, be);
 				return;
 			}

@@ -495,3 +495,94 @@ Test(faults, agent_that_stops_reading_is_disconnected, .timeout = 60)
 	pgb_finish(good);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+static int reason_shows(void *arg)
+{
+	struct pgb_health h;
+
+	if (pgb_pool_health(br.dir, &h) < 0)
+		return 0;
+	return strstr(h.reasons, (const char *)arg) != NULL;
+}
+
+Test(faults, a_pool_that_cannot_fit_the_server_is_reported, .timeout = 60)
+{
+	/* the test server allows 300 connections; 400 cannot fit */
+	const char *args[] = { "--min-pool-size", "1", "--pool-size", "2", "--max-pool-size", "400",
+			       NULL };
+	char log[8192] = "";
+	FILE *f;
+
+	h_broker_start(&br, args);
+	cr_assert(h_until(reason_shows, "does not fit the server", 10000),
+		  "health never said max_pool_size cannot fit");
+	f = fopen(br.log, "r");
+	cr_assert_not_null(f);
+	(void)!fread(log, 1, sizeof(log) - 1, f);
+	fclose(f);
+	cr_assert(strstr(log, "max_pool_size=400 cannot fit") != NULL, "%s", log);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+Test(faults, request_flood_stays_bounded_and_hurts_nobody, .timeout = 90)
+{
+	const char *args[] = { "--max-inflight-per-agent", "16", "--send-timeout-ms", "2000", NULL };
+	uint8_t blob[64];
+	/* answers of 2 kB: a few hundred unread ones fill the response ring */
+	const char *sql = "select repeat('f', 2000)";
+	uint64_t size, n = req_encoded_len(sql, 0, NULL);
+	struct ring req;
+	int sock, sent = 0;
+	pgb_conn *good;
+
+	h_broker_start(&br, args);
+	good = h_connect(&br);
+	struct chan_shm *ch = raw_register(&sock, &size);
+	req_encode(blob, sql, 0, NULL, 0);
+	ring_init(&req, &ch->req, chan_req_data(ch, ch->ring_size), ch->ring_size);
+	/* fill the request ring again and again, never reading an answer */
+	for (int round = 0; round < 50; round++) {
+		int64_t space = ring_space(&req);
+
+		while (space >= (int64_t)FRAME_SPAN(n)) {
+			struct frame_hdr h = { .len = (uint32_t)n, .type = FRAME_REQ,
+					       .flags = FRAME_FIRST | FRAME_LAST,
+					       .id = (uint32_t)++sent, .aux = (uint32_t)n };
+			ring_put(&req, &h, blob);
+			space -= FRAME_SPAN(n);
+		}
+		ring_bell(ch);
+		cr_assert_eq(h_num(good, "select 13"), 13, "the flood hurt a bystander");
+	}
+	cr_assert_gt(sent, 1000);
+	/* the flooder, which never reads, is cut off; the broker lives on */
+	cr_assert(hung_up(sock), "the flooding agent was never disconnected");
+	cr_assert_eq(h_num(good, "select 14"), 14);
+	munmap(ch, size);
+	close(sock);
+	pgb_finish(good);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+Test(faults, more_sends_than_the_inflight_cap_all_complete, .timeout = 60)
+{
+	const char *args[] = { "--max-inflight-per-agent", "8", NULL };
+	pgb_conn *c;
+	int got = 0;
+
+	h_broker_start(&br, args);
+	c = h_connect(&br);
+	/* the broker throttles reading at 8 and must resume on its own */
+	for (int i = 0; i < 100; i++)
+		cr_assert_gt(pgb_send(c, "select 1", 0, NULL, i % 2 ? PGB_INDEPENDENT : 0), 0);
+	while (pgb_in_flight(c) > 0) {
+		pgb_result *r = pgb_get_result(c, NULL);
+
+		cr_assert(pgb_result_ok(r), "%s", pgb_result_error(r));
+		pgb_clear(r);
+		got++;
+	}
+	cr_assert_eq(got, 100);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
