@@ -194,7 +194,7 @@ struct broker {
 	uint32_t nwaiting;
 	struct list delayed;      /* requests waiting out a retry backoff */
 	struct list pipes;        /* backends running a shared pipeline */
-	uint32_t busy_target;     /* busy backends worth having: 2 x cores */
+	uint32_t busy_target;     /* busy backends worth having: one per core */
 	int64_t exec_ewma_ns;     /* recent statement execution time */
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */

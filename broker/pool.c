@@ -1413,7 +1413,7 @@ int pool_init(struct broker *b)
 	list_init(&b->delayed);
 	list_init(&b->pipes);
 	b->exec_ewma_ns = PIPE_HEAD_FRESH_NS;  /* pipelines only once statements prove quick */
-	b->busy_target = 2 * (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
+	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
 	for (int i = 0; i < b->cfg.max_pool_size; i++) {
 		list_init(&b->backends[i].pipeq);
