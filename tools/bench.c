@@ -706,42 +706,33 @@ static void svg_panel(FILE *f, const struct bench_result *r, int n, int workload
 		left, bottom - ph, pw, ph);
 
 	for (int m = 0; m < BENCH_NMODES; m++) {
-		int started = 0;
+		double px[nx], py[nx];
+		int np = 0;
 
+		/* Place each mode's points once; draw the line, then the dots. */
 		for (int j = 0; j < nx; j++) {
 			const struct bench_result *x = find_run(r, n, m, workload, xs[j]);
-			double v, px, py;
+			double v;
 
 			if (!x)
 				continue;
 			v = metric ? (double)x->p99_us / 1000.0 : x->rate;
 			if (!(v > 0))
 				continue;
-			px = left + (nx == 1 ? pw / 2 : pw * (0.05 + 0.9 * j / (nx - 1)));
-			py = metric ? bottom - (log10(v) - log10(lo)) / (log10(hi) - log10(lo)) * ph
-				    : bottom - v / hi * ph;
-			if (!started)
-				fprintf(f, "<polyline class=\"l\" stroke=\"%s\" points=\"", mode_colors[m]);
-			fprintf(f, "%s%.1f,%.1f", started ? " " : "", px, py);
-			started = 1;
+			px[np] = left + (nx == 1 ? pw / 2 : pw * (0.05 + 0.9 * j / (nx - 1)));
+			py[np] = metric ? bottom - (log10(v) - log10(lo)) / (log10(hi) - log10(lo)) * ph
+					: bottom - v / hi * ph;
+			np++;
 		}
-		if (started)
+		if (np) {
+			fprintf(f, "<polyline class=\"l\" stroke=\"%s\" points=\"", mode_colors[m]);
+			for (int i = 0; i < np; i++)
+				fprintf(f, "%s%.1f,%.1f", i ? " " : "", px[i], py[i]);
 			fputs("\"/>\n", f);
-		for (int j = 0; j < nx; j++) {
-			const struct bench_result *x = find_run(r, n, m, workload, xs[j]);
-			double v, px, py;
-
-			if (!x)
-				continue;
-			v = metric ? (double)x->p99_us / 1000.0 : x->rate;
-			if (!(v > 0))
-				continue;
-			px = left + (nx == 1 ? pw / 2 : pw * (0.05 + 0.9 * j / (nx - 1)));
-			py = metric ? bottom - (log10(v) - log10(lo)) / (log10(hi) - log10(lo)) * ph
-				    : bottom - v / hi * ph;
-			fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", px, py,
-				mode_colors[m]);
 		}
+		for (int i = 0; i < np; i++)
+			fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", px[i],
+				py[i], mode_colors[m]);
 	}
 }
 
