@@ -3,10 +3,25 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= cc
 PKGS    := libpq liburing
+VERSION_MAJOR := 0
+VERSION_MINOR := 1
+VERSION_PATCH := 0
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+# libsystemd is optional: with it the broker reports readiness (sd_notify)
+# and the unit is Type=notify; without it, Type=simple. SYSTEMD=0 opts out.
+ifneq ($(SYSTEMD),0)
+HAVE_SYSTEMD := $(shell pkg-config --exists libsystemd 2>/dev/null && echo 1)
+endif
 CFLAGS_WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wformat=2 -Wno-format-nonliteral -Werror
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(CFLAGS_WARN) -MMD -MP -D_GNU_SOURCE -I. -Icommon -Iclient
+CFLAGS  += -std=gnu11 $(CFLAGS_WARN) -MMD -MP -D_GNU_SOURCE -I. -Icommon -Iclient \
+	-DPGB_VERSION_MAJOR=$(VERSION_MAJOR) -DPGB_VERSION_MINOR=$(VERSION_MINOR) \
+	-DPGB_VERSION_PATCH=$(VERSION_PATCH)
+ifeq ($(HAVE_SYSTEMD),1)
+CFLAGS  += -DHAVE_SYSTEMD $(shell pkg-config --cflags libsystemd)
+SYSTEMD_LIBS := $(shell pkg-config --libs libsystemd)
+endif
 ifeq ($(SANITIZE),1)
 override SANITIZE := address,undefined
 endif
@@ -67,7 +82,7 @@ $(FLAGS_STAMP): ;
 
 broker/pgbroker: $(BROKER_OBJ) $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lpthread
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(SYSTEMD_LIBS) -lpthread
 
 client/libpgbroker.a: $(CLIENT_OBJ) $(COMMON_OBJ)
 	@$(if $(Q),echo "  AR      $@")

@@ -65,34 +65,40 @@ int agent_listen(struct broker *b)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct io_uring_sqe *sqe;
-	char pid[32];
+	char pid[32], other[32];
+	ssize_t n;
 	int fd;
 
-	if (mkdir(b->cfg.dir, 0755) < 0 && errno != EEXIST) {
+	if (mkdir(b->cfg.dir, 0755) == 0)
+		b->made_dir = 1;
+	else if (errno != EEXIST) {
 		log_error("cannot create run directory %s: %s", b->cfg.dir, strerror(errno));
 		return -1;
 	}
-	snprintf(b->lock_path, sizeof(b->lock_path), "%s/pgbroker.lock", b->cfg.dir);
+	snprintf(b->lock_path, sizeof(b->lock_path), "%s/pgbroker.pid", b->cfg.dir);
 	snprintf(b->sock_path, sizeof(b->sock_path), "%s/pgbroker.sock", b->cfg.dir);
 	b->lock_fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (b->lock_fd < 0) {
 		log_error("cannot open %s: %s", b->lock_path, strerror(errno));
 		return -1;
 	}
-	/* The lock, not the socket file, says who owns the directory: a
-	 * second broker must never unlink a live broker's socket. */
+	/* The pid file's lock, not the socket file, says who owns the
+	 * directory: a second broker must never unlink a live broker's socket,
+	 * and a lock dies with its process, so a crash leaves nothing stale
+	 * that could keep the next broker out. */
+	n = pread(b->lock_fd, other, sizeof(other) - 1, 0);
+	other[n > 0 ? n : 0] = '\0';
+	other[strcspn(other, "\n")] = '\0';
 	if (flock(b->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		char other[32] = "";
-		ssize_t n = pread(b->lock_fd, other, sizeof(other) - 1, 0);
-
-		other[n > 0 ? n : 0] = '\0';
-		other[strcspn(other, "\n")] = '\0';
 		log_error("another pgbroker (pid %s) is already running on %s",
 			  *other ? other : "?", b->cfg.dir);
 		close(b->lock_fd);
 		b->lock_fd = -1;
 		return -1;
 	}
+	if (*other)
+		log_warn("pgbroker (pid %s) did not shut down cleanly: replacing the "
+			 "files it left in %s", other, b->cfg.dir);
 	snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
 	if (ftruncate(b->lock_fd, 0) < 0 || pwrite(b->lock_fd, pid, strlen(pid), 0) < 0)
 		log_warn("cannot write pid to %s: %s", b->lock_path, strerror(errno));
@@ -360,6 +366,16 @@ static void agent_unthrottle(struct broker *b, struct agent *a)
 		list_add_tail(&b->ready, &a->ready_link);
 }
 static void request_queue(struct broker *b, struct agent *a, struct request *r);
+
+/* Shutting down: a statement that arrives now is refused, unless it belongs
+ * to a transaction already open, which may still finish (SIGTERM drains). */
+static int refuse_new(const struct broker *b, const struct agent *a)
+{
+	if (!b->stopping)
+		return 0;
+	return b->stopping == STOP_FAST || !a->pinned ||
+	       PQtransactionStatus(a->pinned->pg) == PQTRANS_IDLE;
+}
 static void batch_new(struct broker *b, struct agent *a, struct request *r, uint64_t n);
 
 static void enqueue_error(struct broker *b, struct agent *a, uint32_t id,
@@ -413,7 +429,7 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 		}
 		req_params(&r->v, r->params);
 	}
-	if (b->stopping) {
+	if (refuse_new(b, a)) {
 		request_free(r);
 		enqueue_error(b, a, id, "PB005", "broker is shutting down");
 		return;
@@ -469,7 +485,7 @@ static void batch_new(struct broker *b, struct agent *a, struct request *r, uint
 	}
 	r->flags = ((const struct req_head *)(const void *)r->blob)->flags & ~REQ_INDEPENDENT;
 	r->v = r->subs[0];
-	if (b->stopping) {
+	if (refuse_new(b, a)) {
 		uint32_t id = r->id;
 
 		request_free(r);
@@ -801,6 +817,25 @@ void agent_fail(struct broker *b, struct agent *a, const char *why)
 	list_add_tail(&b->doomed, &a->doom_link);
 }
 
+/* A hang-up after pgb_finish is a goodbye; without one the agent died. */
+static void log_hangup(const struct agent *a)
+{
+	const char *txn = a->pinned && PQtransactionStatus(a->pinned->pg) != PQTRANS_IDLE ?
+		"; its open transaction is rolled back" : "";
+	uint32_t inflight = a->nqueued + a->nactive;
+
+	if (a->state != AG_READY || !a->chan)
+		log_debug("agent %u (pid %d) left before registering", a->slot, (int)a->pid);
+	else if (!__atomic_load_n(&a->chan->agent_bye, __ATOMIC_ACQUIRE))
+		log_info("agent %u (pid %d) died (no pgb_finish): %u statement%s in flight%s",
+			 a->slot, (int)a->pid, inflight, inflight == 1 ? "" : "s", txn);
+	else if (inflight || *txn)
+		log_info("agent %u (pid %d) disconnected with %u statement%s in flight%s",
+			 a->slot, (int)a->pid, inflight, inflight == 1 ? "" : "s", txn);
+	else
+		log_debug("agent %u (pid %d) disconnected", a->slot, (int)a->pid);
+}
+
 static void agent_free(struct broker *b, struct agent *a)
 {
 	struct list *pos;
@@ -842,7 +877,7 @@ void agent_run_doomed(struct broker *b)
 		struct agent *a = list_entry(pos, struct agent, doom_link);
 
 		if (strcmp(a->doom, "hang-up") == 0)
-			log_debug("agent %u (pid %d) disconnected", a->slot, (int)a->pid);
+			log_hangup(a);
 		else
 			log_warn("agent %u (pid %d) disconnected: %s", a->slot, (int)a->pid, a->doom);
 		if (strcmp(a->doom, "hang-up") != 0 && a->state == AG_READY)
@@ -876,6 +911,12 @@ void agent_timers(struct broker *b, int64_t *next_ns)
 		else if (due < *next_ns)
 			*next_ns = due;
 	}
+}
+
+/* Every response handed to its agent's ring (SIGTERM waits for that). */
+int agent_all_sent(const struct broker *b)
+{
+	return list_empty(&b->blocked);
 }
 
 void agent_close_all(struct broker *b)

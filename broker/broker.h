@@ -124,6 +124,8 @@ struct agent {
 	uint64_t statements, errors;
 };
 
+enum { STOP_NONE = 0, STOP_DRAIN, STOP_FAST };
+
 enum be_state {
 	BE_FREE = 0,
 	BE_CONNECTING,
@@ -161,6 +163,7 @@ struct backend {
 	uint32_t npipe;           /* requests in flight, head included */
 	int64_t head_ns;          /* when the head started */
 	struct list plink;        /* broker->pipes while piped */
+	uint32_t cfg_gen;         /* b->cfg_gen when it connected */
 	int in_txn;               /* the running statement started inside a transaction */
 	int unsupported;          /* COPY and the like: answer PB009 */
 	int copy_out;             /* draining COPY OUT data */
@@ -172,8 +175,12 @@ struct broker {
 	struct io_uring ring;
 	int listen_fd, lock_fd, signal_fd;
 	char sock_path[300], lock_path[300], stats_path[300];
-	int stopping;
+	int made_dir;             /* the run directory is ours to remove */
+	int argc;                 /* for reloads: the flags still win */
+	char **argv;
+	int stopping;             /* STOP_DRAIN or STOP_FAST once a signal came */
 	int64_t stop_deadline_ns;
+	uint32_t cfg_gen;         /* bumped when backend settings change */
 
 	struct agent **agents;    /* by slot */
 	uint32_t *free_slots;
@@ -186,7 +193,8 @@ struct broker {
 	struct list blocked;      /* agents whose response ring is full */
 	struct list doomed;       /* agents to disconnect at the end of this pass */
 
-	struct backend *backends; /* max_pool_size slots */
+	struct backend *backends; /* nslots slots */
+	uint32_t nslots;          /* max_pool_size may grow up to this by reload */
 	struct list idle;         /* most recently used first */
 	struct list connecting;
 	uint32_t ntotal, nconnecting, nidle, nbusy, npinned;
@@ -211,13 +219,14 @@ struct broker {
 };
 
 /* log.c */
-enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+enum { LV_ERROR = 0, LV_WARN, LV_INFO, LV_DEBUG };
 extern int log_level;
+void log_open(int level, int use_syslog);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
-#define log_warn(...)  do { if (log_level >= LOG_WARN) log_msg(LOG_WARN, __VA_ARGS__); } while (0)
-#define log_info(...)  do { if (log_level >= LOG_INFO) log_msg(LOG_INFO, __VA_ARGS__); } while (0)
-#define log_debug(...) do { if (log_level >= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+#define log_error(...) log_msg(LV_ERROR, __VA_ARGS__)
+#define log_warn(...)  do { if (log_level >= LV_WARN) log_msg(LV_WARN, __VA_ARGS__); } while (0)
+#define log_info(...)  do { if (log_level >= LV_INFO) log_msg(LV_INFO, __VA_ARGS__); } while (0)
+#define log_debug(...) do { if (log_level >= LV_DEBUG) log_msg(LV_DEBUG, __VA_ARGS__); } while (0)
 
 /* uring.c */
 struct io_uring_sqe *uring_sqe(struct broker *b);
@@ -245,6 +254,7 @@ void agent_run_wakes(struct broker *b);
 void agent_run_ready(struct broker *b);
 void agent_timers(struct broker *b, int64_t *next_ns);
 void agent_close_all(struct broker *b);
+int agent_all_sent(const struct broker *b);
 struct agent *agent_by_tag(struct broker *b, uint64_t tag);
 void request_free(struct request *r);
 
@@ -257,6 +267,9 @@ void pool_timers(struct broker *b, int64_t *next_ns);
 void pool_close_all(struct broker *b);
 struct backend *pool_by_tag(struct broker *b, uint64_t tag);
 void pool_shutdown(struct broker *b);
+void pool_cancel_all(struct broker *b);
+int pool_quiet(struct broker *b);
+void pool_reconfigure(struct broker *b, const struct pgb_config *old);
 void pool_on_cancel(struct broker *b);
 
 /* stats.c */
@@ -270,5 +283,11 @@ void stats_close(struct broker *b);
 int health_init(struct broker *b);
 void health_timers(struct broker *b, int64_t *next_ns);
 void health_free(struct broker *b);
+void health_configure(struct broker *b);
+
+/* notify.c: service manager readiness (sd_notify), a no-op without it */
+void notify_ready(const char *status);
+void notify_reloading(void);
+void notify_stopping(void);
 
 #endif

@@ -27,7 +27,20 @@ int health_init(struct broker *b)
 
 	if (!m)
 		return -ENOMEM;
+	b->health = m;
 	health_limits_default(&m->lim);
+	health_configure(b);
+	m->last_ns = b->now_ns;
+	m->next_ns = b->now_ns + (int64_t)b->cfg.health_interval_ms * MS;
+	return 0;
+}
+
+/* Thresholds from the configuration: at start and after a reload. */
+void health_configure(struct broker *b)
+{
+	struct health_mon *m = b->health;
+	int64_t next = b->now_ns + (int64_t)b->cfg.health_interval_ms * MS;
+
 	m->lim.util_warn_pct = b->cfg.health_util_warn_pct;
 	m->lim.util_crit_pct = b->cfg.health_util_crit_pct;
 	m->lim.waiting_warn = (uint32_t)b->cfg.health_waiting_warn;
@@ -36,10 +49,8 @@ int health_init(struct broker *b)
 	m->lim.success_crit_pct = b->cfg.health_success_crit_pct;
 	m->lim.acquire_warn_ms = b->cfg.health_acquire_warn_ms;
 	m->lim.acquire_crit_ms = b->cfg.health_acquire_crit_ms;
-	m->last_ns = b->now_ns;
-	m->next_ns = b->now_ns + (int64_t)b->cfg.health_interval_ms * MS;
-	b->health = m;
-	return 0;
+	if (m->next_ns > next)	/* a shorter interval counts at once */
+		m->next_ns = next;
 }
 
 void health_free(struct broker *b)

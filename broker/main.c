@@ -12,23 +12,90 @@
 
 #include "broker.h"
 #include "clock.h"
+#include "version.h"
 
-#define SHUTDOWN_GRACE_NS (5 * 1000000000LL)
+#define FAST_GRACE_NS (3 * 1000000000LL) /* cancelled statements report back */
 #define MAX_WAIT_NS (1000000000LL)
+#define MIN_SLOTS 64   /* backend slots at least */
 
 static void arm_signal(struct broker *b)
 {
 	uring_poll(b, b->signal_fd, POLLIN, tag_make(TAG_SIGNAL, 0, 0));
 }
 
-static void begin_shutdown(struct broker *b, const char *why)
+/* SIGTERM drains: statements already accepted and open transactions may
+ * finish within shutdown_timeout_ms, new ones are refused (PB005). SIGINT,
+ * or a drain that ran out of time, is the fast way: waiting statements are
+ * refused, running ones cancelled, open transactions rolled back. */
+static void begin_shutdown(struct broker *b, int how, const char *why)
 {
-	if (b->stopping)
+	if (b->stopping >= how)
 		return;
-	log_info("%s: shutting down", why);
-	b->stopping = 1;
-	b->stop_deadline_ns = b->now_ns + SHUTDOWN_GRACE_NS;
+	if (!b->stopping)
+		notify_stopping();
+	b->stopping = how;
+	if (how == STOP_DRAIN) {
+		log_info("%s: shutting down; statements in flight and open transactions "
+			 "have %d ms to finish", why, b->cfg.shutdown_timeout_ms);
+		b->stop_deadline_ns = b->now_ns + (int64_t)b->cfg.shutdown_timeout_ms * 1000000;
+		return;
+	}
+	log_info("%s: shutting down now: cancelling %u running statement%s, rolling back "
+		 "open transactions", why, b->nbusy, b->nbusy == 1 ? "" : "s");
+	b->stop_deadline_ns = b->now_ns + FAST_GRACE_NS;
 	pool_shutdown(b);
+	pool_cancel_all(b);
+}
+
+/* SIGHUP: the config file and environment again (flags still win). What
+ * cannot change while agents are connected is reported and kept. */
+static void reload(struct broker *b)
+{
+	static struct pgb_config nc;
+	struct pgb_config old = b->cfg;
+	char err[512], changes[2048];
+
+	notify_reloading();
+	if (config_load(&nc, b->argc, b->argv, err, sizeof(err)) < 0) {
+		log_warn("reload failed, the configuration stays as it was: %s", err);
+		b->st.c.reload_failures++;
+		notify_ready("reload failed");
+		return;
+	}
+	if (strcmp(nc.dir, old.dir) != 0) {
+		log_warn("reload: dir cannot change while running: keeping %s", old.dir);
+		memcpy(nc.dir, old.dir, sizeof(nc.dir));
+	}
+	if (strcmp(nc.dsn, old.dsn) != 0) {
+		log_warn("reload: dsn cannot change while running: keeping the current one");
+		memcpy(nc.dsn, old.dsn, sizeof(nc.dsn));
+	}
+	if (nc.max_agents != old.max_agents) {
+		log_warn("reload: max_agents cannot change while running: keeping %d",
+			 old.max_agents);
+		nc.max_agents = old.max_agents;
+	}
+	if ((uint32_t)nc.max_pool_size > b->nslots) {
+		log_warn("reload: max_pool_size can grow to %u without a restart: keeping %d",
+			 b->nslots, old.max_pool_size);
+		nc.max_pool_size = old.max_pool_size;
+	}
+	nc.ready_fd = old.ready_fd;
+	if (config_validate(&nc, err, sizeof(err)) < 0) {
+		log_warn("reload failed, the configuration stays as it was: %s", err);
+		b->st.c.reload_failures++;
+		notify_ready("reload failed");
+		return;
+	}
+	config_diff(&old, &nc, changes, sizeof(changes));
+	b->cfg = nc;
+	log_open(b->cfg.log_level, b->cfg.syslog);
+	health_configure(b);
+	pool_reconfigure(b, &old);
+	b->st.c.reloads++;
+	log_info("reloaded %s: %s", b->cfg.config_file[0] ? b->cfg.config_file : "(no file)",
+		 *changes ? changes : "nothing changed");
+	notify_ready("reloaded");
 }
 
 static void on_signal(struct broker *b)
@@ -36,8 +103,12 @@ static void on_signal(struct broker *b)
 	struct signalfd_siginfo si;
 
 	while (read(b->signal_fd, &si, sizeof(si)) == sizeof(si)) {
-		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
-			begin_shutdown(b, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+		if (si.ssi_signo == SIGTERM)
+			begin_shutdown(b, STOP_DRAIN, "SIGTERM");
+		else if (si.ssi_signo == SIGINT)
+			begin_shutdown(b, STOP_FAST, "SIGINT");
+		else if (si.ssi_signo == SIGHUP && !b->stopping)
+			reload(b);
 	}
 	arm_signal(b);
 }
@@ -146,6 +217,7 @@ static int setup_signals(struct broker *b)
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return -errno;
 	b->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -172,7 +244,14 @@ static int run(struct broker *b)
 		agent_run_doomed(b);
 		agent_run_wakes(b);
 		stats_publish(b);
-		if (b->stopping && (b->nbusy == 0 || b->now_ns >= b->stop_deadline_ns))
+		if (b->stopping && b->now_ns >= b->stop_deadline_ns) {
+			if (b->stopping == STOP_FAST)
+				return 0;
+			begin_shutdown(b, STOP_FAST, "shutdown_timeout_ms expired");
+		}
+		if (b->stopping == STOP_DRAIN && pool_quiet(b) && agent_all_sent(b))
+			return 0;
+		if (b->stopping == STOP_FAST && b->nbusy == 0)
 			return 0;
 		if (!list_empty(&b->ready))
 			next = b->now_ns;
@@ -212,6 +291,10 @@ int main(int argc, char **argv)
 		config_usage(stdout, argv[0]);
 		return 0;
 	}
+	if (b->cfg.want_version) {
+		printf("pgbroker %s\n", PGB_VERSION);
+		return 0;
+	}
 	if (*b->cfg.dsn) {
 		char *perr = NULL;
 		PQconninfoOption *o = PQconninfoParse(b->cfg.dsn, &perr);
@@ -228,7 +311,9 @@ int main(int argc, char **argv)
 		config_print(&b->cfg, stdout);
 		return 0;
 	}
-	log_level = b->cfg.log_level;
+	log_open(b->cfg.log_level, b->cfg.syslog);
+	b->argc = argc;
+	b->argv = argv;
 	raise_fd_limit(b);
 	b->listen_fd = b->lock_fd = b->signal_fd = -1;
 	list_init(&b->hello);
@@ -247,6 +332,10 @@ int main(int argc, char **argv)
 	b->now_ns = clock_ns();
 	if (setup_ring(b) < 0 || setup_signals(b) < 0 || agent_listen(b) < 0)
 		return 1;
+	/* Room for max_pool_size to grow by reload without moving a backend. */
+	b->nslots = (uint32_t)b->cfg.max_pool_size * 2;
+	if (b->nslots < MIN_SLOTS)
+		b->nslots = MIN_SLOTS;
 	rc = stats_open(b);
 	if (rc < 0) {
 		log_error("cannot create stats segment in %s: %s", b->cfg.dir, strerror(-rc));
@@ -257,13 +346,14 @@ int main(int argc, char **argv)
 		log_error("out of memory");
 		return 1;
 	}
-	log_info("listening on %s (pool %d..%d..%d)", b->sock_path, b->cfg.min_pool_size,
-		 b->cfg.pool_size, b->cfg.max_pool_size);
+	log_info("pgbroker %s listening on %s (pool %d..%d..%d)", PGB_VERSION, b->sock_path,
+		 b->cfg.min_pool_size, b->cfg.pool_size, b->cfg.max_pool_size);
 	if (b->cfg.ready_fd >= 0) {
 		if (write(b->cfg.ready_fd, "ready\n", 6) != 6)
 			log_warn("cannot write to --ready-fd %d", b->cfg.ready_fd);
 		close(b->cfg.ready_fd);
 	}
+	notify_ready("serving");
 	rc = run(b);
 	/* Unlink first: from here on nobody new finds this broker. */
 	unlink(b->sock_path);
@@ -273,6 +363,8 @@ int main(int argc, char **argv)
 	io_uring_queue_exit(&b->ring);
 	unlink(b->lock_path);
 	close(b->lock_fd);
+	if (b->made_dir)
+		rmdir(b->cfg.dir);
 	free(b->agents);
 	free(b->free_slots);
 	log_info("stopped");

@@ -19,7 +19,13 @@
 
 #define MS 1000000LL
 
-enum close_reason { CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_SHUTDOWN };
+enum close_reason {
+	CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_RELOAD, CLOSE_SHUTDOWN,
+};
+static const char *const close_names[] = {
+	"idle timeout", "broken", "failed validation", "max_connection_lifetime_ms",
+	"settings changed by reload", "shutdown",
+};
 
 static void be_close(struct broker *b, struct backend *be, enum close_reason why);
 static void be_start(struct broker *b, struct backend *be, struct request *r);
@@ -41,7 +47,7 @@ struct backend *pool_by_tag(struct broker *b, uint64_t tag)
 	uint32_t slot = TAG_SLOT(tag);
 	struct backend *be;
 
-	if (slot >= (uint32_t)b->cfg.max_pool_size)
+	if (slot >= b->nslots)
 		return NULL;
 	be = &b->backends[slot];
 	if (be->state == BE_FREE || be->poll_seq != TAG_GEN(tag))
@@ -99,7 +105,7 @@ static void connect_one(struct broker *b)
 	const char *user_opts = "";
 	struct backend *be = NULL;
 
-	for (int i = 0; i < b->cfg.max_pool_size; i++)
+	for (uint32_t i = 0; i < b->nslots; i++)
 		if (b->backends[i].state == BE_FREE) {
 			be = &b->backends[i];
 			break;
@@ -129,6 +135,7 @@ static void connect_one(struct broker *b)
 	memset(&be->link, 0, sizeof(be->link));
 	list_init(&be->link);
 	be->pg = PQconnectStartParams(keys, vals, 1);
+	be->cfg_gen = b->cfg_gen;
 	be->created_ns = b->now_ns;
 	be->validated_ns = b->now_ns;
 	be->retire_ns = INT64_MAX;
@@ -215,11 +222,14 @@ static void be_release(struct broker *b, struct backend *be)
 		return;
 	}
 	if (b->now_ns >= be->retire_ns) {
-		log_debug("backend %u reached max_connection_lifetime_ms: retiring", be->slot);
 		be_close(b, be, CLOSE_LIFETIME);
 		return;
 	}
-	if (!list_empty(&b->waitq) && !b->stopping) {
+	if (be->cfg_gen != b->cfg_gen || b->ntotal > (uint32_t)b->cfg.max_pool_size) {
+		be_close(b, be, CLOSE_RELOAD);
+		return;
+	}
+	if (!list_empty(&b->waitq)) {
 		struct request *r = list_entry(list_pop(&b->waitq), struct request, link);
 
 		r->waiting = 0;
@@ -243,7 +253,7 @@ static void connect_done(struct broker *b, struct backend *be)
 	if (b->breaker.state != BREAKER_CLOSED)
 		log_info("circuit breaker closed: PostgreSQL is reachable again");
 	breaker_success(&b->breaker, b->now_ns / MS);
-	log_debug("backend %u connected (pid %d)", be->slot, be->pg_pid);
+	log_info("backend %u connected (pid %d), %u open", be->slot, be->pg_pid, b->ntotal);
 	be->last_used_ns = b->now_ns;
 	/* At start and after each reconnect: can max_pool_size fit? */
 	if (!b->st.server_checked_ms || had_failures) {
@@ -329,10 +339,14 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 {
 	if (be->state == BE_FREE)
 		return;
-	if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
-		log_debug("backend %u (pid %d) closed (%s): %s", be->slot, be->pg_pid,
-			  why == CLOSE_BROKEN ? "broken" : "failed validation",
-			  be->pg ? PQerrorMessage(be->pg) : "");
+	if (be->state == BE_CONNECTING)
+		;	/* connect_failed said why */
+	else if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
+		log_info("backend %u (pid %d) closed (%s): %s", be->slot, be->pg_pid,
+			 close_names[why], be->pg ? PQerrorMessage(be->pg) : "");
+	else
+		log_info("backend %u (pid %d) closed (%s), %u open", be->slot, be->pg_pid,
+			 close_names[why], b->ntotal - 1);
 	if (be->owner) {
 		be->owner->pinned = NULL;
 		/* Its transaction (and any session state) died with the backend. */
@@ -1095,7 +1109,7 @@ void pool_submit(struct broker *b, struct request *r)
 	struct agent *a = r->agent;
 	struct backend *be;
 
-	if (b->stopping) {
+	if (b->stopping == STOP_FAST) {
 		finish_error(b, r, "PB005", "broker is shutting down");
 		return;
 	}
@@ -1203,7 +1217,7 @@ void pool_on_cancel(struct broker *b)
 	(void)!read(b->cancel_efd, &n, sizeof(n));
 	uring_poll(b, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
 	/* The pool is small (max_pool_size): look for parked backends. */
-	for (int i = 0; i < b->cfg.max_pool_size; i++) {
+	for (uint32_t i = 0; i < b->nslots; i++) {
 		struct backend *be = &b->backends[i];
 
 		if (be->parked && !__atomic_load_n(&be->cancel_pending, __ATOMIC_ACQUIRE)) {
@@ -1273,7 +1287,7 @@ static void pool_grow(struct broker *b)
 	uint32_t limit = (uint32_t)b->cfg.pool_size;
 	uint32_t want = 0;
 
-	if (b->stopping || b->now_ns < b->next_connect_ns)
+	if (b->stopping == STOP_FAST || b->now_ns < b->next_connect_ns)
 		return;
 	if (!list_empty(&b->waitq)) {
 		struct request *head = list_entry(b->waitq.next, struct request, link);
@@ -1283,14 +1297,18 @@ static void pool_grow(struct broker *b)
 	}
 	if (b->nwaiting > b->nconnecting)
 		want = b->nwaiting - b->nconnecting;
-	if (b->ntotal + want < (uint32_t)b->cfg.min_pool_size)
+	if (b->ntotal + want < (uint32_t)b->cfg.min_pool_size && !b->stopping)
 		want = (uint32_t)b->cfg.min_pool_size - b->ntotal;
 	/* While connects fail, probe with one at a time. */
 	if (b->connect_fails && want > 1)
 		want = b->nconnecting ? 0 : 1;
 	while (want-- > 0 && b->ntotal < limit) {
+		enum breaker_state was = b->breaker.state;
+
 		if (!breaker_allow(&b->breaker, b->now_ns / MS))
 			break;
+		if (was == BREAKER_OPEN && b->breaker.state == BREAKER_HALF_OPEN)
+			log_info("circuit breaker half-open: one connection probes PostgreSQL");
 		connect_one(b);
 	}
 }
@@ -1383,7 +1401,6 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 				*next_ns = be->last_used_ns + idle;
 			break;
 		}
-		log_debug("backend %u idle for %d ms: closing", be->slot, b->cfg.idle_timeout_ms);
 		be_close(b, be, CLOSE_IDLE);
 	}
 	pool_grow(b);
@@ -1400,11 +1417,11 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 
 int pool_init(struct broker *b)
 {
-	b->backends = calloc((size_t)b->cfg.max_pool_size, sizeof(*b->backends));
+	b->backends = calloc(b->nslots, sizeof(*b->backends));
 	if (!b->backends)
 		return -ENOMEM;
-	for (int i = 0; i < b->cfg.max_pool_size; i++) {
-		b->backends[i].slot = (uint32_t)i;
+	for (uint32_t i = 0; i < b->nslots; i++) {
+		b->backends[i].slot = i;
 		list_init(&b->backends[i].link);
 	}
 	list_init(&b->idle);
@@ -1415,7 +1432,7 @@ int pool_init(struct broker *b)
 	b->exec_ewma_ns = PIPE_HEAD_FRESH_NS;  /* pipelines only once statements prove quick */
 	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
-	for (int i = 0; i < b->cfg.max_pool_size; i++) {
+	for (uint32_t i = 0; i < b->nslots; i++) {
 		list_init(&b->backends[i].pipeq);
 		list_init(&b->backends[i].plink);
 	}
@@ -1452,14 +1469,63 @@ void pool_shutdown(struct broker *b)
 	}
 }
 
+/* SIGTERM is done when nothing runs, waits or sits in a transaction. */
+int pool_quiet(struct broker *b)
+{
+	if (b->nbusy || b->nwaiting || !list_empty(&b->delayed))
+		return 0;
+	for (uint32_t i = 0; i < b->nslots; i++) {
+		struct backend *be = &b->backends[i];
+
+		if (be->state == BE_PINNED && PQtransactionStatus(be->pg) != PQTRANS_IDLE)
+			return 0;
+	}
+	return 1;
+}
+
+/* The fast way out: every running statement is cancelled; its agent hears
+ * PostgreSQL's 57014 (the statement was rolled back). */
+void pool_cancel_all(struct broker *b)
+{
+	for (uint32_t i = 0; i < b->nslots; i++) {
+		struct backend *be = &b->backends[i];
+
+		if (be->state == BE_BUSY && !be->cancel_pending && be_cancel(b, be) < 0)
+			be_close(b, be, CLOSE_SHUTDOWN);
+	}
+}
+
+/* After a reload: the breaker takes its new limits (keeping its state);
+ * backends opened with other session settings, or beyond a smaller
+ * max_pool_size, are closed now when idle, else when they are released. */
+void pool_reconfigure(struct broker *b, const struct pgb_config *old)
+{
+	struct list *pos, *tmp;
+
+	b->breaker.threshold = b->cfg.breaker_threshold;
+	b->breaker.reset_ms = b->cfg.breaker_reset_timeout_ms;
+	b->breaker.max_reset_ms = 8LL * b->cfg.breaker_reset_timeout_ms;
+	if (old->statement_timeout_ms != b->cfg.statement_timeout_ms ||
+	    old->idle_in_transaction_timeout_ms != b->cfg.idle_in_transaction_timeout_ms ||
+	    old->keepalive_initial_delay_ms != b->cfg.keepalive_initial_delay_ms)
+		b->cfg_gen++;
+	list_for_each_safe(pos, tmp, &b->idle) {
+		struct backend *be = list_entry(pos, struct backend, link);
+
+		if (be->cfg_gen != b->cfg_gen || b->ntotal > (uint32_t)b->cfg.max_pool_size)
+			be_close(b, be, CLOSE_RELOAD);
+	}
+	pool_grow(b);
+}
+
 void pool_close_all(struct broker *b)
 {
 	/* Cancel threads write into their backend's slot: let them finish. */
-	for (int i = 0; i < b->cfg.max_pool_size; i++)
+	for (uint32_t i = 0; i < b->nslots; i++)
 		for (int tries = 0; tries < 500 &&
 		     __atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE); tries++)
 			usleep(10000);
-	for (int i = 0; i < b->cfg.max_pool_size; i++)
+	for (uint32_t i = 0; i < b->nslots; i++)
 		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
 	if (b->cancel_efd >= 0)
 		close(b->cancel_efd);

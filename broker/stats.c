@@ -21,7 +21,7 @@ int stats_open(struct broker *b)
 {
 	char tmp[320];
 	uint64_t be_off = ALIGN8(sizeof(struct stats_seg));
-	uint64_t ag_off = ALIGN8(be_off + (uint64_t)b->cfg.max_pool_size * sizeof(struct stats_backend));
+	uint64_t ag_off = ALIGN8(be_off + (uint64_t)b->nslots * sizeof(struct stats_backend));
 	uint64_t size = ag_off + (uint64_t)b->cfg.max_agents * sizeof(struct stats_agent);
 	struct stats_seg *seg;
 	int fd, rc;
@@ -54,7 +54,7 @@ int stats_open(struct broker *b)
 	seg->health_size = sizeof(struct stats_health);
 	seg->backend_size = sizeof(struct stats_backend);
 	seg->agent_size = sizeof(struct stats_agent);
-	seg->max_backends = (uint32_t)b->cfg.max_pool_size;
+	seg->max_backends = b->nslots;
 	seg->max_agents = (uint32_t)b->cfg.max_agents;
 	seg->backends_off = be_off;
 	seg->agents_off = ag_off;
@@ -98,6 +98,7 @@ void stats_fill(struct broker *b)
 	p->agents = b->nagents;
 	p->utilization = p->max ? 100.0 * (double)(p->active + p->pinned) / (double)p->max : 0;
 	b->st.connect_fails = b->connect_fails;
+	b->st.stopping = (uint32_t)b->stopping;
 	b->st.updated_ms = wall_ms();
 }
 
@@ -125,14 +126,14 @@ static uint32_t backend_state(enum be_state s)
 	}
 }
 
-/* Backends in use, by slot. max_pool_size slots, once per sample. */
+/* Backends in use, by slot. nslots slots, once per sample. */
 static uint32_t fill_backends(struct broker *b, struct stats_backend *row, int64_t wall)
 {
 	uint32_t n = 0;
 
 	if (!b->backends)
 		return 0;
-	for (int i = 0; i < b->cfg.max_pool_size; i++) {
+	for (uint32_t i = 0; i < b->nslots; i++) {
 		struct backend *be = &b->backends[i];
 		struct agent *a = be->owner;
 

@@ -263,6 +263,8 @@ PGB_API void pgb_finish(pgb_conn *c)
 		return;
 	/* In a forked child only drop our references; the parent's channel
 	 * and socket stay untouched (unmapping is private to this process). */
+	if (c->chan && c->fork_gen == __atomic_load_n(&fork_gen, __ATOMIC_RELAXED))
+		__atomic_store_n(&c->chan->agent_bye, 1, __ATOMIC_RELEASE);
 	conn_close(c);
 	while (c->stash) {
 		struct stash *st = c->stash;

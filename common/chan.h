@@ -54,6 +54,9 @@ struct chan_shm {
 	/* Set by an agent about to poll its eventfd (pgb_socket); the broker
 	 * clears it and signals the eventfd once. */
 	uint32_t fd_armed;
+	/* Set by pgb_finish: a hang-up after it is a goodbye, without it a
+	 * crash. Only a hint for the broker's log. */
+	uint32_t agent_bye;
 };
 
 _Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");

@@ -29,6 +29,7 @@ enum key_kind {
 	KIND_KB,	/* integer KiB */
 	KIND_KB_POW2,	/* integer KiB, a power of two */
 	KIND_LEVEL,	/* log level: 0..3 or its name */
+	KIND_BOOL,	/* on/off; a flag without a value means on */
 	KIND_STR,	/* string in a fixed buffer */
 	KIND_IDS,	/* comma separated uid/gid list */
 };
@@ -139,8 +140,12 @@ static const struct key_def keys[] = {
 		"average acquire wait above this is degraded"),
 	INT_KEY(health_acquire_crit_ms, "PGBROKER_HEALTH_ACQUIRE_CRIT_MS", KIND_MS, 500, 0, MS_MAX,
 		"average acquire wait above this is unhealthy"),
+	INT_KEY(shutdown_timeout_ms, "PGBROKER_SHUTDOWN_TIMEOUT_MS", KIND_MS, 30000, 0, MS_MAX,
+		"SIGTERM: how long statements and transactions in flight may finish"),
 	INT_KEY(log_level, "PGBROKER_LOG_LEVEL", KIND_LEVEL, 2, 0, 3,
 		"0 error, 1 warn, 2 info, 3 debug"),
+	INT_KEY(syslog, "PGBROKER_SYSLOG", KIND_BOOL, 0, 0, 1,
+		"log to syslog (daemon facility) instead of stderr"),
 	STR_KEY(dir, "PGBROKER_DIR", "DIR", "/tmp/pgbroker", DIR_MAX,
 		"run directory: registration socket, lock, stats segment"),
 	STR_KEY(dsn, "PGBROKER_DSN", "CONNINFO", "",
@@ -155,6 +160,9 @@ static const struct key_def keys[] = {
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
+static const char *const bool_names[][2] = {
+	{ "off", "on" }, { "false", "true" }, { "no", "yes" }, { "0", "1" },
+};
 
 __attribute__((format(printf, 3, 4)))
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -297,6 +305,9 @@ static void describe_allowed(const struct key_def *k, char *buf, size_t len)
 		snprintf(buf, len, "%lld..%lld or error, warn, info, debug",
 			 k->min, k->max);
 		break;
+	case KIND_BOOL:
+		snprintf(buf, len, "on, off, true, false, yes, no, 1, 0");
+		break;
 	case KIND_STR:
 		if (k->def_str[0])
 			snprintf(buf, len, "non-empty string of at most %lld bytes",
@@ -328,6 +339,15 @@ static int parse_int_value(const struct key_def *k, const char *value, long long
 	long long v;
 	size_t i;
 
+	if (k->kind == KIND_BOOL) {
+		for (i = 0; i < sizeof(bool_names) / sizeof(bool_names[0]); i++)
+			for (int b = 0; b < 2; b++)
+				if (strcasecmp(value, bool_names[i][b]) == 0) {
+					*out = b;
+					return 0;
+				}
+		return -1;
+	}
 	if (parse_num(value, strlen(value), &v) == 0) {
 		if (v < k->min || v > k->max)
 			return -1;
@@ -658,7 +678,7 @@ int config_validate(const struct pgb_config *cfg, char *err, size_t errlen)
 }
 
 /* Flags that are commands rather than keys. */
-enum opt_kind { OPT_KEY, OPT_HELP, OPT_CHECK, OPT_READY_FD, OPT_CONFIG };
+enum opt_kind { OPT_KEY, OPT_HELP, OPT_VERSION, OPT_CHECK, OPT_READY_FD, OPT_CONFIG };
 
 struct opt {
 	enum opt_kind kind;
@@ -677,6 +697,8 @@ static int opt_classify(struct opt *o)
 
 	if (strcmp(o->name, "-h") == 0 || key_eq("help", n, len))
 		o->kind = OPT_HELP;
+	else if (strcmp(o->name, "-V") == 0 || key_eq("version", n, len))
+		o->kind = OPT_VERSION;
 	else if (key_eq("check_config", n, len))
 		o->kind = OPT_CHECK;
 	else if (key_eq("ready_fd", n, len))
@@ -692,7 +714,7 @@ static int opt_classify(struct opt *o)
 
 static int opt_takes_value(const struct opt *o)
 {
-	return o->kind != OPT_HELP && o->kind != OPT_CHECK;
+	return o->kind != OPT_HELP && o->kind != OPT_VERSION && o->kind != OPT_CHECK;
 }
 
 /* Parse argv[*i] (and maybe its value) into o; advances *i. */
@@ -704,7 +726,8 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 
 	memset(o, 0, sizeof(*o));
 	o->name = a;
-	if (strcmp(a, "-h") != 0 && (strncmp(a, "--", 2) != 0 || a[2] == '\0')) {
+	if (strcmp(a, "-h") != 0 && strcmp(a, "-V") != 0 &&
+	    (strncmp(a, "--", 2) != 0 || a[2] == '\0')) {
 		quote(q, sizeof(q), a, strlen(a));
 		set_err(err, errlen, "unexpected argument \"%s\" (see --help)", q);
 		return -1;
@@ -724,6 +747,8 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 	}
 	if (eq) {
 		o->value = eq + 1;
+	} else if (o->kind == OPT_KEY && o->key->kind == KIND_BOOL) {
+		o->value = "on";	/* --syslog */
 	} else if (*i + 1 < argc) {
 		o->value = argv[++*i];
 	} else {
@@ -800,6 +825,8 @@ static int args_walk(struct pgb_config *cfg, int argc, char **argv, int pass,
 		if (r == 0 && pass == PASS_SCAN) {
 			if (o.kind == OPT_HELP)
 				cfg->want_help = 1;
+			else if (o.kind == OPT_VERSION)
+				cfg->want_version = 1;
 			else if (o.kind == OPT_CONFIG)
 				r = set_config_file(cfg, &o, rc ? NULL : err, errlen);
 		} else if (r == 0) {
@@ -821,7 +848,7 @@ int config_load(struct pgb_config *cfg, int argc, char **argv, char *err,
 
 	config_defaults(cfg);
 	rc = args_walk(cfg, argc, argv, PASS_SCAN, err, errlen);
-	if (cfg->want_help)
+	if (cfg->want_help || cfg->want_version)
 		return 0;
 	if (rc < 0)
 		return -1;
@@ -953,6 +980,9 @@ static void print_value(const struct pgb_config *cfg, const struct key_def *k,
 		else
 			fprintf(out, "%d", v);
 		break;
+	case KIND_BOOL:
+		fputs(bool_names[0][int_get(cfg, k) != 0], out);
+		break;
 	default:
 		fprintf(out, "%d", int_get(cfg, k));
 		break;
@@ -972,6 +1002,57 @@ void config_print(const struct pgb_config *cfg, FILE *out)
 	}
 }
 
+static int value_eq(const struct pgb_config *a, const struct pgb_config *b,
+		    const struct key_def *k)
+{
+	const unsigned int *ia, *ib;
+	int na, nb;
+
+	switch (k->kind) {
+	case KIND_STR:
+		return strcmp(str_get(a, k), str_get(b, k)) == 0;
+	case KIND_IDS:
+		ia = ids_get(a, k, &na);
+		ib = ids_get(b, k, &nb);
+		return na == nb && memcmp(ia, ib, (size_t)na * sizeof(*ia)) == 0;
+	default:
+		return int_get(a, k) == int_get(b, k);
+	}
+}
+
+void config_diff(const struct pgb_config *from, const struct pgb_config *to,
+		 char *buf, size_t len)
+{
+	char *text = NULL;
+	size_t size = 0, i;
+	FILE *out = open_memstream(&text, &size);
+	int n = 0;
+
+	if (!len)
+		return;
+	buf[0] = '\0';
+	if (!out)
+		return;
+	for (i = 0; i < N_KEYS; i++) {
+		const struct key_def *k = &keys[i];
+
+		if (value_eq(from, to, k))
+			continue;
+		fprintf(out, "%s%s ", n++ ? ", " : "", k->name);
+		if (k->off == CFG_OFF(dsn)) {	/* may hold a password */
+			fputs("changed", out);
+			continue;
+		}
+		print_value(from, k, out);
+		fputs(" -> ", out);
+		print_value(to, k, out);
+	}
+	fclose(out);
+	if (text)
+		snprintf(buf, len, "%s", text);
+	free(text);
+}
+
 static const char *usage_arg(const struct key_def *k)
 {
 	switch (k->kind) {
@@ -984,6 +1065,8 @@ static const char *usage_arg(const struct key_def *k)
 		return "KB";
 	case KIND_LEVEL:
 		return "LEVEL";
+	case KIND_BOOL:
+		return "[on|off]";
 	case KIND_IDS:
 		return "ID,...";
 	default:
@@ -1008,6 +1091,8 @@ static void usage_key(const struct key_def *k, FILE *out)
 		fputs("\"\"", out);
 	else if (k->kind == KIND_LEVEL)
 		fputs(level_names[k->def], out);
+	else if (k->kind == KIND_BOOL)
+		fputs(bool_names[0][k->def != 0], out);
 	else
 		fprintf(out, "%lld", k->def);
 	fprintf(out, "\n        %s [%s]\n", k->help, allowed);
@@ -1028,6 +1113,10 @@ void config_usage(FILE *out, const char *argv0)
 		"  --check-config                    validate, print the configuration, exit\n"
 		"  --ready-fd N                      write \"ready\\n\" to fd N once serving\n"
 		"  -h, --help                        show this text\n"
+		"  -V, --version                     print the version and exit\n"
+		"\n"
+		"Signals: SIGHUP reloads the config file and environment; SIGTERM\n"
+		"drains (shutdown_timeout_ms) and exits; SIGINT cancels and exits.\n"
 		"\n"
 		"Settings (flag, environment variable=default):\n",
 		argv0);

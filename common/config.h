@@ -43,7 +43,9 @@ struct pgb_config {
 	int health_waiting_warn, health_waiting_crit;
 	int health_success_warn_pct, health_success_crit_pct;
 	int health_acquire_warn_ms, health_acquire_crit_ms;
+	int shutdown_timeout_ms;    /* SIGTERM: wait this long for work in flight */
 	int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
+	int syslog;                 /* log to syslog instead of stderr */
 
 	int n_allow_uids;           /* besides the broker's own uid */
 	uid_t allow_uids[CONFIG_MAX_IDS];
@@ -53,6 +55,7 @@ struct pgb_config {
 	/* set by config_load from flags that are commands, not settings */
 	int want_help;
 	int want_check;
+	int want_version;
 	int ready_fd;               /* --ready-fd N: write "ready\n" there once serving; -1 none */
 };
 
@@ -83,6 +86,11 @@ int config_load(struct pgb_config *cfg, int argc, char **argv, char *err,
 
 /* Print the effective configuration, one "key = value" per line. */
 void config_print(const struct pgb_config *cfg, FILE *out);
+
+/* "key old -> new, ..." for every key that differs (the dsn only as
+ * "changed": it may hold a password); "" when none. */
+void config_diff(const struct pgb_config *from, const struct pgb_config *to,
+		 char *buf, size_t len);
 
 /* Print the usage text with every key, its env name and default. */
 void config_usage(FILE *out, const char *argv0);

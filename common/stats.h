@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 2u          /* bump on any change of the structs below */
+#define STATS_VERSION 3u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
 
 /* Latency histograms: log-scaled buckets of microseconds, four per power of
@@ -54,6 +54,7 @@ struct stats_counters {
 	uint64_t closed_idle, closed_broken, closed_validation, closed_lifetime;
 	uint64_t agents_registered, agents_gone, agents_refused, protocol_errors;
 	uint64_t session_pins;
+	uint64_t reloads, reload_failures;   /* SIGHUP */
 };
 
 /* Published once per loop pass: the broker counts into its own copy
@@ -72,7 +73,7 @@ struct stats_data {
 	uint32_t server_max_connections;
 	uint32_t server_reserved_connections;  /* superuser_reserved_connections */
 	uint32_t server_other_connections;     /* held by other clients */
-	uint32_t pad;
+	uint32_t stopping;           /* 0 serving, 1 draining (SIGTERM), 2 stopping */
 	int64_t server_checked_ms;
 	struct stats_pool pool;
 	struct stats_counters c;

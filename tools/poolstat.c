@@ -404,7 +404,10 @@ static void print_json(struct view *v, FILE *f)
 	json_str(f, v->dir);
 	fprintf(f, ",\"broker\":{\"pid\":%d,\"started\":", (int)d->broker_pid);
 	json_time(f, d->started_ms);
-	fprintf(f, ",\"uptime_s\":%lld},", (long long)((d->updated_ms - d->started_ms) / 1000));
+	fprintf(f, ",\"uptime_s\":%lld,\"state\":\"%s\",\"reloads\":%llu,"
+		"\"reload_failures\":%llu},", (long long)((d->updated_ms - d->started_ms) / 1000),
+		d->stopping == 0 ? "serving" : d->stopping == 1 ? "draining" : "stopping",
+		(unsigned long long)d->c.reloads, (unsigned long long)d->c.reload_failures);
 	fprintf(f, "\"pool\":{\"total\":%u,\"idle\":%u,\"active\":%u,\"pinned\":%u,"
 		"\"connecting\":%u,\"other\":%u,\"waiting\":%u,\"min\":%u,\"size\":%u,\"max\":%u,"
 		"\"utilization_percent\":%.2f},", p->total, p->idle, p->active, p->pinned,

@@ -155,7 +155,10 @@ static const struct int_field default_table[] = {
 	{ F(max_waiting), 100000 },
 	{ F(send_timeout_ms), 30000 },
 	{ F(health_interval_ms), 1000 },
+	{ F(shutdown_timeout_ms), 30000 },
 	{ F(log_level), 2 },
+	{ F(syslog), 0 },
+	{ F(want_version), 0 },
 	{ F(ready_fd), -1 },
 	{ F(want_help), 0 },
 	{ F(want_check), 0 },
@@ -703,6 +706,57 @@ Test(config, flag_forms)
 	cr_expect_eq(cfg.want_check, 1);
 	cr_expect_eq(cfg.want_help, 0);
 	cr_expect_eq(cfg.ready_fd, 7);
+}
+
+Test(config, booleans_and_version)
+{
+	struct pgb_config cfg;
+	char err[ERRLEN] = "";
+	const char *bare[] = { "--syslog", "--pool-size", "30", NULL };
+	const char *off[] = { "--syslog=off", NULL };
+	const char *version[] = { "--pool-size", "junk", "--version", NULL };
+	const char *v2[] = { "-V", NULL };
+	static const char *const yes[] = { "on", "true", "YES", "1" };
+	static const char *const no[] = { "off", "False", "no", "0" };
+
+	cr_assert_eq(load_args(&cfg, err, bare), 0, "%s", err);
+	cr_expect_eq(cfg.syslog, 1);
+	cr_expect_eq(cfg.pool_size, 30);
+	cr_assert_eq(load_args(&cfg, err, off), 0, "%s", err);
+	cr_expect_eq(cfg.syslog, 0);
+	for (size_t i = 0; i < 4; i++) {
+		cr_assert_eq(config_set(&cfg, "syslog", yes[i], err, sizeof(err)), 0, "%s", err);
+		cr_expect_eq(cfg.syslog, 1, "%s", yes[i]);
+		cr_assert_eq(config_set(&cfg, "syslog", no[i], err, sizeof(err)), 0, "%s", err);
+		cr_expect_eq(cfg.syslog, 0, "%s", no[i]);
+	}
+	cr_expect_eq(config_set(&cfg, "syslog", "maybe", err, sizeof(err)), -1);
+	cr_expect(strstr(err, "syslog: invalid value \"maybe\" (allowed: on, off"), "%s", err);
+	/* --version, like --help, wins over errors in other flags */
+	cr_assert_eq(load_args(&cfg, err, version), 0, "%s", err);
+	cr_expect_eq(cfg.want_version, 1);
+	cr_assert_eq(load_args(&cfg, err, v2), 0, "%s", err);
+	cr_expect_eq(cfg.want_version, 1);
+}
+
+Test(config, diff_names_each_changed_key_and_hides_the_dsn)
+{
+	struct pgb_config a, b;
+	char buf[512];
+
+	config_defaults(&a);
+	config_defaults(&b);
+	config_diff(&a, &b, buf, sizeof(buf));
+	cr_expect_str_eq(buf, "");
+	b.pool_size = 7;
+	b.log_level = 3;
+	b.syslog = 1;
+	snprintf(b.dsn, sizeof(b.dsn), "host=x password=secret");
+	config_diff(&a, &b, buf, sizeof(buf));
+	cr_expect_str_eq(buf, "pool_size 25 -> 7, log_level info -> debug, syslog off -> on, "
+			 "dsn changed");
+	config_diff(&a, &b, buf, 10);
+	cr_expect_eq(strlen(buf), 9);
 }
 
 Test(config, flag_value_may_look_like_a_flag)
