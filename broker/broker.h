@@ -13,6 +13,7 @@
 #include "list.h"
 #include "proto.h"
 #include "stats.h"
+#include "stmtcache.h"
 
 /* io_uring user_data: kind | slot | generation (see tag_make). */
 enum tag_kind {
@@ -55,6 +56,10 @@ struct request {
 	int64_t due_ns;           /* on the delayed list: when to run again */
 	int session;              /* the text may change session state */
 	int pipe_ok;              /* may share a backend's pipeline (sql_pipelinable) */
+	uint32_t prep_id;         /* ran as this backend's prepared statement */
+	int prep_sent;            /* ...whose Prepare went out with it */
+	int prep_failed;          /* ...and failed: the server has no such statement */
+	int no_prep;              /* run it unprepared (the prepared one went stale) */
 	struct list alink;        /* agent->active while it left the agent queue */
 	/* REQ_BATCH: the statements, their parameters, their results */
 	uint32_t nsub;
@@ -164,6 +169,7 @@ struct backend {
 	int64_t head_ns;          /* when the head started */
 	struct list plink;        /* broker->pipes while piped */
 	uint32_t cfg_gen;         /* b->cfg_gen when it connected */
+	struct stmt_cache stmts;  /* prepared on this connection */
 	int in_txn;               /* the running statement started inside a transaction */
 	int unsupported;          /* COPY and the like: answer PB009 */
 	int copy_out;             /* draining COPY OUT data */
@@ -203,6 +209,7 @@ struct broker {
 	struct list delayed;      /* requests waiting out a retry backoff */
 	struct list pipes;        /* backends running a shared pipeline */
 	uint32_t busy_target;     /* busy backends worth having: one per core */
+	struct stmt_heat *heat;   /* statement texts seen lately */
 	int64_t exec_ewma_ns;     /* recent statement execution time */
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */

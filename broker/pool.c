@@ -39,6 +39,7 @@ static void connect_failed(struct broker *b, struct backend *be, const char *why
 static void pipe_leave(struct broker *b, struct backend *be);
 static void keep_result(struct backend *be, PGresult *x);
 static int rolled_back(const char *state);
+static int prepared_lost(const char *state);
 static int ends_transaction(const char *sql);
 static void capacity_result(struct broker *b, PGresult *x);
 
@@ -218,6 +219,7 @@ static void be_release(struct broker *b, struct backend *be)
 	}
 	if (be->discard) {
 		be->discard = 0;
+		stmt_cache_clear(&be->stmts);
 		be_reset(b, be, "DISCARD ALL");
 		return;
 	}
@@ -377,6 +379,7 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 	if (be->pg)
 		PQfinish(be->pg);
 	be->pg = NULL;
+	stmt_cache_clear(&be->stmts);
 	fail_request(b, be);
 	while (!list_empty(&be->pipeq)) {
 		be->req = list_entry(list_pop(&be->pipeq), struct request, link);
@@ -405,6 +408,7 @@ static void be_reset(struct broker *b, struct backend *be, const char *sql)
 }
 
 #define PIPE_MAX 32            /* statements in one backend's pipeline */
+#define PREPARE_AFTER 3        /* sightings of a text before it is prepared */
 
 /* Leave pipeline mode after the last Sync. libpq 15 may still count
  * itself busy right after handing out the Sync result until PQgetResult
@@ -446,15 +450,34 @@ static void pipe_leave(struct broker *b, struct backend *be)
  * own Sync, so an error ends only that statement's implicit transaction. */
 static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 {
-	int rc;
+	int rc, nparams = (int)r->v.nparams, ok;
+	uint32_t id = 0;
 
 	r->be = be;
 	if (!r->attempts)
 		stats_hist_add(&b->st.acquire,
 			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
-	if (!PQsendQueryParams(be->pg, r->v.sql, (int)r->v.nparams, NULL, r->params, NULL,
-			       NULL, 0) ||
-	    !PQpipelineSync(be->pg))
+	r->prep_id = 0;
+	r->prep_sent = r->prep_failed = 0;
+	if (!r->no_prep && b->heat) {
+		uint64_t h = stmt_hash(r->v.sql, nparams);
+
+		id = stmt_cache_find(&be->stmts, h, r->v.sql, nparams);
+		if (!id && stmt_heat_see(b->heat, h) >= PREPARE_AFTER &&
+		    (id = stmt_cache_add(&be->stmts, h, r->v.sql, nparams)))
+			r->prep_sent = 1;
+	}
+	if (id) {
+		char name[STMT_NAME_MAX];
+
+		stmt_name(name, sizeof(name), id);
+		r->prep_id = id;
+		ok = (!r->prep_sent || PQsendPrepare(be->pg, name, r->v.sql, nparams, NULL)) &&
+		     PQsendQueryPrepared(be->pg, name, nparams, r->params, NULL, NULL, 0);
+	} else {
+		ok = PQsendQueryParams(be->pg, r->v.sql, nparams, NULL, r->params, NULL, NULL, 0);
+	}
+	if (!ok || !PQpipelineSync(be->pg))
 		return -1;
 	rc = PQflush(be->pg);
 	if (rc < 0)
@@ -539,9 +562,23 @@ static void pipe_done(struct broker *b, struct backend *be)
 	be->served++;
 	exec_time(b, b->now_ns - be->head_ns);
 	r->be = NULL;
-	if (a && !ok && rolled_back(state) && request_retry(b, r, state)) {
+	if (r->prep_failed) {
+		/* The Prepare failed (the statement's own error): nothing to keep. */
+		stmt_cache_forget(&be->stmts, r->prep_id);
+		stmt_heat_cool(b->heat, stmt_hash(r->v.sql, (int)r->v.nparams));
+	} else if (a && !ok && r->prep_id && prepared_lost(state)) {
+		/* The server lost or outgrew the prepared statement, which
+		 * failed before running: run the text itself instead. */
+		log_debug("backend %u: prepared statement %u went stale (%s): running the text",
+			  be->slot, r->prep_id, state);
+		stmt_cache_forget(&be->stmts, r->prep_id);
+		r->no_prep = 1;
+		b->st.c.retried++;
+		retry = 2;
+	}
+	if (!retry && a && !ok && rolled_back(state) && request_retry(b, r, state))
 		retry = 1;
-	} else {
+	if (!retry) {
 		b->st.c.statements++;
 		if (!ok)
 			b->st.c.failed++;
@@ -564,6 +601,8 @@ static void pipe_done(struct broker *b, struct backend *be)
 	}
 	if (!retry)
 		agent_request_done(b, r);
+	else if (retry == 2)
+		pool_submit(b, r);
 	if (be->req || be->state != BE_BUSY)
 		return;
 	/* Drained: leave pipeline mode and free the backend. */
@@ -608,6 +647,12 @@ static void pipe_drain(struct broker *b, struct backend *be)
 			PQclear(x);
 			be_close(b, be, CLOSE_BROKEN);
 			return;
+		case PGRES_PIPELINE_ABORTED:
+			/* only the Execute behind a failed Prepare is aborted */
+			if (be->req->prep_sent)
+				be->req->prep_failed = 1;
+			keep_result(be, x);
+			break;
 		default:
 			keep_result(be, x);
 			break;
@@ -789,6 +834,13 @@ static void keep_result(struct backend *be, PGresult *x)
 static int rolled_back(const char *state)
 {
 	return state && sqlstate_txn_retryable(state);
+}
+
+/* 26000: no such prepared statement (DEALLOCATE behind our back);
+ * 0A000: "cached plan must not change result type" (the table changed). */
+static int prepared_lost(const char *state)
+{
+	return state && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
 }
 
 /* COMMIT and its kin: when the connection breaks under one, the
@@ -1430,6 +1482,7 @@ int pool_init(struct broker *b)
 	list_init(&b->delayed);
 	list_init(&b->pipes);
 	b->exec_ewma_ns = PIPE_HEAD_FRESH_NS;  /* pipelines only once statements prove quick */
+	b->heat = calloc(1, sizeof(*b->heat));	/* NULL: nothing is prepared */
 	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
 	for (uint32_t i = 0; i < b->nslots; i++) {
@@ -1531,4 +1584,6 @@ void pool_close_all(struct broker *b)
 		close(b->cancel_efd);
 	free(b->backends);
 	b->backends = NULL;
+	free(b->heat);
+	b->heat = NULL;
 }

@@ -85,7 +85,8 @@ int sql_changes_session(const char *sql)
 				if (word_is(w, n, "set"))
 					set_stmt = 1;
 				else if (word_is(w, n, "prepare") || word_is(w, n, "listen") ||
-					 word_is(w, n, "load"))
+					 word_is(w, n, "load") || word_is(w, n, "deallocate") ||
+					 word_is(w, n, "discard"))
 					return 1;
 			} else if (set_stmt && prev && word_is(prev, prevn, "set")) {
 				/* SET LOCAL / TRANSACTION / CONSTRAINTS end with the transaction */
@@ -145,8 +146,10 @@ int sql_pipelinable(const char *sql)
 				;
 			if (!*p)
 				return 0;
+		} else if (c == '$' && isdigit((unsigned char)p[1])) {
+			p++;	/* a parameter, $1 */
 		} else if (c == '$') {
-			return 0;
+			return 0;	/* maybe dollar quoting: stay safe */
 		} else if (c == ';') {
 			for (p++; *p; p++)
 				if (!isspace((unsigned char)*p) && *p != ';')

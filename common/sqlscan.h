@@ -5,8 +5,9 @@
 #define PGB_SQLSCAN_H
 
 /* 1 when the text may change session state: SET (not LOCAL, TRANSACTION or
- * CONSTRAINTS), RESET ROLE/SESSION..., PREPARE, LISTEN, DECLARE ... WITH
- * HOLD, CREATE TEMP, LOAD, session advisory locks, set_config(). */
+ * CONSTRAINTS), RESET ROLE/SESSION..., PREPARE, DEALLOCATE, DISCARD, LISTEN,
+ * DECLARE ... WITH HOLD, CREATE TEMP, LOAD, session advisory locks,
+ * set_config(). */
 int sql_changes_session(const char *sql);
 
 /* 1 when the text is one plain statement that cannot leave a transaction

@@ -23,7 +23,8 @@ static int other_agent_sees_nothing(void *arg)
 	for (int i = 0; i < 20; i++) {
 		r = pgb_exec(c, "select current_setting('statement_timeout'), "
 				"current_setting('search_path'), "
-				"(select count(*) from pg_prepared_statements), "
+				"(select count(*) from pg_prepared_statements "
+				" where name not like '\\_pgbroker\\_%'), "
 				"to_regclass('pg_temp.a_private') is null");
 		if (!pgb_result_ok(r))
 			return 10;

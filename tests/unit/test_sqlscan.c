@@ -1,0 +1,45 @@
+/* Which statements change session state, which may share a pipeline. */
+#include <criterion/criterion.h>
+
+#include "sqlscan.h"
+
+Test(sqlscan, session_changing_statements)
+{
+	static const char *const yes[] = {
+		"SET search_path = x", "set work_mem to '64MB'", "PREPARE p AS SELECT 1",
+		"DEALLOCATE ALL", "discard all", "LISTEN chan", "LOAD 'auto_explain'",
+		"CREATE TEMP TABLE t(a int)", "create temporary table t(a int)",
+		"DECLARE c CURSOR WITH HOLD FOR SELECT 1", "select set_config('a.b', '1', false)",
+		"SELECT pg_advisory_lock(1)", "select 1; set role x",
+	};
+	static const char *const no[] = {
+		"SELECT 1", "SET LOCAL work_mem = '1MB'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+		"SET CONSTRAINTS ALL DEFERRED", "select 'set role x'", "select 1 -- set role x",
+		"UPDATE t SET a = 1", "insert into temps values (1)",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		cr_expect_eq(sql_changes_session(yes[i]), 1, "%s", yes[i]);
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		cr_expect_eq(sql_changes_session(no[i]), 0, "%s", no[i]);
+}
+
+Test(sqlscan, pipelinable_statements)
+{
+	static const char *const yes[] = {
+		"SELECT 1", "  select abalance from pgbench_accounts where aid = $1",
+		"UPDATE t SET a = $1 WHERE id = $2", "insert into t values (1);", "WITH x AS (SELECT 1) SELECT * FROM x",
+		"(select 1)", "select ';'", "select 1 -- trailing ; comment", "values (1), (2)",
+		"show work_mem", "table t",
+	};
+	static const char *const no[] = {
+		"BEGIN", "commit", "select 1; select 2", "select $$a;b$$", "select $tag$x$tag$",
+		"select /* c */ 1", "select 'unterminated", "create table t(a int)",
+		"copy t from stdin", "vacuum", "",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		cr_expect_eq(sql_pipelinable(yes[i]), 1, "%s", yes[i]);
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		cr_expect_eq(sql_pipelinable(no[i]), 0, "%s", no[i]);
+}
