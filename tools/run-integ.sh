@@ -5,6 +5,7 @@
 #   PGB_TEST_DSN    conninfo of that server
 #   PGB_TEST_PGDIR  its directory (socket, DIR/log is the server log)
 #   PGB_ROOT        absolute path of the repository
+#   PGB_TEST_TMP    a directory for the tests' run directories (removed after)
 # runs BIN (with --jobs 1 unless a --jobs/-j is given) under `timeout 900`,
 # always stops PostgreSQL and removes the directory, and exits with BIN's status.
 set -u
@@ -43,7 +44,9 @@ PGDIR=$(mktemp -d /tmp/pgb-pg.XXXXXX) || { echo "run-integ.sh: mktemp failed" >&
 chmod 755 "$PGDIR"
 PGB_TEST_DSN=$(sh "$PGTMP" start "$PGDIR") || { echo "run-integ.sh: could not start PostgreSQL" >&2; exit 1; }
 PGB_TEST_PGDIR=$PGDIR
-export PGB_TEST_DSN PGB_TEST_PGDIR PGB_ROOT
+PGB_TEST_TMP=$PGDIR/runs
+mkdir -p "$PGB_TEST_TMP" || exit 1
+export PGB_TEST_DSN PGB_TEST_PGDIR PGB_ROOT PGB_TEST_TMP
 
 has_jobs=0
 for a in "$@"; do

@@ -31,6 +31,14 @@ const char *h_dsn(void)
 	return dsn;
 }
 
+void h_mkdtemp(char *buf, size_t n, const char *name)
+{
+	const char *base = getenv("PGB_TEST_TMP");
+
+	snprintf(buf, n, "%s/%s.XXXXXX", base && *base ? base : "/tmp", name);
+	cr_assert_not_null(mkdtemp(buf), "mkdtemp %s: %s", buf, strerror(errno));
+}
+
 const char *h_bin(const char *rel, char *buf, size_t n)
 {
 	const char *root = getenv("PGB_ROOT");
@@ -46,10 +54,8 @@ void h_broker_start(struct h_broker *br, const char *const *extra)
 	int p[2], n = 0;
 	struct pollfd pf;
 
-	if (!br->dir[0]) {
-		snprintf(br->dir, sizeof(br->dir), "/tmp/pgb-test.XXXXXX");
-		cr_assert_not_null(mkdtemp(br->dir), "mkdtemp: %s", strerror(errno));
-	}
+	if (!br->dir[0])
+		h_mkdtemp(br->dir, sizeof(br->dir), "pgb-test");
 	snprintf(br->log, sizeof(br->log), "%s/broker.log", br->dir);
 	cr_assert_eq(pipe(p), 0);
 	snprintf(fdarg, sizeof(fdarg), "%d", p[1]);

@@ -18,6 +18,8 @@ struct h_broker {
 
 /* The test database's conninfo; fails the test when it is not set. */
 const char *h_dsn(void);
+/* A fresh directory "$PGB_TEST_TMP/NAME.XXXXXX" (or under /tmp) into buf. */
+void h_mkdtemp(char *buf, size_t n, const char *name);
 /* Path of a built binary below the repository root ("broker/pgbroker"). */
 const char *h_bin(const char *rel, char *buf, size_t n);
 /* Start a broker with extra flags (NULL-terminated list); waits for its

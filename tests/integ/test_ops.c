@@ -63,8 +63,7 @@ static void start_with_conf(const char *text, const char *const *extra)
 	int n = 2;
 
 	memset(&br, 0, sizeof(br));
-	snprintf(br.dir, sizeof(br.dir), "/tmp/pgb-ops.XXXXXX");
-	cr_assert_not_null(mkdtemp(br.dir));
+	h_mkdtemp(br.dir, sizeof(br.dir), "pgb-ops");
 	snprintf(conf, sizeof(conf), "%s/pgbroker.conf", br.dir);
 	write_file(conf, text);
 	for (int i = 0; extra && extra[i] && n < 15; i++)
