@@ -170,6 +170,8 @@ struct backend {
 	struct list plink;        /* broker->pipes while piped */
 	uint32_t cfg_gen;         /* b->cfg_gen when it connected */
 	struct stmt_cache stmts;  /* prepared on this connection */
+	int flush_due;            /* on broker->flushq: output waits for pool_flush */
+	struct list flink;
 	int in_txn;               /* the running statement started inside a transaction */
 	int unsupported;          /* COPY and the like: answer PB009 */
 	int copy_out;             /* draining COPY OUT data */
@@ -208,6 +210,7 @@ struct broker {
 	uint32_t nwaiting;
 	struct list delayed;      /* requests waiting out a retry backoff */
 	struct list pipes;        /* backends running a shared pipeline */
+	struct list flushq;       /* backends with pipelined output to send this pass */
 	uint32_t busy_target;     /* busy backends worth having: one per core */
 	struct stmt_heat *heat;   /* statement texts seen lately */
 	int64_t exec_ewma_ns;     /* recent statement execution time */
@@ -278,6 +281,7 @@ void pool_cancel_all(struct broker *b);
 int pool_quiet(struct broker *b);
 void pool_reconfigure(struct broker *b, const struct pgb_config *old);
 void pool_on_cancel(struct broker *b);
+void pool_flush(struct broker *b);
 
 /* stats.c */
 int stats_open(struct broker *b);

@@ -242,6 +242,7 @@ static int run(struct broker *b)
 		agent_timers(b, &next);
 		health_timers(b, &next);
 		agent_run_doomed(b);
+		pool_flush(b);
 		agent_run_wakes(b);
 		stats_publish(b);
 		if (b->stopping && b->now_ns >= b->stop_deadline_ns) {

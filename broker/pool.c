@@ -341,6 +341,10 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 {
 	if (be->state == BE_FREE)
 		return;
+	if (be->flush_due) {
+		be->flush_due = 0;
+		list_del(&be->flink);
+	}
 	if (be->state == BE_CONNECTING)
 		;	/* connect_failed said why */
 	else if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
@@ -450,7 +454,7 @@ static void pipe_leave(struct broker *b, struct backend *be)
  * own Sync, so an error ends only that statement's implicit transaction. */
 static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 {
-	int rc, nparams = (int)r->v.nparams, ok;
+	int nparams = (int)r->v.nparams, ok;
 	uint32_t id = 0;
 
 	r->be = be;
@@ -477,14 +481,40 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 	} else {
 		ok = PQsendQueryParams(be->pg, r->v.sql, nparams, NULL, r->params, NULL, NULL, 0);
 	}
-	if (!ok || !PQpipelineSync(be->pg))
+#ifdef LIBPQ_HAS_SEND_PIPELINE_SYNC
+	ok = ok && PQsendPipelineSync(be->pg);
+#else
+	ok = ok && PQpipelineSync(be->pg);	/* before libpq 17 this also flushes */
+#endif
+	if (!ok)
 		return -1;
-	rc = PQflush(be->pg);
-	if (rc < 0)
-		return -1;
-	be->flushing = rc == 1;
+	/* Sent once per loop pass (pool_flush): one write for all the
+	 * statements that joined this pipeline meanwhile. */
+	if (!be->flush_due) {
+		be->flush_due = 1;
+		list_add_tail(&b->flushq, &be->flink);
+	}
 	be->npipe++;
 	return 0;
+}
+
+void pool_flush(struct broker *b)
+{
+	struct list *pos;
+
+	while ((pos = list_pop(&b->flushq))) {
+		struct backend *be = list_entry(pos, struct backend, flink);
+		int rc;
+
+		be->flush_due = 0;
+		rc = PQflush(be->pg);
+		if (rc < 0) {
+			be_close(b, be, CLOSE_BROKEN);
+			continue;
+		}
+		be->flushing = rc == 1;
+		be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+	}
 }
 
 /* Start a pipeline on a free backend with r at its head. */
@@ -1485,9 +1515,11 @@ int pool_init(struct broker *b)
 	b->heat = calloc(1, sizeof(*b->heat));	/* NULL: nothing is prepared */
 	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
+	list_init(&b->flushq);
 	for (uint32_t i = 0; i < b->nslots; i++) {
 		list_init(&b->backends[i].pipeq);
 		list_init(&b->backends[i].plink);
+		list_init(&b->backends[i].flink);
 	}
 	breaker_init(&b->breaker, b->cfg.breaker_threshold, b->cfg.breaker_reset_timeout_ms,
 		     8LL * b->cfg.breaker_reset_timeout_ms);
