@@ -165,6 +165,8 @@ static const char *trend_name(int32_t t)
 
 /* ---- the text screen, shared by the live view and --once ---- */
 
+#define DIR_SHOWN 24	/* columns of the run directory in the live header */
+
 struct screen {
 	char line[MAX_LINES][LINE_MAX_BYTES];
 	int n;
@@ -259,7 +261,13 @@ static void render(struct view *v, struct screen *sc, int live, int rows, int re
 	double top = 1;
 	int nr;
 
-	put(sc, "pgbroker %s  pid %d  up %s  %s%s", v->dir, (int)d->broker_pid,
+	/* Live, a long directory is shown by its end, so that the line
+	 * (and "q quits") fits 80 columns. */
+	size_t dlen = strlen(v->dir);
+	const char *dir = live && dlen > DIR_SHOWN ? v->dir + dlen - (DIR_SHOWN - 3) : v->dir;
+
+	put(sc, "pgbroker %s%s  pid %d  up %s  %s%s", dir != v->dir ? "..." : "", dir,
+	    (int)d->broker_pid,
 	    age(d->updated_ms - d->started_ms, t1, sizeof(t1)),
 	    clock_time(d->updated_ms, t2, sizeof(t2)), live ? "   (q quits)" : "");
 	if (h->sample_ms)
