@@ -60,7 +60,7 @@ INTEG_BIN := tests/integ/integ_tests
 
 ALL := broker/pgbroker client/libpgbroker.a client/libpgbroker.so $(TOOLS)
 
-.PHONY: all deps test unit integ demo bench install clean check-deps
+.PHONY: all deps test unit integ demo bench install uninstall check-install clean check-deps
 all: $(ALL)
 
 # Objects are rebuilt whenever the flags change (SANITIZE=1 after a plain build).
@@ -88,10 +88,14 @@ client/libpgbroker.a: $(CLIENT_OBJ) $(COMMON_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
+# Installed as $(SOFILE), with the links $(SONAME) and libpgbroker.so.
+SONAME := libpgbroker.so.$(VERSION_MAJOR)
+SOFILE := $(SONAME).$(VERSION_MINOR)
+
 client/libpgbroker.so: $(CLIENT_PIC) $(COMMON_PIC) client/libpgbroker.map
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -shared -Wl,--version-script=client/libpgbroker.map \
-		-Wl,-soname,libpgbroker.so.0 -o $@ $(CLIENT_PIC) $(COMMON_PIC)
+		-Wl,-soname,$(SONAME) -o $@ $(CLIENT_PIC) $(COMMON_PIC) -lpthread
 
 tools/poolstat: tools/poolstat.o $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
@@ -122,6 +126,16 @@ test: deps
 	$(MAKE) all $(UNIT_BIN) $(INTEG_BIN)
 	./$(UNIT_BIN) --jobs 2
 	sh tools/run-integ.sh ./$(INTEG_BIN)
+	$(CHECK_INSTALL_ENV) PGB_MAKE='$(MAKE)' sh tools/check-install.sh
+
+# Install into a temporary DESTDIR and check the result: files, the library's
+# exports, man pages, agents built with pkg-config alone against the installed
+# broker, then uninstall. Its make runs inherit this make's flags (SANITIZE,
+# CC, ...), so nothing is rebuilt with other flags; a sanitizer build needs
+# the same -fsanitize for the agents.
+CHECK_INSTALL_ENV = CC='$(CC)' PGB_AGENT_CFLAGS='$(if $(SANITIZE),-fsanitize=$(SANITIZE))'
+check-install: all
+	$(CHECK_INSTALL_ENV) PGB_MAKE='$(MAKE)' sh tools/check-install.sh
 
 unit: $(UNIT_BIN)
 	./$(UNIT_BIN)
@@ -177,13 +191,63 @@ tools/soak: tools/soak.o client/libpgbroker.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
+# `make install PREFIX=/usr DESTDIR=/tmp/pkg`; each directory can also be
+# set on its own. The .pc file, the unit and the man pages are filled in
+# from their templates on the way.
+BINDIR       = $(PREFIX)/bin
+LIBDIR       = $(PREFIX)/lib
+INCLUDEDIR   = $(PREFIX)/include
+MANDIR       = $(PREFIX)/share/man
+DOCDIR       = $(PREFIX)/share/doc/pgbroker
+PKGCONFIGDIR = $(LIBDIR)/pkgconfig
+UNITDIR      = $(PREFIX)/lib/systemd/system
+SERVICE_TYPE = $(if $(filter 1,$(HAVE_SYSTEMD)),notify,simple)
+SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@BINDIR@|$(BINDIR)|g' \
+	-e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	-e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	-e 's|@SERVICE_TYPE@|$(SERVICE_TYPE)|g'
+MAN_PAGES := man/pgbroker.8 man/poolstat.1 man/poolbench.1 man/libpgbroker.3
+man_path = $(MANDIR)/man$(subst .,,$(suffix $(1)))/$(notdir $(1))
+# Every path install creates below $(DESTDIR); uninstall removes exactly these.
+INSTALLED = $(addprefix $(BINDIR)/,pgbroker poolstat poolbench) \
+	$(addprefix $(LIBDIR)/,libpgbroker.a $(SOFILE) $(SONAME) libpgbroker.so) \
+	$(INCLUDEDIR)/pgbroker.h $(PKGCONFIGDIR)/libpgbroker.pc \
+	$(foreach m,$(MAN_PAGES),$(call man_path,$(m))) \
+	$(DOCDIR)/pgbroker.conf.example $(UNITDIR)/pgbroker.service
+
+# $(call install_file,MODE,FROM,TO), $(call install_subst,FROM,TO): one file
+# (the second through $(SUBST)), one quiet line; TO is below $(DESTDIR).
+install_file = $(Q)$(if $(Q),echo "  INSTALL $(DESTDIR)$(3)" && )install -m $(1) $(2) \
+	"$(DESTDIR)$(3)"
+install_subst = $(Q)$(if $(Q),echo "  INSTALL $(DESTDIR)$(2)" && )$(SUBST) $(1) \
+	>"$(DESTDIR)$(2)" && chmod 644 "$(DESTDIR)$(2)"
+define install_man
+$(call install_subst,$(1),$(call man_path,$(1)))
+
+endef
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
-	install -m 755 broker/pgbroker tools/poolstat tools/poolbench $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 client/libpgbroker.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 client/libpgbroker.so $(DESTDIR)$(PREFIX)/lib/libpgbroker.so.0
-	ln -sf libpgbroker.so.0 $(DESTDIR)$(PREFIX)/lib/libpgbroker.so
-	install -m 644 client/pgbroker.h $(DESTDIR)$(PREFIX)/include/
+	$(Q)for d in $(sort $(dir $(INSTALLED))); do install -d "$(DESTDIR)$$d" || exit 1; done
+	$(call install_file,755,broker/pgbroker,$(BINDIR)/pgbroker)
+	$(call install_file,755,tools/poolstat,$(BINDIR)/poolstat)
+	$(call install_file,755,tools/poolbench,$(BINDIR)/poolbench)
+	$(call install_file,644,client/libpgbroker.a,$(LIBDIR)/libpgbroker.a)
+	$(call install_file,755,client/libpgbroker.so,$(LIBDIR)/$(SOFILE))
+	$(Q)ln -sf $(SOFILE) "$(DESTDIR)$(LIBDIR)/$(SONAME)"
+	$(Q)ln -sf $(SONAME) "$(DESTDIR)$(LIBDIR)/libpgbroker.so"
+	$(call install_file,644,client/pgbroker.h,$(INCLUDEDIR)/pgbroker.h)
+	$(call install_subst,client/libpgbroker.pc.in,$(PKGCONFIGDIR)/libpgbroker.pc)
+	$(foreach m,$(MAN_PAGES),$(call install_man,$(m)))
+	$(call install_file,644,etc/pgbroker.conf.example,$(DOCDIR)/pgbroker.conf.example)
+	$(call install_subst,etc/pgbroker.service.in,$(UNITDIR)/pgbroker.service)
+
+# Directories stay (other packages may use them), except our own doc
+# directory once it is empty.
+uninstall:
+	$(Q)for f in $(INSTALLED); do \
+		$(if $(Q),echo "  RM      $(DESTDIR)$$f";) rm -f "$(DESTDIR)$$f" || exit 1; \
+	done
+	$(Q)if [ -d "$(DESTDIR)$(DOCDIR)" ]; then rmdir "$(DESTDIR)$(DOCDIR)" 2>/dev/null || :; fi
 
 clean:
 	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d

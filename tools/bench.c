@@ -61,6 +61,7 @@ const char *bench_usage(void)
 	       "                 [--workload select1|pgbench-select|tpcb|mixed] [--pool-size N]\n"
 	       "                 [--compare] [--agents-list 1,10,50,200] [--warmup S]\n"
 	       "                 [--json FILE] [--plot FILE.svg] [--dsn CONNINFO] [--broker PATH]\n"
+	       "       poolbench --help | --version\n"
 	       "\n"
 	       "  --mode M         who carries the agents' statements (default broker); a\n"
 	       "                   comma list runs several\n"
@@ -77,6 +78,8 @@ const char *bench_usage(void)
 	       "  --dsn CONNINFO   use this PostgreSQL instead of starting a throwaway one\n"
 	       "  --broker PATH    the pgbroker binary (default: ../broker/pgbroker beside\n"
 	       "                   poolbench, else pgbroker beside it, else $PATH)\n"
+	       "  -h, --help       show this text\n"
+	       "  -V, --version    print the version\n"
 	       "\n"
 	       "Exit status: 0 when every run finished without errors, 1 otherwise, 2 on bad\n"
 	       "arguments.\n";
@@ -159,7 +162,7 @@ static int parse_names(const char *s, int (*from_name)(const char *), unsigned *
 
 enum {
 	OPT_MODE = 1000, OPT_AGENTS, OPT_DURATION, OPT_WORKLOAD, OPT_POOL, OPT_COMPARE,
-	OPT_JSON, OPT_PLOT, OPT_LIST, OPT_DSN, OPT_WARMUP, OPT_BROKER, OPT_HELP,
+	OPT_JSON, OPT_PLOT, OPT_LIST, OPT_DSN, OPT_WARMUP, OPT_BROKER, OPT_HELP, OPT_VERSION,
 };
 
 int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, size_t errlen)
@@ -178,6 +181,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		{ "dsn", required_argument, NULL, OPT_DSN },
 		{ "broker", required_argument, NULL, OPT_BROKER },
 		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned wbits = 0;
@@ -198,7 +202,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 
 	optind = 0;   /* GNU: start over, also for a second call in one process */
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":hV", longopts, NULL)) != -1) {
 		switch (opt) {
 		case OPT_MODE:
 			if (parse_names(optarg, bench_mode_from_name, &o->modes) < 0) {
@@ -273,6 +277,10 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		case 'h':
 		case OPT_HELP:
 			o->help = 1;
+			return 0;
+		case 'V':
+		case OPT_VERSION:
+			o->version = 1;
 			return 0;
 		case ':':
 			set_err(err, errlen, "%s needs a value", argv[optind - 1]);

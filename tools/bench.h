@@ -39,7 +39,8 @@ struct bench_opts {
 	const char *json;       /* --json FILE */
 	const char *plot;       /* --plot FILE.svg */
 	const char *broker;     /* --broker PATH of pgbroker; NULL: found beside poolbench */
-	int help;
+	int help;               /* --help, -h */
+	int version;            /* --version, -V */
 };
 
 /* Defaults, then argv. 0, or -1 with a message in err (exit status 2).

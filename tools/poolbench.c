@@ -29,6 +29,7 @@
 #include "bench.h"
 #include "pgbroker.h"
 #include "stats.h"
+#include "version.h"
 
 #define SCALE            10              /* pgbench scale of pgbench_accounts */
 #define NACCOUNTS        (100000 * SCALE)
@@ -1554,6 +1555,10 @@ int main(int argc, char **argv)
 	}
 	if (o.help) {
 		fputs(bench_usage(), stdout);
+		return 0;
+	}
+	if (o.version) {
+		printf("poolbench (pgbroker) %s\n", PGB_VERSION);
 		return 0;
 	}
 	cx.o = &o;

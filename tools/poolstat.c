@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "stats.h"
+#include "version.h"
 
 #define EXIT_NO_BROKER 3
 #define MAX_LINES 128
@@ -43,12 +44,15 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: poolstat [--once | --json | --prometheus] [DIR]\n"
+		"       poolstat --help | --version\n"
 		"  Show the pool of the pgbroker whose run directory is DIR\n"
 		"  (default: $PGBROKER_DIR, else /tmp/pgbroker), read from its stats segment.\n"
-		"  (none)        live view, refreshed every second; q quits\n"
-		"  --once        one plain-text snapshot\n"
-		"  --json        one JSON document\n"
-		"  --prometheus  Prometheus text exposition format\n"
+		"  (none)         live view, refreshed every second; q quits\n"
+		"  --once         one plain-text snapshot\n"
+		"  --json         one JSON document\n"
+		"  --prometheus   Prometheus text exposition format\n"
+		"  -h, --help     show this text\n"
+		"  -V, --version  print the version\n"
 		"exit status: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker or unreadable segment\n");
 }
 
@@ -756,6 +760,9 @@ int main(int argc, char **argv)
 			mode = MODE_PROM;
 		else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage(stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+			printf("poolstat (pgbroker) %s\n", PGB_VERSION);
 			return 0;
 		} else if (argv[i][0] == '-') {
 			fprintf(stderr, "poolstat: unknown option %s\n", argv[i]);

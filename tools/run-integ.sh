@@ -17,6 +17,8 @@ case $BIN in */*) ;; *) BIN=./$BIN ;; esac
 [ -x "$BIN" ] || { echo "run-integ.sh: $BIN is not an executable file" >&2; exit 2; }
 
 PGB_ROOT=$(cd "$(dirname "$0")/.." && pwd -P) || exit 1
+# Brokers started by the tests must not talk to a service manager above us.
+unset NOTIFY_SOCKET
 PGTMP="$PGB_ROOT/tools/pgtmp.sh"
 TIMEOUT=${PGB_TEST_TIMEOUT:-900}
 
