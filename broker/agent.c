@@ -123,15 +123,34 @@ int agent_listen(struct broker *b)
 	return 0;
 }
 
-static int peer_allowed(const struct broker *b, const struct ucred *cr)
+static int gid_allowed(const struct broker *b, gid_t gid)
 {
+	for (int i = 0; i < b->cfg.n_allow_gids; i++)
+		if (b->cfg.allow_gids[i] == gid)
+			return 1;
+	return 0;
+}
+
+/* The broker's own uid, an allowed uid, or a member of an allowed group:
+ * primary (SO_PEERCRED) or supplementary (SO_PEERGROUPS). */
+static int peer_allowed(const struct broker *b, int fd, const struct ucred *cr)
+{
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+
 	if (cr->uid == geteuid())
 		return 1;
 	for (int i = 0; i < b->cfg.n_allow_uids; i++)
 		if (b->cfg.allow_uids[i] == cr->uid)
 			return 1;
-	for (int i = 0; i < b->cfg.n_allow_gids; i++)
-		if (b->cfg.allow_gids[i] == cr->gid)
+	if (!b->cfg.n_allow_gids)
+		return 0;
+	if (gid_allowed(b, cr->gid))
+		return 1;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return 0;	/* ERANGE: more groups than we look at */
+	for (size_t i = 0; i < len / sizeof(groups[0]); i++)
+		if (gid_allowed(b, groups[i]))
 			return 1;
 	return 0;
 }
@@ -177,7 +196,7 @@ void agent_accept(struct broker *b, int fd)
 		refuse(fd, -ESHUTDOWN, "broker is shutting down");
 		return;
 	}
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || !peer_allowed(b, &cr)) {
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || !peer_allowed(b, fd, &cr)) {
 		log_warn("refused agent pid %d uid %d: not allowed", (int)cr.pid, (int)cr.uid);
 		b->st.c.agents_refused++;
 		refuse(fd, -EACCES, "uid not allowed by this broker");

@@ -169,7 +169,8 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	struct reg_reply rep;
 	pgb_conn *c;
 	void *map;
-	int fd = -1, err;
+	ssize_t sent;
+	int fd = -1, err, send_err = 0;
 
 	pthread_once(&fork_once, install_fork_hook);
 	c = calloc(1, sizeof(*c));
@@ -200,11 +201,17 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 		set_error(c, "could not connect to broker at %s: %s", sa.sun_path, strerror(errno));
 		goto fail;
 	}
-	if (send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL) != sizeof(hello)) {
-		set_error(c, "could not register with broker: %s", strerror(errno));
+	/* A broker that refuses us (not allowed, full, shutting down) answers
+	 * and closes at once: our hello may then meet a closed socket while
+	 * the refusal still waits to be read. */
+	sent = send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL);
+	if (sent != (ssize_t)sizeof(hello))
+		send_err = sent < 0 ? errno : EPIPE;
+	err = recv_reply(c->sock, &rep, &fd, &c->efd);
+	if (err < 0 && send_err) {
+		set_error(c, "could not register with broker: %s", strerror(send_err));
 		goto fail;
 	}
-	err = recv_reply(c->sock, &rep, &fd, &c->efd);
 	if (err < 0) {
 		set_error(c, "no valid answer from broker at %s: %s", sa.sun_path,
 			  err == -EPROTO ? "protocol error" : strerror(-err));

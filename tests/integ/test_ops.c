@@ -12,7 +12,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -663,3 +665,48 @@ Test(ops, readiness_reload_and_stop_reach_the_service_manager)
 	unlink(sa.sun_path);
 }
 #endif
+
+/* ---- who may register ---------------------------------------------------- */
+
+struct ident { uid_t uid; gid_t gid; gid_t extra; };
+
+/* As another user: 0 registered and ran a statement, 1 refused. */
+static int register_as(void *arg)
+{
+	const struct ident *id = arg;
+	gid_t extra = id->extra;
+	pgb_conn *c;
+	int rc;
+
+	if (setgroups(extra ? 1 : 0, &extra) < 0 || setgid(id->gid) < 0 || setuid(id->uid) < 0)
+		return 20;
+	c = pgb_connect(br.dir);
+	if (pgb_status(c) != PGB_CONNECTION_OK)
+		rc = strstr(pgb_error_message(c), "not allowed") ? 1 : 21;
+	else
+		rc = h_num(c, "select 7") == 7 ? 0 : 22;
+	pgb_finish(c);
+	return rc;
+}
+
+Test(ops, peer_credentials_decide_who_may_register)
+{
+	const char *args[] = { "--allow-uids", "4243", "--allow-gids", "4242", NULL };
+	static const struct { struct ident id; int want; const char *who; } cases[] = {
+		{ { 65534, 65534, 0 }, 1, "a stranger" },
+		{ { 65534, 65534, 4242 }, 0, "a supplementary member of an allowed group" },
+		{ { 65534, 4242, 0 }, 0, "a primary member of an allowed group" },
+		{ { 4243, 65534, 0 }, 0, "an allowed uid" },
+	};
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to act as other users");
+	start_with_conf("min_pool_size = 1\n", args);
+	cr_assert_eq(chmod(br.dir, 0711), 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int got = h_wait(h_fork(register_as, (void *)&cases[i].id), 10000);
+
+		cr_expect_eq(got, cases[i].want, "%s: %d", cases[i].who, got);
+	}
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
