@@ -201,6 +201,7 @@ MANDIR       = $(PREFIX)/share/man
 DOCDIR       = $(PREFIX)/share/doc/pgbroker
 PKGCONFIGDIR = $(LIBDIR)/pkgconfig
 UNITDIR      = $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  = $(PREFIX)/lib/sysusers.d
 SERVICE_TYPE = $(if $(filter 1,$(HAVE_SYSTEMD)),notify,simple)
 SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@BINDIR@|$(BINDIR)|g' \
 	-e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
@@ -213,7 +214,8 @@ INSTALLED = $(addprefix $(BINDIR)/,pgbroker poolstat poolbench) \
 	$(addprefix $(LIBDIR)/,libpgbroker.a $(SOFILE) $(SONAME) libpgbroker.so) \
 	$(INCLUDEDIR)/pgbroker.h $(PKGCONFIGDIR)/libpgbroker.pc \
 	$(foreach m,$(MAN_PAGES),$(call man_path,$(m))) \
-	$(DOCDIR)/pgbroker.conf.example $(UNITDIR)/pgbroker.service
+	$(DOCDIR)/pgbroker.conf.example $(UNITDIR)/pgbroker.service \
+	$(SYSUSERSDIR)/pgbroker.conf
 
 # $(call install_file,MODE,FROM,TO), $(call install_subst,FROM,TO): one file
 # (the second through $(SUBST)), one quiet line; TO is below $(DESTDIR).
@@ -240,6 +242,7 @@ install: all
 	$(foreach m,$(MAN_PAGES),$(call install_man,$(m)))
 	$(call install_file,644,etc/pgbroker.conf.example,$(DOCDIR)/pgbroker.conf.example)
 	$(call install_subst,etc/pgbroker.service.in,$(UNITDIR)/pgbroker.service)
+	$(call install_file,644,etc/pgbroker.sysusers,$(SYSUSERSDIR)/pgbroker.conf)
 
 # Directories stay (other packages may use them), except our own doc
 # directory once it is empty.

@@ -147,7 +147,8 @@ FILES="755 bin/pgbroker
 644 share/man/man1/poolbench.1
 644 share/man/man3/libpgbroker.3
 644 share/doc/pgbroker/pgbroker.conf.example
-644 lib/systemd/system/pgbroker.service"
+644 lib/systemd/system/pgbroker.service
+644 lib/sysusers.d/pgbroker.conf"
 printf '%s\n' "$FILES" | while read -r mode f; do
 	[ -f "$P/$f" ] && [ ! -L "$P/$f" ] || fail "not installed: $PREFIX/$f"
 	m=$(stat -c %a "$P/$f")
