@@ -61,12 +61,48 @@ struct agent *agent_by_tag(struct broker *b, uint64_t tag)
 	return a;
 }
 
+/* The pid file's lock, not the socket file, says who owns the directory:
+ * a second broker must never unlink a live broker's socket, and a lock
+ * dies with its process, so a crash leaves nothing stale that could keep
+ * the next broker out. The file locked must still be the one at the path
+ * (a broker that exits unlinks it, maybe after we opened it). `other`
+ * gets the pid the file held. */
+static int lock_pid_file(struct broker *b, char *other, size_t n)
+{
+	for (int tries = 0; tries < 5; tries++) {
+		struct stat fs, ps;
+		ssize_t got;
+		int fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+
+		if (fd < 0) {
+			log_error("cannot open %s: %s", b->lock_path, strerror(errno));
+			return -1;
+		}
+		got = pread(fd, other, n - 1, 0);
+		other[got > 0 ? got : 0] = '\0';
+		other[strcspn(other, "\n")] = '\0';
+		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+			log_error("another pgbroker (pid %s) is already running on %s",
+				  *other ? other : "?", b->cfg.dir);
+			close(fd);
+			return -1;
+		}
+		if (fstat(fd, &fs) == 0 && stat(b->lock_path, &ps) == 0 &&
+		    fs.st_dev == ps.st_dev && fs.st_ino == ps.st_ino) {
+			b->lock_fd = fd;
+			return 0;
+		}
+		close(fd);
+	}
+	log_error("cannot take %s: it keeps being replaced", b->lock_path);
+	return -1;
+}
+
 int agent_listen(struct broker *b)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct io_uring_sqe *sqe;
 	char pid[32], other[32];
-	ssize_t n;
 	int fd;
 
 	if (mkdir(b->cfg.dir, 0755) == 0)
@@ -77,25 +113,8 @@ int agent_listen(struct broker *b)
 	}
 	snprintf(b->lock_path, sizeof(b->lock_path), "%s/pgbroker.pid", b->cfg.dir);
 	snprintf(b->sock_path, sizeof(b->sock_path), "%s/pgbroker.sock", b->cfg.dir);
-	b->lock_fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (b->lock_fd < 0) {
-		log_error("cannot open %s: %s", b->lock_path, strerror(errno));
+	if (lock_pid_file(b, other, sizeof(other)) < 0)
 		return -1;
-	}
-	/* The pid file's lock, not the socket file, says who owns the
-	 * directory: a second broker must never unlink a live broker's socket,
-	 * and a lock dies with its process, so a crash leaves nothing stale
-	 * that could keep the next broker out. */
-	n = pread(b->lock_fd, other, sizeof(other) - 1, 0);
-	other[n > 0 ? n : 0] = '\0';
-	other[strcspn(other, "\n")] = '\0';
-	if (flock(b->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		log_error("another pgbroker (pid %s) is already running on %s",
-			  *other ? other : "?", b->cfg.dir);
-		close(b->lock_fd);
-		b->lock_fd = -1;
-		return -1;
-	}
 	if (*other)
 		log_warn("pgbroker (pid %s) did not shut down cleanly: replacing the "
 			 "files it left in %s", other, b->cfg.dir);
@@ -390,10 +409,17 @@ static void request_queue(struct broker *b, struct agent *a, struct request *r);
  * to a transaction already open, which may still finish (SIGTERM drains). */
 static int refuse_new(const struct broker *b, const struct agent *a)
 {
+	const struct backend *be = a->pinned;
+	PGTransactionStatusType st;
+
 	if (!b->stopping)
 		return 0;
-	return b->stopping == STOP_FAST || !a->pinned ||
-	       PQtransactionStatus(a->pinned->pg) == PQTRANS_IDLE;
+	if (b->stopping == STOP_FAST || !be)
+		return 1;
+	st = PQtransactionStatus(be->pg);
+	/* busy (ACTIVE): in a transaction if its statement started in one */
+	return !(st == PQTRANS_INTRANS || st == PQTRANS_INERROR ||
+		 (st == PQTRANS_ACTIVE && be->in_txn));
 }
 static void batch_new(struct broker *b, struct agent *a, struct request *r, uint64_t n);
 
@@ -946,9 +972,14 @@ void agent_close_all(struct broker *b)
 		if (!a)
 			continue;
 		if (a->chan) {
+			uint64_t one = 1;
+
 			__atomic_store_n(&a->chan->broker_state, BROKER_CLOSING, __ATOMIC_SEQ_CST);
 			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
 			futex_wake(&a->chan->agent_bell);
+			/* an agent polling pgb_socket() must wake up too */
+			if (a->efd >= 0)
+				(void)!write(a->efd, &one, sizeof(one));
 		}
 		agent_fail(b, a, "hang-up");
 	}

@@ -213,6 +213,7 @@ struct broker {
 	struct list flushq;       /* backends with pipelined output to send this pass */
 	uint32_t busy_target;     /* busy backends worth having: one per core */
 	struct stmt_heat *heat;   /* statement texts seen lately */
+	uint32_t stmt_token;      /* random, in the names of prepared statements */
 	int64_t exec_ewma_ns;     /* recent statement execution time */
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */

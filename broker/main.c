@@ -76,9 +76,12 @@ static void reload(struct broker *b)
 		nc.max_agents = old.max_agents;
 	}
 	if ((uint32_t)nc.max_pool_size > b->nslots) {
-		log_warn("reload: max_pool_size can grow to %u without a restart: keeping %d",
-			 b->nslots, old.max_pool_size);
-		nc.max_pool_size = old.max_pool_size;
+		log_warn("reload failed, the configuration stays as it was: max_pool_size %d is "
+			 "above %u, the most this broker can grow to without a restart",
+			 nc.max_pool_size, b->nslots);
+		b->st.c.reload_failures++;
+		notify_ready("reload failed");
+		return;
 	}
 	nc.ready_fd = old.ready_fd;
 	if (config_validate(&nc, err, sizeof(err)) < 0) {
@@ -277,6 +280,21 @@ static int run(struct broker *b)
 	}
 }
 
+/* A start that failed after taking the directory leaves nothing behind
+ * (and nothing the next start would take for a crash). */
+static void remove_own_files(struct broker *b)
+{
+	if (b->lock_fd < 0)
+		return;
+	if (b->listen_fd >= 0)
+		unlink(b->sock_path);
+	unlink(b->lock_path);
+	close(b->lock_fd);
+	b->lock_fd = -1;
+	if (b->made_dir)
+		rmdir(b->cfg.dir);
+}
+
 int main(int argc, char **argv)
 {
 	static struct broker broker;
@@ -331,8 +349,12 @@ int main(int argc, char **argv)
 	for (int i = b->cfg.max_agents - 1; i >= 0; i--)
 		b->free_slots[b->nfree++] = (uint32_t)i;
 	b->now_ns = clock_ns();
-	if (setup_ring(b) < 0 || setup_signals(b) < 0 || agent_listen(b) < 0)
+	if (setup_ring(b) < 0 || setup_signals(b) < 0)
 		return 1;
+	if (agent_listen(b) < 0) {
+		remove_own_files(b);
+		return 1;
+	}
 	/* Room for max_pool_size to grow by reload without moving a backend. */
 	b->nslots = (uint32_t)b->cfg.max_pool_size * 2;
 	if (b->nslots < MIN_SLOTS)
@@ -340,11 +362,13 @@ int main(int argc, char **argv)
 	rc = stats_open(b);
 	if (rc < 0) {
 		log_error("cannot create stats segment in %s: %s", b->cfg.dir, strerror(-rc));
-		unlink(b->sock_path);
+		remove_own_files(b);
 		return 1;
 	}
 	if (pool_init(b) < 0) {
 		log_error("out of memory");
+		stats_close(b);
+		remove_own_files(b);
 		return 1;
 	}
 	log_info("pgbroker %s listening on %s (pool %d..%d..%d)", PGB_VERSION, b->sock_path,
@@ -356,6 +380,7 @@ int main(int argc, char **argv)
 	}
 	notify_ready("serving");
 	rc = run(b);
+	io_uring_submit(&b->ring);	/* the last pass's wake-ups */
 	/* Unlink first: from here on nobody new finds this broker. */
 	unlink(b->sock_path);
 	agent_close_all(b);

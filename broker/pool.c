@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "backoff.h"
@@ -18,6 +19,7 @@
 #include "sqlstate.h"
 
 #define MS 1000000LL
+#define CANCEL_WAIT_NS (2000 * MS)   /* at exit, for cancel threads still out */
 
 enum close_reason {
 	CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_RELOAD, CLOSE_SHUTDOWN,
@@ -39,7 +41,7 @@ static void connect_failed(struct broker *b, struct backend *be, const char *why
 static void pipe_leave(struct broker *b, struct backend *be);
 static void keep_result(struct backend *be, PGresult *x);
 static int rolled_back(const char *state);
-static int prepared_lost(const char *state);
+static int prepared_lost(const struct request *r, const char *state);
 static int ends_transaction(const char *sql);
 static void capacity_result(struct broker *b, PGresult *x);
 
@@ -311,21 +313,19 @@ static void on_connect_poll(struct broker *b, struct backend *be)
 }
 
 /* Tell the agent whose statement was on a backend that just broke. */
-static void fail_request(struct broker *b, struct backend *be)
+/* r was running (or pipelined) on a backend that is gone. */
+static void fail_request(struct broker *b, struct request *r, int in_txn)
 {
-	struct request *r = be->req;
-
-	be->req = NULL;
 	if (!r)
 		return;
 	r->be = NULL;
-	if (r->agent && !be->in_txn && (r->flags & REQ_IDEMPOTENT) &&
+	if (r->agent && !in_txn && (r->flags & REQ_IDEMPOTENT) &&
 	    request_retry(b, r, "connection lost"))
 		return;
 	if (r->agent) {
 		b->st.c.statements++;
 		b->st.c.failed++;
-		if (be->in_txn && !ends_transaction(r->v.sql))
+		if (in_txn && !ends_transaction(r->v.sql))
 			agent_respond_error(b, r->agent, r->id, "08006",
 					    "connection to PostgreSQL lost inside a transaction; "
 					    "the transaction was rolled back");
@@ -339,6 +339,10 @@ static void fail_request(struct broker *b, struct backend *be)
 
 static void be_close(struct broker *b, struct backend *be, enum close_reason why)
 {
+	int in_txn = be->in_txn;
+	struct request *head;
+	struct list orphans, *pos;
+
 	if (be->state == BE_FREE)
 		return;
 	if (be->flush_due) {
@@ -384,12 +388,18 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		PQfinish(be->pg);
 	be->pg = NULL;
 	stmt_cache_clear(&be->stmts);
-	fail_request(b, be);
-	while (!list_empty(&be->pipeq)) {
-		be->req = list_entry(list_pop(&be->pipeq), struct request, link);
-		fail_request(b, be);
-	}
+	/* Answering wakes agents whose next statements are submitted at once:
+	 * by then this slot must be out of every list and own no request, as
+	 * it may even be reconnected for one of them. */
+	head = be->req;
+	be->req = NULL;
+	list_init(&orphans);
+	while ((pos = list_pop(&be->pipeq)))
+		list_add_tail(&orphans, pos);
 	pipe_leave(b, be);
+	fail_request(b, head, in_txn);
+	while ((pos = list_pop(&orphans)))
+		fail_request(b, list_entry(pos, struct request, link), in_txn);
 	pool_grow(b);
 }
 
@@ -474,7 +484,7 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 	if (id) {
 		char name[STMT_NAME_MAX];
 
-		stmt_name(name, sizeof(name), id);
+		stmt_name(name, sizeof(name), b->stmt_token, id);
 		r->prep_id = id;
 		ok = (!r->prep_sent || PQsendPrepare(be->pg, name, r->v.sql, nparams, NULL)) &&
 		     PQsendQueryPrepared(be->pg, name, nparams, r->params, NULL, NULL, 0);
@@ -547,7 +557,8 @@ static struct backend *pipe_pick(struct broker *b)
 	for (pos = b->pipes.next; pos != &b->pipes; pos = pos->next) {
 		struct backend *be = list_entry(pos, struct backend, plink);
 
-		if (be->npipe >= PIPE_MAX || b->now_ns - be->head_ns > PIPE_HEAD_FRESH_NS)
+		if (be->state != BE_BUSY || be->npipe >= PIPE_MAX ||
+		    b->now_ns - be->head_ns > PIPE_HEAD_FRESH_NS)
 			continue;
 		/* Slow statements lately: a joiner would wait behind one. */
 		if (b->exec_ewma_ns > PIPE_HEAD_FRESH_NS / 2)
@@ -592,19 +603,22 @@ static void pipe_done(struct broker *b, struct backend *be)
 	be->served++;
 	exec_time(b, b->now_ns - be->head_ns);
 	r->be = NULL;
-	if (r->prep_failed) {
-		/* The Prepare failed (the statement's own error): nothing to keep. */
+	if (r->prep_id && (r->prep_failed || prepared_lost(r, state))) {
+		/* The server has no such prepared statement, or one that no
+		 * longer fits the text: stop using it (a lost one stays on the
+		 * server until DISCARD ALL or the connection ends). */
 		stmt_cache_forget(&be->stmts, r->prep_id);
 		stmt_heat_cool(b->heat, stmt_hash(r->v.sql, (int)r->v.nparams));
-	} else if (a && !ok && r->prep_id && prepared_lost(state)) {
-		/* The server lost or outgrew the prepared statement, which
-		 * failed before running: run the text itself instead. */
-		log_debug("backend %u: prepared statement %u went stale (%s): running the text",
-			  be->slot, r->prep_id, state);
-		stmt_cache_forget(&be->stmts, r->prep_id);
-		r->no_prep = 1;
-		b->st.c.retried++;
-		retry = 2;
+		/* It failed before running (in autocommit nothing is left of
+		 * it): run the text itself once more, unless the failed Prepare
+		 * was the text's own error. */
+		if (a && (!r->prep_failed || (state && strcmp(state, "42P05") == 0))) {
+			log_debug("backend %u: prepared statement %u unusable (%s): running the text",
+				  be->slot, r->prep_id, state ? state : "");
+			r->no_prep = 1;
+			b->st.c.retried++;
+			retry = 2;
+		}
 	}
 	if (!retry && a && !ok && rolled_back(state) && request_retry(b, r, state))
 		retry = 1;
@@ -866,11 +880,13 @@ static int rolled_back(const char *state)
 	return state && sqlstate_txn_retryable(state);
 }
 
-/* 26000: no such prepared statement (DEALLOCATE behind our back);
- * 0A000: "cached plan must not change result type" (the table changed). */
-static int prepared_lost(const char *state)
+/* An Execute of a statement prepared earlier failed because of the
+ * prepared statement: 26000, it is gone (DEALLOCATE behind our back);
+ * 0A000, "cached plan must not change result type" (a table changed). */
+static int prepared_lost(const struct request *r, const char *state)
 {
-	return state && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
+	return !r->prep_sent && state &&
+	       (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
 }
 
 /* COMMIT and its kin: when the connection breaks under one, the
@@ -1197,6 +1213,8 @@ void pool_submit(struct broker *b, struct request *r)
 	}
 	if (!r->attempts) {
 		r->session = sql_changes_session(r->v.sql);
+		for (uint32_t i = 1; i < r->nsub && !r->session; i++)
+			r->session = sql_changes_session(r->subs[i].sql);
 		r->pipe_ok = !r->session && !r->nsub && sql_pipelinable(r->v.sql);
 	}
 	if (a->pinned) {
@@ -1334,6 +1352,10 @@ static void orphan(struct broker *b, struct agent *a, struct request *r)
 		be->discard = 1;
 	/* Mid-statement: cancel it, then roll back and reuse the backend
 	 * once it is idle and clean (see statement_done). */
+	if (b->stopping) {	/* closing ends it: no cancel thread to wait for */
+		be_close(b, be, CLOSE_SHUTDOWN);
+		return;
+	}
 	log_info("agent %u gone mid-statement: cancelling on backend %u (pid %d)",
 		 a->slot, be->slot, be->pg_pid);
 	if (be_cancel(b, be) < 0)
@@ -1513,6 +1535,9 @@ int pool_init(struct broker *b)
 	list_init(&b->pipes);
 	b->exec_ewma_ns = PIPE_HEAD_FRESH_NS;  /* pipelines only once statements prove quick */
 	b->heat = calloc(1, sizeof(*b->heat));	/* NULL: nothing is prepared */
+	/* Names agents cannot guess ahead: _pgbroker_<token>_<n>. */
+	if (getrandom(&b->stmt_token, sizeof(b->stmt_token), GRND_NONBLOCK) < 0)
+		b->stmt_token = (uint32_t)getpid() ^ (uint32_t)b->now_ns;
 	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
 	list_init(&b->flushq);
@@ -1605,17 +1630,27 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 
 void pool_close_all(struct broker *b)
 {
-	/* Cancel threads write into their backend's slot: let them finish. */
+	int64_t until = clock_ns() + CANCEL_WAIT_NS;
+	int pending = 0;
+
+	/* Cancel threads write into their backend's slot and the eventfd:
+	 * wait for them a little, all together; any still out keep both. */
 	for (uint32_t i = 0; i < b->nslots; i++)
-		for (int tries = 0; tries < 500 &&
-		     __atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE); tries++)
-			usleep(10000);
-	for (uint32_t i = 0; i < b->nslots; i++)
+		while (__atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE) &&
+		       clock_ns() < until)
+			usleep(1000);
+	for (uint32_t i = 0; i < b->nslots; i++) {
+		pending |= __atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE);
 		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
+	}
+	free(b->heat);
+	b->heat = NULL;
+	if (pending) {
+		log_warn("a cancel request is still out: exiting without waiting for it");
+		return;
+	}
 	if (b->cancel_efd >= 0)
 		close(b->cancel_efd);
 	free(b->backends);
 	b->backends = NULL;
-	free(b->heat);
-	b->heat = NULL;
 }

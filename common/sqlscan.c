@@ -86,7 +86,7 @@ int sql_changes_session(const char *sql)
 					set_stmt = 1;
 				else if (word_is(w, n, "prepare") || word_is(w, n, "listen") ||
 					 word_is(w, n, "load") || word_is(w, n, "deallocate") ||
-					 word_is(w, n, "discard"))
+					 word_is(w, n, "discard") || word_is(w, n, "do"))
 					return 1;
 			} else if (set_stmt && prev && word_is(prev, prevn, "set")) {
 				/* SET LOCAL / TRANSACTION / CONSTRAINTS end with the transaction */

@@ -22,9 +22,9 @@ uint64_t stmt_hash(const char *sql, int nparams)
 	return h ? h : 1;
 }
 
-void stmt_name(char *buf, size_t n, uint32_t id)
+void stmt_name(char *buf, size_t n, uint32_t token, uint32_t id)
 {
-	snprintf(buf, n, "_pgbroker_%u", id);
+	snprintf(buf, n, "_pgbroker_%08x_%u", token, id);
 }
 
 static uint32_t slot_of(uint64_t h)

@@ -12,7 +12,7 @@
 #define STMT_CACHE_SLOTS 512    /* open addressing, twice the entries */
 #define STMT_TEXT_MAX    8192   /* longer texts are never prepared */
 #define STMT_HEAT_SLOTS  4096
-#define STMT_NAME_MAX    24
+#define STMT_NAME_MAX    40
 
 struct stmt_entry {
 	uint64_t hash;
@@ -34,7 +34,9 @@ struct stmt_heat {
 };
 
 uint64_t stmt_hash(const char *sql, int nparams);
-void stmt_name(char *buf, size_t n, uint32_t id);
+/* "_pgbroker_<token>_<id>": the token (random per broker) keeps agents
+ * from guessing the names ahead. */
+void stmt_name(char *buf, size_t n, uint32_t token, uint32_t id);
 /* The id sql is prepared under on this connection, or 0. */
 uint32_t stmt_cache_find(const struct stmt_cache *c, uint64_t h, const char *sql, int nparams);
 /* Record sql as prepared under a new id: 0 when full, too long or out of memory. */

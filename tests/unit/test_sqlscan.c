@@ -11,6 +11,7 @@ Test(sqlscan, session_changing_statements)
 		"CREATE TEMP TABLE t(a int)", "create temporary table t(a int)",
 		"DECLARE c CURSOR WITH HOLD FOR SELECT 1", "select set_config('a.b', '1', false)",
 		"SELECT pg_advisory_lock(1)", "select 1; set role x",
+		"DO $$ begin execute 'deallocate all'; end $$",
 	};
 	static const char *const no[] = {
 		"SELECT 1", "SET LOCAL work_mem = '1MB'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",

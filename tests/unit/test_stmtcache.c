@@ -20,8 +20,10 @@ Test(stmtcache, find_add_forget_clear)
 	/* same text, other parameter count: another statement */
 	cr_expect_eq(stmt_cache_find(&c, stmt_hash(q, 2), q, 2), 0);
 	cr_expect_neq(stmt_hash(q, 1), stmt_hash(q, 2));
-	stmt_name(name, sizeof(name), id);
-	cr_expect_str_eq(name, "_pgbroker_1");
+	stmt_name(name, sizeof(name), 0xdeadbeef, id);
+	cr_expect_str_eq(name, "_pgbroker_deadbeef_1");
+	stmt_name(name, sizeof(name), UINT32_MAX, UINT32_MAX);
+	cr_expect_str_eq(name, "_pgbroker_ffffffff_4294967295");
 
 	stmt_cache_forget(&c, id);
 	cr_expect_eq(stmt_cache_find(&c, h, q, 1), 0);
