@@ -84,7 +84,14 @@ broker/pgbroker: $(BROKER_OBJ) $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(SYSTEMD_LIBS) -lpthread
 
-client/libpgbroker.a: $(CLIENT_OBJ) $(COMMON_OBJ)
+# One relocatable object with every internal symbol made local, so that a
+# program linking the archive sees only the pgb_ API (nothing to clash with
+# its own ring_init or config_load).
+client/libpgbroker.o: $(CLIENT_PIC) $(COMMON_PIC)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -r -nostdlib -o $@ $^ && objcopy --localize-hidden $@
+
+client/libpgbroker.a: client/libpgbroker.o
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
@@ -101,11 +108,12 @@ tools/poolstat: tools/poolstat.o $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
 
+# The project's own programs also reach the internals (COMMON_OBJ).
 tools/pgb_demo: tools/pgb_demo.o client/libpgbroker.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
 
-tools/poolbench: tools/poolbench.o tools/bench.o client/libpgbroker.a
+tools/poolbench: tools/poolbench.o tools/bench.o client/libpgbroker.a $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
@@ -114,7 +122,7 @@ $(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) -lm
 
-$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a
+$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS)
 
@@ -187,7 +195,7 @@ soak:
 	$(MAKE) all tools/soak
 	sh tools/soak.sh
 
-tools/soak: tools/soak.o client/libpgbroker.a
+tools/soak: tools/soak.o client/libpgbroker.a $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -253,6 +261,6 @@ uninstall:
 	$(Q)if [ -d "$(DESTDIR)$(DOCDIR)" ]; then rmdir "$(DESTDIR)$(DOCDIR)" 2>/dev/null || :; fi
 
 clean:
-	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d
+	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak
 
 -include $(wildcard */*.d */*/*.d)

@@ -183,6 +183,14 @@ grep -o 'pgb_[a-z0-9_]*(' "$P/include/pgbroker.h" | tr -d '(' | sort -u >"$TMP/d
 diff "$TMP/declared" "$TMP/exported" >"$TMP/diff" ||
 	{ show "$TMP/diff"; fail "the exports of $SOFILE differ from the functions pgbroker.h declares (< declared, > exported)"; }
 ok "$SOFILE exports only pgb_* ($(wc -l <"$TMP/exported") functions, version $VNODE), every one pgbroker.h declares"
+# The archive too: its internals are local, so they cannot clash with an
+# agent's own symbols.
+nm -g --defined-only "$P/lib/libpgbroker.a" | awk 'NF == 3 { print $3 }' | sort -u >"$TMP/a_defined"
+bad=$(grep -v '^pgb_' "$TMP/a_defined" || :)
+[ -z "$bad" ] || fail "libpgbroker.a defines more than pgb_*: $(oneline "$bad")"
+diff "$TMP/declared" "$TMP/a_defined" >"$TMP/diff" ||
+	{ show "$TMP/diff"; fail "libpgbroker.a defines other pgb_ functions than pgbroker.h declares"; }
+ok "libpgbroker.a defines only pgb_* ($(wc -l <"$TMP/a_defined") functions)"
 
 pc_file=$P/lib/pkgconfig/libpgbroker.pc
 for want in "prefix=$PREFIX" "libdir=$PREFIX/lib" "includedir=$PREFIX/include" "Version: $VERSION"; do
