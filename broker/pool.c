@@ -592,6 +592,25 @@ static void pipe_join(struct broker *b, struct backend *be, struct request *r)
 	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
 }
 
+/* Statements that queued while no pipeline took them join the pipeline
+ * that just made room, oldest first: pipelines that keep running free no
+ * backend, and the queue must not wait for one while newer statements
+ * join (pool_submit does not let them overtake). */
+static void pipe_refill(struct broker *b, struct backend *be)
+{
+	while (be->state == BE_BUSY && be->piped && be->npipe < PIPE_MAX &&
+	       b->exec_ewma_ns <= PIPE_HEAD_FRESH_NS / 2 && !list_empty(&b->waitq)) {
+		struct request *r = list_entry(b->waitq.next, struct request, link);
+
+		if (!r->pipe_ok || (r->flags & REQ_SPREAD))
+			break;
+		list_del(&r->link);
+		r->waiting = 0;
+		b->nwaiting--;
+		pipe_join(b, be, r);
+	}
+}
+
 /* The head of a pipeline finished (its Sync arrived): answer it and move on. */
 static void pipe_done(struct broker *b, struct backend *be)
 {
@@ -653,6 +672,7 @@ static void pipe_done(struct broker *b, struct backend *be)
 		agent_request_done(b, r);
 	else if (retry == 2)
 		pool_submit(b, r);
+	pipe_refill(b, be);
 	if (be->req || be->state != BE_BUSY)
 		return;
 	/* Drained: leave pipeline mode and free the backend. */
@@ -1230,7 +1250,7 @@ void pool_submit(struct broker *b, struct request *r)
 	/* Few busy backends, each with a pipeline of many agents' statements,
 	 * beat many backends on few cores: join a quick pipeline once the
 	 * busy backends are enough to keep the cores busy. */
-	if (r->pipe_ok && !(r->flags & REQ_SPREAD) &&
+	if (r->pipe_ok && !(r->flags & REQ_SPREAD) && list_empty(&b->waitq) &&
 	    (b->nbusy >= b->busy_target || list_empty(&b->idle)) && (be = pipe_pick(b))) {
 		pipe_join(b, be, r);
 		return;
