@@ -450,7 +450,7 @@ static void exec_time(struct broker *b, int64_t ns)
 {
 	b->exec_ewma_ns += (ns - b->exec_ewma_ns) / 8;
 }
-#define PIPE_HEAD_FRESH_NS (2 * MS) /* join only pipelines whose head is quick */
+#define PIPE_HEAD_FRESH_NS (8 * MS) /* join only pipelines whose head is quick */
 
 static void pipe_leave(struct broker *b, struct backend *be)
 {
