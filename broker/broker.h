@@ -284,9 +284,6 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old);
 void pool_on_cancel(struct broker *b);
 void pool_flush(struct broker *b);
 
-/* sendhold.c: while held, libpq's writes on fd stay in its buffer */
-void send_hold(int fd, int on);
-
 /* stats.c */
 int stats_open(struct broker *b);
 void stats_fill(struct broker *b);

@@ -39,7 +39,6 @@ static int request_retry(struct broker *b, struct request *r, const char *why);
 static void pool_grow(struct broker *b);
 static void connect_failed(struct broker *b, struct backend *be, const char *why);
 static void pipe_leave(struct broker *b, struct backend *be);
-static void pipe_drain(struct broker *b, struct backend *be);
 static void keep_result(struct backend *be, PGresult *x);
 static int rolled_back(const char *state);
 static int prepared_lost(const struct request *r, const char *state);
@@ -350,7 +349,6 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		be->flush_due = 0;
 		list_del(&be->flink);
 	}
-	send_hold(be->fd, 0);
 	if (be->state == BE_CONNECTING)
 		;	/* connect_failed said why */
 	else if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
@@ -475,7 +473,6 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
 	r->prep_id = 0;
 	r->prep_sent = r->prep_failed = 0;
-	send_hold(be->fd, 1);	/* until pool_flush */
 	if (!r->no_prep && b->heat) {
 		uint64_t h = stmt_hash(r->v.sql, nparams);
 
@@ -520,16 +517,13 @@ void pool_flush(struct broker *b)
 		int rc;
 
 		be->flush_due = 0;
-		send_hold(be->fd, 0);
 		rc = PQflush(be->pg);
 		if (rc < 0) {
 			be_close(b, be, CLOSE_BROKEN);
 			continue;
 		}
 		be->flushing = rc == 1;
-		/* libpq may have read answers while its sends were held: those
-		 * will not show up as a poll event */
-		pipe_drain(b, be);
+		be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
 	}
 }
 
