@@ -117,8 +117,9 @@ tools/poolbench: tools/poolbench.o tools/bench.o client/libpgbroker.a $(COMMON_O
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
-# tools/bench.o: poolbench's pure parts, tested in tests/unit/test_poolbench.c.
-$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o
+# tools/bench.o: poolbench's pure parts (tests/unit/test_poolbench.c);
+# broker/cork.o: the broker's send() (tests/unit/test_cork.c).
+$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o broker/cork.o
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) -lm
 

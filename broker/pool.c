@@ -15,6 +15,7 @@
 #include "backoff.h"
 #include "broker.h"
 #include "clock.h"
+#include "cork.h"
 #include "sqlscan.h"
 #include "sqlstate.h"
 
@@ -349,6 +350,7 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		be->flush_due = 0;
 		list_del(&be->flink);
 	}
+	cork_drop(be->fd);
 	if (be->state == BE_CONNECTING)
 		;	/* connect_failed said why */
 	else if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
@@ -403,6 +405,15 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 	pool_grow(b);
 }
 
+/* Send what is queued for the backend: its corked bytes, then libpq's.
+ * 1 while some remain (wait for POLLOUT), -1 on a broken connection. */
+static int be_flush(struct backend *be)
+{
+	int rc = cork_flush(be->fd);
+
+	return rc ? rc : PQflush(be->pg);
+}
+
 /* Run the broker's own statement (ROLLBACK) on a backend nobody owns. */
 static void be_reset(struct broker *b, struct backend *be, const char *sql)
 {
@@ -412,7 +423,7 @@ static void be_reset(struct broker *b, struct backend *be, const char *sql)
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
-	int rc = PQflush(be->pg);
+	int rc = be_flush(be);
 	if (rc < 0) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
@@ -473,6 +484,8 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
 	r->prep_id = 0;
 	r->prep_sent = r->prep_failed = 0;
+	if (cork_hold(be->fd) < 0)	/* until pool_flush */
+		return -1;
 	if (!r->no_prep && b->heat) {
 		uint64_t h = stmt_hash(r->v.sql, nparams);
 
@@ -517,7 +530,7 @@ void pool_flush(struct broker *b)
 		int rc;
 
 		be->flush_due = 0;
-		rc = PQflush(be->pg);
+		rc = be_flush(be);
 		if (rc < 0) {
 			be_close(b, be, CLOSE_BROKEN);
 			continue;
@@ -780,7 +793,7 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
-	rc = PQflush(be->pg);
+	rc = be_flush(be);
 	if (rc < 0) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
@@ -810,7 +823,7 @@ static void be_start_batch(struct broker *b, struct backend *be, struct request 
 			goto broken;
 	if (!PQpipelineSync(be->pg))
 		goto broken;
-	rc = PQflush(be->pg);
+	rc = be_flush(be);
 	if (rc < 0)
 		goto broken;
 	be->flushing = rc == 1;
@@ -1068,7 +1081,7 @@ static void drain(struct broker *b, struct backend *be)
 			be->unsupported = 1;
 			PQclear(x);
 			PQputCopyEnd(be->pg, "COPY FROM STDIN is not supported through pgbroker");
-			be->flushing = PQflush(be->pg) == 1;
+			be->flushing = be_flush(be) == 1;
 			break;
 		case PGRES_COPY_OUT:
 			be->unsupported = 1;
@@ -1112,7 +1125,7 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 		return;
 	}
 	if (be->flushing && (res & POLLOUT)) {
-		int rc = PQflush(be->pg);
+		int rc = be_flush(be);
 
 		if (rc < 0) {
 			be_close(b, be, CLOSE_BROKEN);

@@ -1,0 +1,14 @@
+/* While a backend's socket is corked, libpq's writes to it wait in the
+ * broker until cork_flush: one write per loop pass (cork.c). */
+#ifndef PGB_CORK_H
+#define PGB_CORK_H
+
+/* Take libpq's writes to fd from now on; -1 when out of memory. */
+int cork_hold(int fd);
+/* Write what was taken: 0 when all is out, 1 when the socket is full
+ * (wait for POLLOUT and call again), -1 on an error (errno). */
+int cork_flush(int fd);
+/* The socket closes: forget what it holds. */
+void cork_drop(int fd);
+
+#endif
