@@ -1,11 +1,11 @@
 /* Broker configuration: one table of keys drives defaults, parsing of the
  * config file, the environment and the flags, printing and the usage text. */
 #include "config.h"
+#include "errbuf.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,18 +164,6 @@ static const char *const bool_names[][2] = {
 	{ "off", "on" }, { "false", "true" }, { "no", "yes" }, { "0", "1" },
 };
 
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* Copy at most QUOTE_MAX bytes of s[0..len) for an error message, escaping
  * what is not printable and marking a cut with "...". */
 static void quote(char *out, size_t outlen, const char *s, size_t len)
@@ -330,7 +318,7 @@ static int bad_value(const struct key_def *k, const char *value, char *msg,
 
 	quote(q, sizeof(q), value, strlen(value));
 	describe_allowed(k, allowed, sizeof(allowed));
-	set_err(msg, msglen, "invalid value \"%s\" (allowed: %s)", q, allowed);
+	errbuf_set(msg, msglen, "invalid value \"%s\" (allowed: %s)", q, allowed);
 	return -1;
 }
 
@@ -417,7 +405,7 @@ static int key_apply(struct pgb_config *cfg, const struct key_def *k,
 	int n, *np;
 
 	if (!value) {
-		set_err(msg, msglen, "missing value");
+		errbuf_set(msg, msglen, "missing value");
 		return -1;
 	}
 	switch (k->kind) {
@@ -462,7 +450,7 @@ static int unknown_key(const char *key, size_t len, char *msg, size_t msglen)
 	char q[QUOTE_MAX * 4 + 8];
 
 	quote(q, sizeof(q), key, len);
-	set_err(msg, msglen, "unknown key \"%s\"", q);
+	errbuf_set(msg, msglen, "unknown key \"%s\"", q);
 	return -1;
 }
 
@@ -475,7 +463,7 @@ int config_set(struct pgb_config *cfg, const char *key, const char *value,
 	if (!k)
 		return unknown_key(key, strlen(key), err, errlen);
 	if (key_apply(cfg, k, value, msg, sizeof(msg)) < 0) {
-		set_err(err, errlen, "%s: %s", k->name, msg);
+		errbuf_set(err, errlen, "%s: %s", k->name, msg);
 		return -1;
 	}
 	return 0;
@@ -509,11 +497,11 @@ static int file_line(struct pgb_config *cfg, char *line, size_t len,
 	size_t klen, vlen;
 
 	if (strlen(line) != len) {
-		set_err(msg, msglen, "NUL byte in line");
+		errbuf_set(msg, msglen, "NUL byte in line");
 		return -1;
 	}
 	if (len > LINE_MAX_LEN) {
-		set_err(msg, msglen, "line too long (allowed: at most %d bytes)",
+		errbuf_set(msg, msglen, "line too long (allowed: at most %d bytes)",
 			LINE_MAX_LEN);
 		return -1;
 	}
@@ -525,7 +513,7 @@ static int file_line(struct pgb_config *cfg, char *line, size_t len,
 		char q[QUOTE_MAX * 4 + 8];
 
 		quote(q, sizeof(q), line, len);
-		set_err(msg, msglen, "expected \"key = value\", got \"%s\"", q);
+		errbuf_set(msg, msglen, "expected \"key = value\", got \"%s\"", q);
 		return -1;
 	}
 	klen = (size_t)(eq - line);
@@ -536,7 +524,7 @@ static int file_line(struct pgb_config *cfg, char *line, size_t len,
 	if (!k)
 		return unknown_key(key, klen, msg, msglen);
 	if (key_apply(cfg, k, value, kmsg, sizeof(kmsg)) < 0) {
-		set_err(msg, msglen, "%s: %s", k->name, kmsg);
+		errbuf_set(msg, msglen, "%s: %s", k->name, kmsg);
 		return -1;
 	}
 	return 0;
@@ -553,7 +541,7 @@ int config_load_file(struct pgb_config *cfg, const char *path, char *err,
 
 	f = fopen(path, "r");
 	if (!f) {
-		set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		errbuf_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
 		return -1;
 	}
 	while ((n = getline(&line, &cap, f)) >= 0) {
@@ -567,13 +555,13 @@ int config_load_file(struct pgb_config *cfg, const char *path, char *err,
 			len -= 3;
 		}
 		if (file_line(cfg, s, len, msg, sizeof(msg)) < 0) {
-			set_err(err, errlen, "%s:%d: %s", path, lineno, msg);
+			errbuf_set(err, errlen, "%s:%d: %s", path, lineno, msg);
 			rc = -1;
 			break;
 		}
 	}
 	if (rc == 0 && ferror(f)) {
-		set_err(err, errlen, "%s: read error: %s", path, strerror(errno));
+		errbuf_set(err, errlen, "%s: read error: %s", path, strerror(errno));
 		rc = -1;
 	}
 	free(line);
@@ -591,7 +579,7 @@ int config_load_env(struct pgb_config *cfg, char *err, size_t errlen)
 		const char *v = getenv(k->env);
 
 		if (v && key_apply(cfg, k, v, msg, sizeof(msg)) < 0) {
-			set_err(err, errlen, "%s (%s): %s", k->env, k->name, msg);
+			errbuf_set(err, errlen, "%s (%s): %s", k->env, k->name, msg);
 			return -1;
 		}
 	}
@@ -609,14 +597,14 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 
 		if (memchr(s, '\0', k->size))
 			return 0;
-		set_err(err, errlen, "%s is not terminated", k->name);
+		errbuf_set(err, errlen, "%s is not terminated", k->name);
 		return -1;
 	}
 	if (k->kind == KIND_IDS) {
 		ids_get(cfg, k, &n);
 		if (n >= 0 && n <= CONFIG_MAX_IDS)
 			return 0;
-		set_err(err, errlen, "%s: %d ids (allowed: at most %d)", k->name,
+		errbuf_set(err, errlen, "%s: %d ids (allowed: at most %d)", k->name,
 			n, CONFIG_MAX_IDS);
 		return -1;
 	}
@@ -625,7 +613,7 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 	    (k->kind != KIND_KB_POW2 || is_pow2(v)))
 		return 0;
 	describe_allowed(k, allowed, sizeof(allowed));
-	set_err(err, errlen, "%s (%d) out of range (allowed: %s)", k->name, v,
+	errbuf_set(err, errlen, "%s (%d) out of range (allowed: %s)", k->name, v,
 		allowed);
 	return -1;
 }
@@ -635,7 +623,7 @@ static int check_le(const char *a, int va, const char *b, int vb, char *err,
 {
 	if (va <= vb)
 		return 0;
-	set_err(err, errlen, "%s (%d) must not exceed %s (%d)", a, va, b, vb);
+	errbuf_set(err, errlen, "%s (%d) must not exceed %s (%d)", a, va, b, vb);
 	return -1;
 }
 
@@ -646,13 +634,13 @@ static int check_dir(const char *dir, char *err, size_t errlen)
 	char q[QUOTE_MAX * 4 + 8];
 
 	if (len == 0) {
-		set_err(err, errlen, "dir must not be empty");
+		errbuf_set(err, errlen, "dir must not be empty");
 		return -1;
 	}
 	if (len <= max)
 		return 0;
 	quote(q, sizeof(q), dir, len);
-	set_err(err, errlen,
+	errbuf_set(err, errlen,
 		"dir \"%s\" is too long for a unix socket path (allowed: at most %zu bytes)",
 		q, max);
 	return -1;
@@ -729,20 +717,20 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 	if (strcmp(a, "-h") != 0 && strcmp(a, "-V") != 0 &&
 	    (strncmp(a, "--", 2) != 0 || a[2] == '\0')) {
 		quote(q, sizeof(q), a, strlen(a));
-		set_err(err, errlen, "unexpected argument \"%s\" (see --help)", q);
+		errbuf_set(err, errlen, "unexpected argument \"%s\" (see --help)", q);
 		return -1;
 	}
 	eq = strchr(a, '=');
 	o->namelen = eq ? (size_t)(eq - a) : strlen(a);
 	if (opt_classify(o) < 0) {
 		quote(q, sizeof(q), a, o->namelen);
-		set_err(err, errlen, "unknown option \"%s\" (see --help)", q);
+		errbuf_set(err, errlen, "unknown option \"%s\" (see --help)", q);
 		return -1;
 	}
 	if (!opt_takes_value(o)) {
 		if (!eq)
 			return 0;
-		set_err(err, errlen, "%.*s takes no value", (int)o->namelen, a);
+		errbuf_set(err, errlen, "%.*s takes no value", (int)o->namelen, a);
 		return -1;
 	}
 	if (eq) {
@@ -752,7 +740,7 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 	} else if (*i + 1 < argc) {
 		o->value = argv[++*i];
 	} else {
-		set_err(err, errlen, "%.*s: missing value", (int)o->namelen, a);
+		errbuf_set(err, errlen, "%.*s: missing value", (int)o->namelen, a);
 		return -1;
 	}
 	return 0;
@@ -769,7 +757,7 @@ static int set_ready_fd(struct pgb_config *cfg, const struct opt *o, char *err,
 		return 0;
 	}
 	quote(q, sizeof(q), o->value, strlen(o->value));
-	set_err(err, errlen, "%.*s: invalid value \"%s\" (allowed: integer 0..%d)",
+	errbuf_set(err, errlen, "%.*s: invalid value \"%s\" (allowed: integer 0..%d)",
 		(int)o->namelen, o->name, q, INT_MAX);
 	return -1;
 }
@@ -783,7 +771,7 @@ static int set_config_file(struct pgb_config *cfg, const struct opt *o,
 		memcpy(cfg->config_file, o->value, len + 1);
 		return 0;
 	}
-	set_err(err, errlen,
+	errbuf_set(err, errlen,
 		"%.*s: invalid file name (allowed: 1..%zu bytes)",
 		(int)o->namelen, o->name, sizeof(cfg->config_file) - 1);
 	return -1;
@@ -803,7 +791,7 @@ static int opt_apply(struct pgb_config *cfg, const struct opt *o, char *err,
 	case OPT_KEY:
 		if (key_apply(cfg, o->key, o->value, msg, sizeof(msg)) == 0)
 			return 0;
-		set_err(err, errlen, "%.*s (%s): %s", (int)o->namelen, o->name,
+		errbuf_set(err, errlen, "%.*s (%s): %s", (int)o->namelen, o->name,
 			o->key->name, msg);
 		return -1;
 	default:	/* --help and --config act in the scan pass */

@@ -1,11 +1,11 @@
 /* poolbench's pure parts; see bench.h. */
 #include "bench.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,20 +83,6 @@ const char *bench_usage(void)
 	       "\n"
 	       "Exit status: 0 when every run finished without errors, 1 otherwise, 2 on bad\n"
 	       "arguments.\n";
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
 }
 
 int bench_parse_list(const char *s, int *out, int max, int lo, int hi)
@@ -206,7 +192,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		switch (opt) {
 		case OPT_MODE:
 			if (parse_names(optarg, bench_mode_from_name, &o->modes) < 0) {
-				set_err(err, errlen, "--mode: invalid value \"%s\" (allowed: broker, "
+				errbuf_set(err, errlen, "--mode: invalid value \"%s\" (allowed: broker, "
 					"direct, pgbouncer, or a comma list of them)", optarg);
 				return -1;
 			}
@@ -217,7 +203,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 			o->nagents = bench_parse_list(optarg, o->agents, BENCH_MAX_LIST, 1,
 						      BENCH_MAX_AGENTS);
 			if (o->nagents < 0) {
-				set_err(err, errlen, "%s: invalid value \"%s\" (allowed: integer 1..%d, "
+				errbuf_set(err, errlen, "%s: invalid value \"%s\" (allowed: integer 1..%d, "
 					"or a comma list of at most %d)",
 					opt == OPT_AGENTS ? "--agents" : "--agents-list", optarg,
 					BENCH_MAX_AGENTS, BENCH_MAX_LIST);
@@ -226,21 +212,21 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 			break;
 		case OPT_DURATION:
 			if (parse_seconds(optarg, 0.1, 86400, &o->duration_s) < 0) {
-				set_err(err, errlen, "--duration: invalid value \"%s\" (allowed: "
+				errbuf_set(err, errlen, "--duration: invalid value \"%s\" (allowed: "
 					"seconds 0.1..86400)", optarg);
 				return -1;
 			}
 			break;
 		case OPT_WARMUP:
 			if (parse_seconds(optarg, 0, 3600, &o->warmup_s) < 0) {
-				set_err(err, errlen, "--warmup: invalid value \"%s\" (allowed: "
+				errbuf_set(err, errlen, "--warmup: invalid value \"%s\" (allowed: "
 					"seconds 0..3600)", optarg);
 				return -1;
 			}
 			break;
 		case OPT_WORKLOAD:
 			if (parse_names(optarg, bench_workload_from_name, &wbits) < 0) {
-				set_err(err, errlen, "--workload: invalid value \"%s\" (allowed: select1, "
+				errbuf_set(err, errlen, "--workload: invalid value \"%s\" (allowed: select1, "
 					"pgbench-select, tpcb, mixed, or a comma list of them)", optarg);
 				return -1;
 			}
@@ -253,7 +239,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 			errno = 0;
 			v = strtol(optarg, &end, 10);
 			if (errno || !*optarg || *end || v < 1 || v > 10000) {
-				set_err(err, errlen, "--pool-size: invalid value \"%s\" (allowed: "
+				errbuf_set(err, errlen, "--pool-size: invalid value \"%s\" (allowed: "
 					"integer 1..10000)", optarg);
 				return -1;
 			}
@@ -283,19 +269,19 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 			o->version = 1;
 			return 0;
 		case ':':
-			set_err(err, errlen, "%s needs a value", argv[optind - 1]);
+			errbuf_set(err, errlen, "%s needs a value", argv[optind - 1]);
 			return -1;
 		default:
-			set_err(err, errlen, "unknown argument: %s", argv[optind - 1]);
+			errbuf_set(err, errlen, "unknown argument: %s", argv[optind - 1]);
 			return -1;
 		}
 	}
 	if (optind < argc) {
-		set_err(err, errlen, "unexpected argument: %s", argv[optind]);
+		errbuf_set(err, errlen, "unexpected argument: %s", argv[optind]);
 		return -1;
 	}
 	if (o->compare && mode_given) {
-		set_err(err, errlen, "--compare runs every mode: leave out --mode");
+		errbuf_set(err, errlen, "--compare runs every mode: leave out --mode");
 		return -1;
 	}
 	if (o->compare)
