@@ -292,20 +292,25 @@ Test(ops, sighup_with_a_bad_file_keeps_the_configuration)
 /* ---- SIGTERM drains ------------------------------------------------------ */
 
 struct txn_agent {
-	int in_txn, go_on, done;
+	int in_txn, done;
 	char last[32];         /* sqlstate of the statement after COMMIT */
 	char err[160];
 };
 
 static struct txn_agent *tx;
 
-/* Opens a transaction, waits for the test's signal, then finishes it. */
+/* Opens a transaction, waits for the test's byte on the pipe go[] (at most
+ * 20 s), then finishes it. */
 static int txn_agent(void *arg)
 {
-	pgb_conn *c = pgb_connect(br.dir);
+	int *go = arg;
+	struct pollfd p = { .fd = go[0], .events = POLLIN };
+	pgb_conn *c;
 	pgb_result *r;
-	(void)arg;
+	char x;
 
+	close(go[1]);
+	c = pgb_connect(br.dir);
 	if (pgb_status(c) != PGB_CONNECTION_OK)
 		return 2;
 	pgb_clear(pgb_exec(c, "begin"));
@@ -314,11 +319,8 @@ static int txn_agent(void *arg)
 		return 3;
 	pgb_clear(r);
 	__atomic_store_n(&tx->in_txn, 1, __ATOMIC_RELEASE);
-	for (long long end = h_now_ms() + 20000; !__atomic_load_n(&tx->go_on, __ATOMIC_ACQUIRE);)
-		if (h_now_ms() > end)
-			return 4;
-		else
-			usleep(1000);
+	if (poll(&p, 1, 20000) != 1 || read(go[0], &x, 1) != 1)
+		return 4;
 	r = pgb_exec(c, "insert into ops_rows(agent, n) values (100, 2)");
 	if (!pgb_result_ok(r)) {
 		snprintf(tx->err, sizeof(tx->err), "insert: %s %s", pgb_sqlstate(r), pgb_result_error(r));
@@ -394,7 +396,7 @@ Test(ops, sigterm_finishes_work_in_flight_refuses_new_and_cleans_up)
 {
 	PGconn *pg;
 	pid_t t, s;
-	int target = 100, st;
+	int target = 100, st, go[2];
 	char left[512];
 
 	start_with_conf("pool_size = 4\nmin_pool_size = 1\nmax_pool_size = 4\n", NULL);
@@ -402,7 +404,9 @@ Test(ops, sigterm_finishes_work_in_flight_refuses_new_and_cleans_up)
 	tx = mmap(NULL, sizeof(*tx), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(tx, MAP_FAILED);
 	memset(tx, 0, sizeof(*tx));
-	t = h_fork(txn_agent, NULL);
+	cr_assert_eq(pipe(go), 0);
+	t = h_fork(txn_agent, go);
+	close(go[0]);
 	cr_assert(h_until(flag_set, &tx->in_txn, 10000), "transaction agent did not start");
 	s = h_fork(sleeper, NULL);
 	cr_assert(h_until(sleeping_backend, "query like '%pg_sleep(1.5)%' and state = 'active'",
@@ -411,7 +415,8 @@ Test(ops, sigterm_finishes_work_in_flight_refuses_new_and_cleans_up)
 
 	kill(br.pid, SIGTERM);
 	cr_assert(h_until(log_has, "SIGTERM", 5000));
-	__atomic_store_n(&tx->go_on, 1, __ATOMIC_RELEASE);
+	cr_assert_eq(write(go[1], "x", 1), 1);
+	close(go[1]);
 	st = h_wait(br.pid, 20000);
 	br.pid = 0;
 	cr_assert_eq(st, 0, "broker exit status %d", st);
