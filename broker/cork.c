@@ -18,12 +18,17 @@
  * not cause (it would read input each time, into a buffer that grows and
  * never shrinks). Every other send() is the plain system call.
  *
- * The table is indexed by descriptor and never moves: the cancel thread's
- * sends look up their own fresh socket in it, which is never corked. */
+ * The table is indexed by descriptor and never moves. The broker also
+ * defines close(): a socket's cork goes when the socket goes, whoever
+ * closes it (libpq drops a broken connection itself, before the broker
+ * learns of it), so a descriptor number taken again, by a new backend or
+ * by the cancel thread's socket, never finds bytes of the old one. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -90,15 +95,16 @@ int cork_flush(int fd)
 	return cork_write(fd, c);
 }
 
-void cork_drop(int fd)
+int close(int fd)
 {
 	struct cork *c = cork_of(fd);
 
-	if (!c)
-		return;
-	corks[fd] = NULL;
-	free(c->buf);
-	free(c);
+	if (c) {
+		corks[fd] = NULL;
+		free(c->buf);
+		free(c);
+	}
+	return (int)syscall(SYS_close, fd);
 }
 
 static ssize_t cork_take(struct cork *c, const void *p, size_t n)
@@ -151,11 +157,6 @@ int cork_flush(int fd)
 {
 	(void)fd;
 	return 0;
-}
-
-void cork_drop(int fd)
-{
-	(void)fd;
 }
 
 #endif

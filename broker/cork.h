@@ -8,7 +8,6 @@ int cork_hold(int fd);
 /* Write what was taken: 0 when all is out, 1 when the socket is full
  * (wait for POLLOUT and call again), -1 on an error (errno). */
 int cork_flush(int fd);
-/* The socket closes: forget what it holds. */
-void cork_drop(int fd);
+/* close() forgets what a socket held. */
 
 #endif

@@ -350,7 +350,6 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		be->flush_due = 0;
 		list_del(&be->flink);
 	}
-	cork_drop(be->fd);
 	if (be->state == BE_CONNECTING)
 		;	/* connect_failed said why */
 	else if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)
