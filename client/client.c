@@ -316,13 +316,10 @@ static int broker_gone(pgb_conn *c)
 
 enum wait_for { WAIT_RESPONSE, WAIT_SPACE };
 
-/* Sleep until the broker published a response (or freed request space).
- * Returns 0, or -1 when the broker is gone (the connection is then bad). */
 /* Spin briefly for an answer about to arrive before paying for a futex
  * sleep and wake-up; the budget adapts: it grows while spins succeed and
  * halves when they fail, so a loaded machine (answers take longer than a
  * spin) stops spinning and leaves the CPU to PostgreSQL and the broker. */
-
 static int spin_for_response(pgb_conn *c)
 {
 	int64_t start, limit = c->spin_ns;
@@ -350,6 +347,8 @@ static int spin_for_response(pgb_conn *c)
 	return 0;
 }
 
+/* Sleep until the broker published a response (or freed request space).
+ * Returns 0, or -1 when the broker is gone (the connection is then bad). */
 static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 {
 	struct chan_shm *ch = c->chan;
