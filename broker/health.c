@@ -94,7 +94,8 @@ static void take_sample(struct broker *b, struct health_mon *m)
 	health_push(&m->h, &s);
 	health_classify(&b->st, &m->h, &m->lim);
 	if (m->h.status != before) {
-		const char *why = m->h.nreasons ? m->h.reasons[0].text : "all thresholds met";
+		const struct stats_reason *r = health_main_reason(&m->h);
+		const char *why = r ? r->text : "all thresholds met";
 
 		if (m->h.status > before)
 			log_warn("health: %s -> %s: %s", health_status_name(before),

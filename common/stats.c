@@ -384,6 +384,14 @@ void health_add_reason(struct stats_health *h, uint32_t code, uint32_t level,
 		h->status = level;
 }
 
+const struct stats_reason *health_main_reason(const struct stats_health *h)
+{
+	for (uint32_t i = 0; i < h->nreasons && i < STATS_REASONS; i++)
+		if (h->reasons[i].level == h->status)
+			return &h->reasons[i];
+	return NULL;
+}
+
 enum { RUN_UTIL, RUN_WAITING };
 
 /* How long the newest samples in a row have been over thr. */

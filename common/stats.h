@@ -303,5 +303,7 @@ void health_classify(const struct stats_data *d, struct stats_health *h,
 /* Add a reason (ignored when full); raises h->status to its level. */
 void health_add_reason(struct stats_health *h, uint32_t code, uint32_t level,
 		       const char *text, const char *advice);
+/* The first reason at the status's own level: the one that set it. */
+const struct stats_reason *health_main_reason(const struct stats_health *h);
 
 #endif

@@ -593,6 +593,11 @@ Test(stats, worst_reason_wins)
 	cr_assert_eq(h.nreasons, 2);
 	cr_assert_not_null(find_reason(&h, HEALTH_R_UTILIZATION));
 	cr_assert_not_null(find_reason(&h, HEALTH_R_WAITING));
+	/* the log line of the change names the reason that set the status */
+	cr_assert_not_null(health_main_reason(&h));
+	cr_expect_eq(health_main_reason(&h)->code, HEALTH_R_WAITING);
+	h.status = HEALTH_HEALTHY;
+	cr_expect_null(health_main_reason(&h));
 }
 
 Test(stats, rates_are_judged_over_the_window_only)
