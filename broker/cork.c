@@ -49,7 +49,8 @@ static struct cork *corks[CORK_FDS];
 
 static struct cork *cork_of(int fd)
 {
-	return fd >= 0 && fd < CORK_FDS ? corks[fd] : NULL;
+	/* atomic: the cancel thread's send() and close() look here too */
+	return fd >= 0 && fd < CORK_FDS ? __atomic_load_n(&corks[fd], __ATOMIC_RELAXED) : NULL;
 }
 
 int cork_hold(int fd)
@@ -58,9 +59,12 @@ int cork_hold(int fd)
 
 	if (fd < 0 || fd >= CORK_FDS)
 		return 0;	/* not corked: libpq flushes itself */
-	if (!corks[fd] && !(corks[fd] = calloc(1, sizeof(*c))))
-		return -1;
-	corks[fd]->held = 1;
+	if (!(c = cork_of(fd))) {
+		if (!(c = calloc(1, sizeof(*c))))
+			return -1;
+		__atomic_store_n(&corks[fd], c, __ATOMIC_RELAXED);
+	}
+	c->held = 1;
 	return 0;
 }
 
@@ -100,7 +104,7 @@ int close(int fd)
 	struct cork *c = cork_of(fd);
 
 	if (c) {
-		corks[fd] = NULL;
+		__atomic_store_n(&corks[fd], NULL, __ATOMIC_RELAXED);
 		free(c->buf);
 		free(c);
 	}
