@@ -974,6 +974,12 @@ static bool op_select1(struct agent *a)
 	return agent_exec(a, "SELECT 1", 0, NULL, (struct want){ .one_row = true, .value = "1" });
 }
 
+/* The statements of the pgbench workloads. */
+#define SQL_ACCOUNT_GET "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+#define SQL_ACCOUNT_ADD "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+#define SQL_HISTORY_ADD "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) " \
+			"VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)"
+
 /* pgbench -S: one random account. */
 static bool op_point_read(struct agent *a)
 {
@@ -981,8 +987,30 @@ static bool op_point_read(struct agent *a)
 	const char *const v[] = { aid };
 
 	snprintf(aid, sizeof(aid), "%d", rand_between(a, 1, NACCOUNTS));
-	return agent_exec(a, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, v,
-			  (struct want){ .one_row = true });
+	return agent_exec(a, SQL_ACCOUNT_GET, 1, v, (struct want){ .one_row = true });
+}
+
+/* One statement of a transaction, for agent_txn(). */
+struct step {
+	const char *sql;
+	int n;
+	const char *const *v;
+	struct want w;
+};
+
+/* BEGIN, the steps in order, COMMIT. After the first failure, ROLLBACK (not
+ * counted) and false. */
+static bool agent_txn(struct agent *a, const struct step *s, size_t nsteps)
+{
+	bool ok = agent_exec(a, "BEGIN", 0, NULL, (struct want){ .tag = "BEGIN" });
+
+	for (size_t i = 0; ok && i < nsteps; i++)
+		ok = agent_exec(a, s[i].sql, s[i].n, s[i].v, s[i].w);
+	/* COMMIT of an aborted transaction succeeds with the tag ROLLBACK. */
+	if (ok)
+		return agent_exec(a, "COMMIT", 0, NULL, (struct want){ .tag = "COMMIT" });
+	agent_rollback(a);
+	return false;
 }
 
 /* pgbench's TPC-B-like transaction: five statements between BEGIN and COMMIT.
@@ -995,26 +1023,21 @@ static bool op_tpcb(struct agent *a)
 	const char *const tel[] = { delta, tid }, *const bra[] = { delta, bid };
 	const char *const his[] = { tid, bid, aid, delta };
 	const struct want one = { .one_affected = true };
+	const struct step s[] = {
+		{ .sql = SQL_ACCOUNT_ADD, .n = 2, .v = acc, .w = one },
+		{ .sql = SQL_ACCOUNT_GET, .n = 1, .v = sel, .w = { .one_row = true } },
+		{ .sql = "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+		  .n = 2, .v = tel, .w = one },
+		{ .sql = "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2",
+		  .n = 2, .v = bra, .w = one },
+		{ .sql = SQL_HISTORY_ADD, .n = 4, .v = his, .w = one },
+	};
 
 	snprintf(aid, sizeof(aid), "%d", rand_between(a, 1, NACCOUNTS));
 	snprintf(tid, sizeof(tid), "%d", rand_between(a, 1, NTELLERS));
 	snprintf(bid, sizeof(bid), "%d", rand_between(a, 1, NBRANCHES));
 	snprintf(delta, sizeof(delta), "%d", rand_between(a, -5000, 5000));
-	if (agent_exec(a, "BEGIN", 0, NULL, (struct want){ .tag = "BEGIN" }) &&
-	    agent_exec(a, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
-		       2, acc, one) &&
-	    agent_exec(a, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, sel,
-		       (struct want){ .one_row = true }) &&
-	    agent_exec(a, "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
-		       2, tel, one) &&
-	    agent_exec(a, "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2",
-		       2, bra, one) &&
-	    agent_exec(a, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
-		       "VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)", 4, his, one))
-		/* COMMIT of an aborted transaction succeeds with the tag ROLLBACK. */
-		return agent_exec(a, "COMMIT", 0, NULL, (struct want){ .tag = "COMMIT" });
-	agent_rollback(a);
-	return false;
+	return agent_txn(a, s, sizeof(s) / sizeof(s[0]));
 }
 
 /* 80 % point reads, 15 % single-row updates, 5 % transactions of three
@@ -1027,6 +1050,11 @@ static bool op_mixed(struct agent *a)
 	const char *const upd[] = { delta, lo }, *const dn[] = { neg, lo }, *const up[] = { delta, hi };
 	const char *const his[] = { tid, bid, lo, delta };
 	const struct want one = { .one_affected = true };
+	const struct step s[] = {
+		{ .sql = SQL_ACCOUNT_ADD, .n = 2, .v = dn, .w = one },
+		{ .sql = SQL_ACCOUNT_ADD, .n = 2, .v = up, .w = one },
+		{ .sql = SQL_HISTORY_ADD, .n = 4, .v = his, .w = one },
+	};
 
 	if (dice < 80)
 		return op_point_read(a);
@@ -1034,8 +1062,7 @@ static bool op_mixed(struct agent *a)
 	snprintf(lo, sizeof(lo), "%d", x);
 	snprintf(delta, sizeof(delta), "%d", rand_between(a, 1, 100));
 	if (dice < 95)
-		return agent_exec(a, "UPDATE pgbench_accounts SET abalance = abalance + $1 "
-				  "WHERE aid = $2", 2, upd, one);
+		return agent_exec(a, SQL_ACCOUNT_ADD, 2, upd, one);
 	do
 		y = rand_between(a, 1, NACCOUNTS);
 	while (y == x);
@@ -1044,16 +1071,7 @@ static bool op_mixed(struct agent *a)
 	snprintf(neg, sizeof(neg), "-%s", delta);
 	snprintf(tid, sizeof(tid), "%d", rand_between(a, 1, NTELLERS));
 	snprintf(bid, sizeof(bid), "%d", rand_between(a, 1, NBRANCHES));
-	if (agent_exec(a, "BEGIN", 0, NULL, (struct want){ .tag = "BEGIN" }) &&
-	    agent_exec(a, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
-		       2, dn, one) &&
-	    agent_exec(a, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
-		       2, up, one) &&
-	    agent_exec(a, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
-		       "VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)", 4, his, one))
-		return agent_exec(a, "COMMIT", 0, NULL, (struct want){ .tag = "COMMIT" });
-	agent_rollback(a);
-	return false;
+	return agent_txn(a, s, sizeof(s) / sizeof(s[0]));
 }
 
 static bool agent_op(struct agent *a)
