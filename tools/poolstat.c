@@ -523,99 +523,99 @@ static void print_json(struct view *v, FILE *f)
 
 /* ---- --prometheus ---- */
 
-static void prom_head(FILE *f, const char *name, const char *type, const char *help)
-{
-	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
+/* One metric with its HELP and TYPE lines: one sample; with label, one sample
+ * per entry of by up to the first without a key; with hist, a summary in
+ * seconds. */
+struct prom_metric {
+	const char *name, *type, *help;
+	double v;
+	const char *label;
+	struct { const char *key; unsigned long long v; } by[5];
+	const struct stats_hist *hist;
+};
 
-static void prom_one(FILE *f, const char *name, const char *type, const char *help, double v)
-{
-	prom_head(f, name, type, help);
-	fprintf(f, "%s %.15g\n", name, v);
-}
+/* Rows of a table of metrics; n is a string literal, the name without
+ * "pgbroker_". */
+#define PROM(n, t, h) .name = "pgbroker_" n, .type = (t), .help = (h)
+#define GAUGE(n, h, x) { PROM(n, "gauge", h), .v = (double)(x) }
+#define COUNTER(n, h, x) { PROM(n, "counter", h), .v = (double)(x) }
+#define PROM_UP(x) GAUGE("up", "1 when a live broker published this segment", x)
 
-static void prom_summary(FILE *f, const char *name, const char *help, const struct stats_hist *h)
+static void prom_print(FILE *f, const struct prom_metric *m)
 {
 	static const double q[] = { 0.5, 0.95, 0.99, 1.0 };
 
-	prom_head(f, name, "summary", help);
-	for (unsigned i = 0; i < sizeof(q) / sizeof(q[0]); i++)
-		fprintf(f, "%s{quantile=\"%g\"} %.6f\n", name, q[i],
-			(double)stats_hist_pct(h, q[i]) / 1e6);
-	fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6, name,
-		(unsigned long long)h->count);
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, m->type);
+	if (m->hist) {
+		for (unsigned i = 0; i < sizeof(q) / sizeof(q[0]); i++)
+			fprintf(f, "%s{quantile=\"%g\"} %.6f\n", m->name, q[i],
+				(double)stats_hist_pct(m->hist, q[i]) / 1e6);
+		fprintf(f, "%s_sum %.6f\n%s_count %llu\n", m->name, (double)m->hist->sum_us / 1e6,
+			m->name, (unsigned long long)m->hist->count);
+	} else if (m->label) {
+		for (unsigned i = 0; i < sizeof(m->by) / sizeof(m->by[0]) && m->by[i].key; i++)
+			fprintf(f, "%s{%s=\"%s\"} %llu\n", m->name, m->label, m->by[i].key,
+				m->by[i].v);
+	} else {
+		fprintf(f, "%s %.15g\n", m->name, m->v);
+	}
 }
 
 static void print_prometheus(struct view *v, FILE *f)
 {
 	const struct stats_data *d = &v->s.d;
+	const struct stats_counters *c = &d->c;
 	const struct stats_pool *p = &d->pool;
+	const struct prom_metric m[] = {
+		PROM_UP(1),
+		GAUGE("start_time_seconds", "when the broker started (Unix time)",
+		      d->started_ms / 1000.0),
+		GAUGE("stats_updated_time_seconds",
+		      "when the broker last published its stats (Unix time)", d->updated_ms / 1000.0),
+		{ PROM("pool_connections", "gauge", "backend connections by state"), .label = "state",
+		  .by = { { "idle", p->idle }, { "active", p->active }, { "pinned", p->pinned },
+			  { "connecting", p->connecting }, { "other", p->other } } },
+		GAUGE("pool_total", "backend connections open or opening", p->total),
+		GAUGE("pool_waiting", "statements waiting for a backend", p->waiting),
+		{ PROM("pool_limit", "gauge", "configured pool sizes"), .label = "limit",
+		  .by = { { "min", p->min }, { "size", p->size }, { "max", p->max } } },
+		GAUGE("pool_utilization_percent",
+		      "busy backends (active + pinned) in percent of max_pool_size", p->utilization),
+		GAUGE("clients_connected", "agents connected", p->agents),
+		COUNTER("clients_registered_total", "agents registered", c->agents_registered),
+		COUNTER("clients_refused_total", "agents refused", c->agents_refused),
+		COUNTER("queries_total", "statements answered", c->statements),
+		COUNTER("queries_failed_total", "statements answered with an error", c->failed),
+		COUNTER("queries_retried_total", "statement retries", c->retried),
+		{ PROM("timeouts_total", "counter", "timeouts by kind"), .label = "kind",
+		  .by = { { "acquire", c->acquire_timeouts },
+			  { "statement", c->statement_timeouts } } },
+		COUNTER("connects_total", "backend connections opened", c->connects),
+		COUNTER("connect_failures_total", "failed connection attempts", c->connect_failures),
+		{ PROM("backends_closed_total", "counter", "backend connections closed by reason"),
+		  .label = "reason",
+		  .by = { { "idle", c->closed_idle }, { "broken", c->closed_broken },
+			  { "validation", c->closed_validation },
+			  { "lifetime", c->closed_lifetime } } },
+		{ PROM("statement_duration_seconds", "summary",
+		       "statement round trip in the broker, arrival to result"), .hist = &d->stmt },
+		{ PROM("acquire_wait_seconds", "summary", "wait for a free backend"),
+		  .hist = &d->acquire },
+		GAUGE("breaker_state", "circuit breaker: 0 closed, 1 open, 2 half-open",
+		      d->breaker_state),
+		GAUGE("breaker_consecutive_failures", "consecutive connection failures",
+		      d->breaker_failures),
+		COUNTER("breaker_opened_total", "times the breaker opened", d->breaker_opened),
+		GAUGE("health_status", "0 healthy, 1 degraded, 2 unhealthy", v->status),
+		GAUGE("health_success_ratio", "statements that succeeded over the health window",
+		      v->s.h.success_pct / 100.0),
+		GAUGE("health_acquire_avg_seconds",
+		      "average wait for a backend over the health window",
+		      v->s.h.acquire_avg_ms / 1000.0),
+	};
 
-	prom_one(f, "pgbroker_up", "gauge", "1 when a live broker published this segment", 1);
-	prom_one(f, "pgbroker_start_time_seconds", "gauge", "when the broker started (Unix time)",
-		 (double)d->started_ms / 1000.0);
-	prom_one(f, "pgbroker_stats_updated_time_seconds", "gauge",
-		 "when the broker last published its stats (Unix time)", (double)d->updated_ms / 1000.0);
-	prom_head(f, "pgbroker_pool_connections", "gauge", "backend connections by state");
-	fprintf(f, "pgbroker_pool_connections{state=\"idle\"} %u\n", p->idle);
-	fprintf(f, "pgbroker_pool_connections{state=\"active\"} %u\n", p->active);
-	fprintf(f, "pgbroker_pool_connections{state=\"pinned\"} %u\n", p->pinned);
-	fprintf(f, "pgbroker_pool_connections{state=\"connecting\"} %u\n", p->connecting);
-	fprintf(f, "pgbroker_pool_connections{state=\"other\"} %u\n", p->other);
-	prom_one(f, "pgbroker_pool_total", "gauge", "backend connections open or opening",
-		 p->total);
-	prom_one(f, "pgbroker_pool_waiting", "gauge", "statements waiting for a backend",
-		 p->waiting);
-	prom_head(f, "pgbroker_pool_limit", "gauge", "configured pool sizes");
-	fprintf(f, "pgbroker_pool_limit{limit=\"min\"} %u\n", p->min);
-	fprintf(f, "pgbroker_pool_limit{limit=\"size\"} %u\n", p->size);
-	fprintf(f, "pgbroker_pool_limit{limit=\"max\"} %u\n", p->max);
-	prom_one(f, "pgbroker_pool_utilization_percent", "gauge",
-		 "busy backends (active + pinned) in percent of max_pool_size", p->utilization);
-	prom_one(f, "pgbroker_clients_connected", "gauge", "agents connected", p->agents);
-	prom_one(f, "pgbroker_clients_registered_total", "counter", "agents registered",
-		 (double)d->c.agents_registered);
-	prom_one(f, "pgbroker_clients_refused_total", "counter", "agents refused",
-		 (double)d->c.agents_refused);
-	prom_one(f, "pgbroker_queries_total", "counter", "statements answered",
-		 (double)d->c.statements);
-	prom_one(f, "pgbroker_queries_failed_total", "counter", "statements answered with an error",
-		 (double)d->c.failed);
-	prom_one(f, "pgbroker_queries_retried_total", "counter", "statement retries",
-		 (double)d->c.retried);
-	prom_head(f, "pgbroker_timeouts_total", "counter", "timeouts by kind");
-	fprintf(f, "pgbroker_timeouts_total{kind=\"acquire\"} %llu\n",
-		(unsigned long long)d->c.acquire_timeouts);
-	fprintf(f, "pgbroker_timeouts_total{kind=\"statement\"} %llu\n",
-		(unsigned long long)d->c.statement_timeouts);
-	prom_one(f, "pgbroker_connects_total", "counter", "backend connections opened",
-		 (double)d->c.connects);
-	prom_one(f, "pgbroker_connect_failures_total", "counter", "failed connection attempts",
-		 (double)d->c.connect_failures);
-	prom_head(f, "pgbroker_backends_closed_total", "counter", "backend connections closed by reason");
-	fprintf(f, "pgbroker_backends_closed_total{reason=\"idle\"} %llu\n",
-		(unsigned long long)d->c.closed_idle);
-	fprintf(f, "pgbroker_backends_closed_total{reason=\"broken\"} %llu\n",
-		(unsigned long long)d->c.closed_broken);
-	fprintf(f, "pgbroker_backends_closed_total{reason=\"validation\"} %llu\n",
-		(unsigned long long)d->c.closed_validation);
-	fprintf(f, "pgbroker_backends_closed_total{reason=\"lifetime\"} %llu\n",
-		(unsigned long long)d->c.closed_lifetime);
-	prom_summary(f, "pgbroker_statement_duration_seconds",
-		     "statement round trip in the broker, arrival to result", &d->stmt);
-	prom_summary(f, "pgbroker_acquire_wait_seconds", "wait for a free backend", &d->acquire);
-	prom_one(f, "pgbroker_breaker_state", "gauge", "circuit breaker: 0 closed, 1 open, 2 half-open",
-		 d->breaker_state);
-	prom_one(f, "pgbroker_breaker_consecutive_failures", "gauge",
-		 "consecutive connection failures", d->breaker_failures);
-	prom_one(f, "pgbroker_breaker_opened_total", "counter", "times the breaker opened",
-		 (double)d->breaker_opened);
-	prom_one(f, "pgbroker_health_status", "gauge", "0 healthy, 1 degraded, 2 unhealthy",
-		 v->status);
-	prom_one(f, "pgbroker_health_success_ratio", "gauge",
-		 "statements that succeeded over the health window", v->s.h.success_pct / 100.0);
-	prom_one(f, "pgbroker_health_acquire_avg_seconds", "gauge",
-		 "average wait for a backend over the health window", v->s.h.acquire_avg_ms / 1000.0);
+	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+		prom_print(f, &m[i]);
 }
 
 /* ---- the live view ---- */
@@ -789,8 +789,7 @@ int main(int argc, char **argv)
 	if (rc != 0) {
 		fprintf(stderr, "poolstat: %s\n", err);
 		if (mode == MODE_PROM)
-			prom_one(stdout, "pgbroker_up", "gauge",
-				 "1 when a live broker published this segment", 0);
+			prom_print(stdout, &(struct prom_metric)PROM_UP(0));
 		return rc;
 	}
 	if (mode == MODE_JSON) {
