@@ -365,18 +365,15 @@ void agent_wake(struct broker *b, struct agent *a)
 }
 
 /* Once per loop pass: wake the agents we produced for that sleep. The
- * FUTEX_WAKEs ride in the same io_uring submit as everything else. Each
- * also learns whether the broker is idle now (spin_ok). */
+ * FUTEX_WAKEs ride in the same io_uring submit as everything else. */
 void agent_run_wakes(struct broker *b)
 {
 	struct list *pos;
-	uint32_t alone = b->crowd < 32 && b->nwaiting == 0;
 
 	while ((pos = list_pop(&b->wake))) {
 		struct agent *a = list_entry(pos, struct agent, wake_link);
 
 		a->want_wake = 0;
-		__atomic_store_n(&a->chan->spin_ok, alone, __ATOMIC_RELAXED);
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 		if (__atomic_load_n(&a->chan->agent_sleeping, __ATOMIC_RELAXED)) {
 			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
@@ -485,24 +482,8 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 	request_queue(b, a, r);
 }
 
-/* A statement arriving within this of another agent's finds company. */
-#define CROWD_WINDOW_NS 1000000
-
-/* How often statements arrive close behind another agent's, as a moving
- * average in 1/256: near 0 while one agent works alone, which is when
- * spinning for its answers pays (agent_run_wakes tells it). */
-static void note_arrival(struct broker *b, const struct agent *a)
-{
-	int company = b->last_agent != a && b->now_ns - b->last_arrival_ns < CROWD_WINDOW_NS;
-
-	b->crowd += ((company ? 256 : 0) - b->crowd) / 16;
-	b->last_agent = a;
-	b->last_arrival_ns = b->now_ns;
-}
-
 static void request_queue(struct broker *b, struct agent *a, struct request *r)
 {
-	note_arrival(b, a);
 	if ((r->flags & REQ_INDEPENDENT) && !a->pinned) {
 		/* Beside the agent's other statements, on any backend. */
 		list_add_tail(&a->active, &r->alink);

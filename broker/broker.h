@@ -208,9 +208,6 @@ struct broker {
 	uint32_t ntotal, nconnecting, nidle, nbusy, npinned;
 	struct list waitq;        /* requests waiting for a backend, FIFO */
 	uint32_t nwaiting;
-	int32_t crowd;            /* note_arrival: others' statements close by, /256 */
-	const struct agent *last_agent;
-	int64_t last_arrival_ns;
 	struct list delayed;      /* requests waiting out a retry backoff */
 	struct list pipes;        /* backends running a shared pipeline */
 	struct list flushq;       /* backends with pipelined output to send this pass */

@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +23,8 @@
 
 #define PGB_API __attribute__((visibility("default")))
 #define WAIT_SLICE_NS (250 * 1000000L)
-#define SPIN_MAX_NS 200000
+#define SPIN_MAX_NS 40000
+#define SPIN_MIN_NS 2000
 #define CONNECT_TIMEOUT_S 5
 
 /* A finished result nobody has asked for yet (async, or behind a batch). */
@@ -55,7 +55,8 @@ struct pgb_conn {
 	struct flight *flights;  /* requests whose final response is outstanding */
 	uint32_t nflights, capflights;
 	struct pgb_conn_stats stats;
-	int64_t answer_ns;       /* moving average of waits for an answer */
+	int64_t spin_ns;         /* adaptive spin budget before sleeping */
+	int spin_skips;
 	uint64_t rtt_sum_ns;
 	char errmsg[256];
 };
@@ -178,6 +179,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	c->status = PGB_CONNECTION_BAD;
 	c->sock = -1;
 	c->efd = -1;
+	c->spin_ns = SPIN_MAX_NS / 4;
 	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 	if (!dir || !*dir)
 		dir = getenv("PGBROKER_DIR");
@@ -314,25 +316,45 @@ static int broker_gone(pgb_conn *c)
 
 enum wait_for { WAIT_RESPONSE, WAIT_SPACE };
 
-/* Wait for an answer expected within limit_ns without sleeping: 1 when it
- * came. The loop yields, so a broker or PostgreSQL woken onto this CPU
- * runs at once instead of waiting for the spinner's time slice. */
-static int spin_for_response(pgb_conn *c, int64_t start, int64_t limit_ns)
+/* Spin briefly for an answer about to arrive before paying for a futex
+ * sleep and wake-up; the budget adapts: it grows while spins succeed and
+ * halves when they fail, so a loaded machine (answers take longer than a
+ * spin) stops spinning and leaves the CPU to PostgreSQL and the broker. */
+static int spin_for_response(pgb_conn *c)
 {
+	int64_t start, limit = c->spin_ns;
+
+	if (limit < SPIN_MIN_NS) {
+		/* Now and then try again, in case the load went down. */
+		if (++c->spin_skips < 64)
+			return 0;
+		c->spin_skips = 0;
+		limit = SPIN_MIN_NS;
+	}
+	start = now_ns();
 	do {
-		if (ring_has_data(&c->resp))
-			return 1;
-		sched_yield();
-	} while (now_ns() - start < limit_ns);
-	return ring_has_data(&c->resp);
+		for (int i = 0; i < 64; i++) {
+			if (ring_has_data(&c->resp)) {
+				c->spin_ns = c->spin_ns * 2 + SPIN_MIN_NS;
+				if (c->spin_ns > SPIN_MAX_NS)
+					c->spin_ns = SPIN_MAX_NS;
+				return 1;
+			}
+			__builtin_ia32_pause();
+		}
+	} while (now_ns() - start < limit);
+	c->spin_ns /= 2;
+	return 0;
 }
 
 /* Sleep until the broker published a response (or freed request space).
  * Returns 0, or -1 when the broker is gone (the connection is then bad). */
-static int sleep_broker(pgb_conn *c, enum wait_for what, uint32_t need)
+static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 {
 	struct chan_shm *ch = c->chan;
 
+	if (what == WAIT_RESPONSE && spin_for_response(c))
+		return 0;
 	for (;;) {
 		uint32_t v;
 
@@ -356,28 +378,6 @@ static int sleep_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 			return -1;
 		}
 	}
-}
-
-/* A sleep and a wake-up cost about as much as a lone statement's whole
- * round trip, so an agent that works alone (the broker says so in spin_ok
- * with each answer) waits for quick answers without sleeping: while the
- * waits average under half SPIN_MAX_NS, for up to twice that average. With
- * company, or slower answers, agents sleep and leave the cores to
- * PostgreSQL and the broker; spinning resumes when the load drops. */
-static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
-{
-	int64_t start;
-
-	if (what != WAIT_RESPONSE)
-		return sleep_broker(c, what, need);
-	start = now_ns();
-	if (!(c->answer_ns <= SPIN_MAX_NS / 2 &&
-	      __atomic_load_n(&c->chan->spin_ok, __ATOMIC_RELAXED) &&
-	      spin_for_response(c, start, 2 * c->answer_ns)) &&
-	    sleep_broker(c, what, need) < 0)
-		return -1;
-	c->answer_ns += (now_ns() - start - c->answer_ns) / 8;
-	return 0;
 }
 
 static pgb_result *broken(pgb_conn *c, const char *why)

@@ -57,11 +57,6 @@ struct chan_shm {
 	/* Set by pgb_finish: a hang-up after it is a goodbye, without it a
 	 * crash. Only a hint for the broker's log. */
 	uint32_t agent_bye;
-	/* Written by the broker with each answer: 1 when nothing else was
-	 * running or waiting, so the agent's next answer should come at once
-	 * and spinning for it beats a sleep; 0 (also from an older broker)
-	 * when agents would spin against PostgreSQL and the broker. */
-	uint32_t spin_ok;
 };
 
 _Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");
