@@ -1,5 +1,6 @@
 /* While a backend's socket is corked, libpq's writes to it wait in the
- * broker until cork_flush: one write per loop pass (cork.c). */
+ * broker until cork_flush: one write per loop pass (cork.c). The broker's
+ * close() forgets what a socket held. */
 #ifndef PGB_CORK_H
 #define PGB_CORK_H
 
@@ -8,6 +9,5 @@ int cork_hold(int fd);
 /* Write what was taken: 0 when all is out, 1 when the socket is full
  * (wait for POLLOUT and call again), -1 on an error (errno). */
 int cork_flush(int fd);
-/* close() forgets what a socket held. */
 
 #endif
