@@ -1660,21 +1660,31 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 	pool_grow(b);
 }
 
+static int cancels_out(const struct broker *b)
+{
+	for (uint32_t i = 0; i < b->nslots; i++)
+		if (__atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE))
+			return 1;
+	return 0;
+}
+
 void pool_close_all(struct broker *b)
 {
-	int64_t until = clock_ns() + CANCEL_WAIT_NS;
-	int pending = 0;
+	int64_t until = clock_ns() + CANCEL_WAIT_NS, left;
+	int pending;
 
-	/* Cancel threads write into their backend's slot and the eventfd:
-	 * wait for them a little, all together; any still out keep both. */
-	for (uint32_t i = 0; i < b->nslots; i++)
-		while (__atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE) &&
-		       clock_ns() < until)
-			usleep(1000);
-	for (uint32_t i = 0; i < b->nslots; i++) {
-		pending |= __atomic_load_n(&b->backends[i].cancel_pending, __ATOMIC_ACQUIRE);
-		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
+	/* Cancel threads write into their backend's slot and then the
+	 * eventfd: wait for them a little, all together; any still out keep
+	 * both. */
+	while ((pending = cancels_out(b)) && (left = until - clock_ns()) > 0) {
+		struct pollfd p = { .fd = b->cancel_efd, .events = POLLIN };
+		uint64_t n;
+
+		if (poll(&p, 1, (int)(left / MS) + 1) > 0)
+			(void)!read(b->cancel_efd, &n, sizeof(n));
 	}
+	for (uint32_t i = 0; i < b->nslots; i++)
+		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
 	free(b->heat);
 	b->heat = NULL;
 	if (pending) {
