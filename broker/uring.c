@@ -32,12 +32,20 @@ void uring_poll(struct broker *b, int fd, unsigned events, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+/* For operations whose success needs no handling: no completion unless
+ * they fail, so a wake-up does not cost a loop pass of its own. */
+static void no_cqe(struct io_uring_sqe *sqe)
+{
+	io_uring_sqe_set_data64(sqe, tag_make(TAG_IGNORE, 0, 0));
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
 void uring_cancel(struct broker *b, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = uring_sqe(b);
 
 	io_uring_prep_cancel64(sqe, tag, 0);
-	io_uring_sqe_set_data64(sqe, tag_make(TAG_IGNORE, 0, 0));
+	no_cqe(sqe);
 }
 
 /* Shared futex (not FUTEX2_PRIVATE): the word lives in an agent's memfd. */
@@ -56,7 +64,7 @@ void uring_futex_wake(struct broker *b, uint32_t *word)
 
 	io_uring_prep_rw(IORING_OP_FUTEX_WAKE, sqe, FUTEX2_SIZE_U32, word, 0, 1);
 	sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
-	io_uring_sqe_set_data64(sqe, tag_make(TAG_IGNORE, 0, 0));
+	no_cqe(sqe);
 }
 
 /* Make an agent's eventfd readable (pgb_socket); rides in the next submit. */
@@ -66,5 +74,5 @@ void uring_eventfd_signal(struct broker *b, int fd)
 	struct io_uring_sqe *sqe = uring_sqe(b);
 
 	io_uring_prep_write(sqe, fd, &one, sizeof(one), 0);
-	io_uring_sqe_set_data64(sqe, tag_make(TAG_IGNORE, 0, 0));
+	no_cqe(sqe);
 }
