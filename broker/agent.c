@@ -840,6 +840,10 @@ void agent_flush(struct broker *b, struct agent *a)
 		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, n);
 		ring_publish(&a->resp, n);
 		agent_wake(b, a);
+		/* The agent made room, so it reads: send_timeout_ms bounds a
+		 * stall, not a long result streamed to a slow reader. */
+		if (a->blocked_since_ns)
+			a->blocked_since_ns = b->now_ns;
 		if (rs->cur.done == rs->src.head.total) {
 			list_del(&rs->link);
 			a->nresponses--;

@@ -118,7 +118,7 @@ struct agent {
 	int txn_lost;             /* pinned backend died: next statement is told */
 	int session_pinned;       /* changed session state: keeps its backend */
 	struct list responses;    /* results to stream, in order */
-	int64_t blocked_since_ns; /* response waiting for ring space since */
+	int64_t blocked_since_ns; /* response waiting for ring space since (its last progress) */
 	struct list blocked_link; /* broker blocked list while that is set */
 	uint32_t nresponses;
 	int resp_more;            /* responses being queued are not the last for their id */

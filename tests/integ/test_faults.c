@@ -586,3 +586,55 @@ Test(faults, more_sends_than_the_inflight_cap_all_complete, .timeout = 60)
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+Test(faults, slow_but_steady_reader_is_not_disconnected, .timeout = 60)
+{
+	const char *args[] = { "--send-timeout-ms", "500", NULL };
+	/* about 5 MB: twenty and more ring-fulls, read one frame per 100 ms */
+	const char *sql = "select repeat('x', 1000) from generate_series(1, 5000)";
+	uint8_t blob[256];
+	uint64_t size, n = req_encoded_len(sql, 0, NULL), got = 0, total = 0;
+	struct ring req, resp;
+	long long t0, deadline;
+	int sock, last = 0;
+	char x;
+
+	h_broker_start(&br, args);
+	struct chan_shm *ch = raw_register(&sock, &size);
+
+	req_encode(blob, sql, 0, NULL, 0);
+	ring_init(&req, &ch->req, chan_req_data(ch, ch->ring_size), ch->ring_size);
+	ring_init(&resp, &ch->resp, chan_resp_data(ch, ch->ring_size), ch->ring_size);
+	struct frame_hdr h = { .len = (uint32_t)n, .type = FRAME_REQ, .flags = FRAME_FIRST | FRAME_LAST,
+			       .id = 1, .aux = (uint32_t)n };
+	ring_put(&req, &h, blob);
+	ring_bell(ch);
+	t0 = h_now_ms();
+	deadline = t0 + 30000;
+	while (!last && h_now_ms() < deadline) {
+		int rc = ring_peek(&resp, &h);
+
+		cr_assert_geq(rc, 0, "response ring corrupt");
+		if (rc == 0) {
+			usleep(5000);
+			continue;
+		}
+		if (h.flags & FRAME_FIRST)
+			total = h.aux;
+		got += h.len;
+		last = h.flags & FRAME_LAST;
+		ring_consume(&resp, &h);
+		ring_bell(ch);
+		usleep(100000);
+	}
+	cr_assert(last, "the response stopped after %llu of %llu bytes",
+		  (unsigned long long)got, (unsigned long long)total);
+	cr_assert_eq(got, total);
+	cr_assert_gt(h_now_ms() - t0, 1000, "the reader was not slow: the test proves nothing");
+	/* still connected */
+	cr_assert_eq(recv(sock, &x, 1, MSG_DONTWAIT), -1);
+	cr_assert_eq(errno, EAGAIN);
+	munmap(ch, size);
+	close(sock);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
