@@ -664,8 +664,14 @@ static void read_requests(struct broker *b, struct agent *a, int *budget)
 		a->in_blob = NULL;
 		a->in_discard = 0;
 	}
-	if (consumed && __atomic_load_n(&a->chan->req.need_space, __ATOMIC_RELAXED))
-		agent_wake(b, a);
+	/* The agent stores need_space, then (fenced) loads our head; we stored
+	 * head, so fence before loading need_space, or each may miss the
+	 * other's store and the agent sleeps out a whole wait slice. */
+	if (consumed) {
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&a->chan->req.need_space, __ATOMIC_RELAXED))
+			agent_wake(b, a);
+	}
 }
 
 /* from_bell: called for the bell's completion (the wait is used up);
