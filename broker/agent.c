@@ -552,9 +552,15 @@ bad:
 }
 
 /* Run the agent's next statement when it has none running: an agent's
- * statements run one after another, as on one connection. */
+ * statements run one after another, as on one connection. A statement
+ * refused at once (shutdown, breaker open) finishes inside pool_submit and
+ * kicks again: that call returns and this loop takes the next, so a long
+ * queue is drained iteratively, not one stack frame per statement. */
 static void agent_kick(struct broker *b, struct agent *a)
 {
+	if (a->kicking)
+		return;
+	a->kicking = 1;
 	while (!a->running && !a->doom && !list_empty(&a->queue)) {
 		struct request *r = list_entry(list_pop(&a->queue), struct request, link);
 
@@ -574,6 +580,7 @@ static void agent_kick(struct broker *b, struct agent *a)
 		a->statements++;
 		pool_submit(b, r);
 	}
+	a->kicking = 0;
 }
 
 void agent_request_done(struct broker *b, struct request *r)

@@ -110,6 +110,7 @@ struct agent {
 	struct list queue;        /* requests not yet running, in order */
 	uint32_t nqueued;
 	struct request *running;  /* the serial statement this agent has in flight */
+	int kicking;              /* agent_kick is on the stack */
 	struct list active;       /* every request out of the queue: running,
 				     waiting for a backend, or retrying */
 	uint32_t nactive;

@@ -638,3 +638,48 @@ Test(faults, slow_but_steady_reader_is_not_disconnected, .timeout = 60)
 	close(sock);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+static int broker_caught_up(void *arg)
+{
+	struct ring *req = arg;
+
+	return __atomic_load_n(&req->ctl->head, __ATOMIC_ACQUIRE) == req->pos;
+}
+
+Test(faults, long_queue_behind_a_statement_survives_fast_shutdown, .timeout = 90)
+{
+	const char *args[] = { "--max-inflight-per-agent", "65536", "--channel-size-kb", "4096",
+			       NULL };
+	const char *sleep_sql = "select pg_sleep(30) /* killed-agent */", *sql = "select 1";
+	uint8_t blob[64];
+	uint64_t size, n;
+	struct ring req;
+	PGconn *pg = h_pg();
+	int sock;
+
+	h_broker_start(&br, args);
+	struct chan_shm *ch = raw_register(&sock, &size);
+	ring_init(&req, &ch->req, chan_req_data(ch, ch->ring_size), ch->ring_size);
+	/* one long statement, then 60000 queued behind it on the same agent */
+	for (uint32_t id = 1; id <= 60001; id++) {
+		const char *s = id == 1 ? sleep_sql : sql;
+
+		n = req_encoded_len(s, 0, NULL);
+		req_encode(blob, s, 0, NULL, 0);
+		struct frame_hdr h = { .len = (uint32_t)n, .type = FRAME_REQ,
+				       .flags = FRAME_FIRST | FRAME_LAST, .id = id, .aux = (uint32_t)n };
+		cr_assert_geq(ring_space(&req), (int64_t)FRAME_SPAN(n));
+		ring_put(&req, &h, blob);
+	}
+	ring_bell(ch);
+	cr_assert(h_until(broker_caught_up, &req, 20000), "the broker did not read the requests");
+	cr_assert(h_until(sleep_running, pg, 5000), "statement never started");
+	/* SIGINT cancels the sleep; each queued statement is refused in turn */
+	kill(br.pid, SIGINT);
+	int st = h_wait(br.pid, 30000);
+	cr_assert_eq(st, 0, "the broker did not exit cleanly: %d", st);
+	br.pid = 0;
+	munmap(ch, size);
+	close(sock);
+	PQfinish(pg);
+}
