@@ -283,6 +283,16 @@ fail:
 	}
 }
 
+/* Reading stops while an agent has this much outstanding: statements,
+ * responses, or request bytes held (a queue of max_inflight_per_agent
+ * statements of max_request_kb each would be gigabytes). */
+static int agent_backlogged(const struct broker *b, const struct agent *a)
+{
+	return a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
+	       a->nresponses >= (uint32_t)b->cfg.max_inflight_per_agent ||
+	       a->nbytes >= (uint64_t)b->cfg.max_request_kb * 1024;
+}
+
 /* Arm the futex wait on the agent's bell unless there is work right now.
  * Returns 1 when there is (the caller services the agent again). */
 static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struct agent *a)
@@ -293,9 +303,7 @@ static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struc
 		return 0;
 	__atomic_store_n(&a->chan->broker_armed, 1, __ATOMIC_SEQ_CST);
 	v = __atomic_load_n(&a->chan->broker_bell, __ATOMIC_SEQ_CST);
-	if (ring_has_data(&a->req) &&
-	    a->nqueued + a->nactive < (uint32_t)b->cfg.max_inflight_per_agent &&
-	    a->nresponses < (uint32_t)b->cfg.max_inflight_per_agent)
+	if (ring_has_data(&a->req) && !agent_backlogged(b, a))
 		return 1;
 	uring_futex_wait(b, &a->chan->broker_bell, v, tag_make(TAG_BELL, a->slot, a->gen));
 	a->bell_armed = 1;
@@ -387,12 +395,6 @@ void agent_run_wakes(struct broker *b)
 
 static void agent_kick(struct broker *b, struct agent *a);
 
-static int agent_backlogged(const struct broker *b, const struct agent *a)
-{
-	return a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
-	       a->nresponses >= (uint32_t)b->cfg.max_inflight_per_agent;
-}
-
 /* A throttled agent's backlog drained: read its ring again this pass,
  * without waiting for a bell it has no reason to ring. */
 static void agent_unthrottle(struct broker *b, struct agent *a)
@@ -445,6 +447,7 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 		return;
 	}
 	r->blob = blob;
+	r->nbytes = n;
 	r->id = id;
 	r->agent = a;
 	r->start_ns = b->now_ns;
@@ -484,6 +487,7 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 
 static void request_queue(struct broker *b, struct agent *a, struct request *r)
 {
+	a->nbytes += r->nbytes;
 	if ((r->flags & REQ_INDEPENDENT) && !a->pinned) {
 		/* Beside the agent's other statements, on any backend. */
 		list_add_tail(&a->active, &r->alink);
@@ -567,6 +571,7 @@ static void agent_kick(struct broker *b, struct agent *a)
 		a->nqueued--;
 		if (a->txn_lost) {
 			a->txn_lost = 0;
+			a->nbytes -= r->nbytes;
 			enqueue_error(b, a, r->id, "08006",
 				      "the connection to PostgreSQL was lost inside this transaction "
 				      "or session: its work was rolled back and its session state "
@@ -590,6 +595,7 @@ void agent_request_done(struct broker *b, struct request *r)
 	if (a) {
 		list_del(&r->alink);
 		a->nactive--;
+		a->nbytes -= r->nbytes;
 		if (a->running == r)
 			a->running = NULL;
 	}

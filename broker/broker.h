@@ -46,6 +46,7 @@ struct request {
 	uint32_t id;
 	uint32_t flags;
 	uint8_t *blob;            /* the request as received */
+	uint64_t nbytes;          /* its length, counted in agent->nbytes */
 	struct req_view v;
 	const char **params;
 	int64_t enq_ns;           /* when it started waiting for a backend */
@@ -114,6 +115,7 @@ struct agent {
 	struct list active;       /* every request out of the queue: running,
 				     waiting for a backend, or retrying */
 	uint32_t nactive;
+	uint64_t nbytes;          /* request bytes held in queue and active */
 	int efd;                  /* eventfd for pgb_socket, signalled when fd_armed */
 	struct backend *pinned;   /* backend holding this agent's transaction */
 	int txn_lost;             /* pinned backend died: next statement is told */

@@ -683,3 +683,101 @@ Test(faults, long_queue_behind_a_statement_survives_fast_shutdown, .timeout = 90
 	close(sock);
 	PQfinish(pg);
 }
+
+static long long rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %lld", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* Stream one request like libpgbroker does; 0 when the broker stopped
+ * taking bytes for `stall_ms`. */
+static int raw_send(struct chan_shm *ch, struct ring *req, const uint8_t *blob, uint64_t total,
+		    uint32_t id, int stall_ms)
+{
+	uint64_t off = 0;
+	long long last = h_now_ms();
+
+	while (off < total) {
+		int64_t space = ring_space(req);
+		uint32_t room = space > 0 ? ring_frame_room((uint32_t)space) : 0, n;
+
+		if (room > req->size / 2)
+			room = req->size / 2;
+		if (room == 0) {
+			if (h_now_ms() - last > stall_ms)
+				return 0;
+			ring_bell(ch);
+			usleep(1000);
+			continue;
+		}
+		n = total - off < room ? (uint32_t)(total - off) : room;
+		struct frame_hdr h = {
+			.len = n, .type = FRAME_REQ, .id = id, .aux = (uint32_t)total,
+			.flags = (off == 0 ? FRAME_FIRST : 0) | (off + n == total ? FRAME_LAST : 0),
+		};
+		ring_write_hdr(req, &h);
+		ring_write(req, FRAME_HDR, blob + off, n);
+		ring_publish(req, n);
+		off += n;
+		last = h_now_ms();
+		ring_bell(ch);
+	}
+	return 1;
+}
+
+Test(faults, queued_requests_do_not_pile_up_in_the_broker, .timeout = 90)
+{
+	const char *args[] = { "--max-request-kb", "2048", NULL };
+	const char *sleep_sql = "select pg_sleep(20) /* killed-agent */";
+	size_t big = 1 << 20;
+	char *sql = malloc(big + 64);
+	uint8_t *blob = malloc(big + 256);
+	uint64_t size, n;
+	long long before, after;
+	struct ring req;
+	PGconn *pg = h_pg();
+	int sock, sent = 0;
+
+	h_broker_start(&br, args);
+	struct chan_shm *ch = raw_register(&sock, &size);
+	ring_init(&req, &ch->req, chan_req_data(ch, ch->ring_size), ch->ring_size);
+	n = req_encoded_len(sleep_sql, 0, NULL);
+	req_encode(blob, sleep_sql, 0, NULL, 0);
+	cr_assert(raw_send(ch, &req, blob, n, 1, 5000));
+	cr_assert(h_until(sleep_running, pg, 5000), "statement never started");
+	before = rss_kb(br.pid);
+	/* a hundred 1 MiB statements queued behind the sleeping one */
+	strcpy(sql, "select 1 /* ");
+	memset(sql + 12, 'q', big);
+	strcpy(sql + 12 + big, " */");
+	n = req_encoded_len(sql, 0, NULL);
+	req_encode(blob, sql, 0, NULL, 0);
+	for (uint32_t id = 2; id < 102 && raw_send(ch, &req, blob, n, id, 1500); id++)
+		sent++;
+	after = rss_kb(br.pid);
+	cr_assert_gt(before, 0);
+	cr_assert_lt(after - before, 32 * 1024,
+		     "the broker grew by %lld KiB holding %d queued statements of one agent",
+		     after - before, sent);
+	pgb_conn *good = h_connect(&br);
+	cr_assert_eq(h_num(good, "select 15"), 15, "a bystander was hurt");
+	pgb_finish(good);
+	munmap(ch, size);
+	close(sock);
+	PQfinish(pg);
+	free(sql);
+	free(blob);
+	h_broker_kill(&br);
+}
