@@ -305,6 +305,10 @@ static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struc
 	v = __atomic_load_n(&a->chan->broker_bell, __ATOMIC_SEQ_CST);
 	if (ring_has_data(&a->req) && !agent_backlogged(b, a))
 		return 1;
+	/* A response waits for room: the agent may have made some while
+	 * broker_armed was clear, and then its notify rang no bell. */
+	if (a->blocked_since_ns && ring_space(&a->resp) > a->blocked_space)
+		return 1;
 	uring_futex_wait(b, &a->chan->broker_bell, v, tag_make(TAG_BELL, a->slot, a->gen));
 	a->bell_armed = 1;
 	return 0;
@@ -845,6 +849,7 @@ void agent_flush(struct broker *b, struct agent *a)
 			/* The agent may have drained the ring meanwhile. */
 			if (ring_space(&a->resp) > space)
 				continue;
+			a->blocked_space = space;
 			return;
 		}
 		n = left < room ? (uint32_t)left : room;

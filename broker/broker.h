@@ -123,6 +123,7 @@ struct agent {
 	struct list responses;    /* results to stream, in order */
 	int64_t blocked_since_ns; /* response waiting for ring space since (its last progress) */
 	struct list blocked_link; /* broker blocked list while that is set */
+	int64_t blocked_space;    /* response ring space the last flush found too small */
 	uint32_t nresponses;
 	int resp_more;            /* responses being queued are not the last for their id */
 	int throttled;            /* reading stopped at max_inflight_per_agent */
