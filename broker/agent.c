@@ -101,7 +101,6 @@ static int lock_pid_file(struct broker *b, char *other, size_t n)
 int agent_listen(struct broker *b)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct io_uring_sqe *sqe;
 	char pid[32], other[32];
 	int fd;
 
@@ -136,10 +135,17 @@ int agent_listen(struct broker *b)
 		return -1;
 	}
 	b->listen_fd = fd;
-	sqe = uring_sqe(b);
-	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	io_uring_sqe_set_data64(sqe, tag_make(TAG_ACCEPT, 0, 0));
+	agent_accept_arm(b);
 	return 0;
+}
+
+void agent_accept_arm(struct broker *b)
+{
+	struct io_uring_sqe *sqe = uring_sqe(b);
+
+	io_uring_prep_multishot_accept(sqe, b->listen_fd, NULL, NULL,
+				       SOCK_CLOEXEC | SOCK_NONBLOCK);
+	io_uring_sqe_set_data64(sqe, tag_make(TAG_ACCEPT, 0, 0));
 }
 
 static int gid_allowed(const struct broker *b, gid_t gid)

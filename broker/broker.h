@@ -186,6 +186,8 @@ struct broker {
 	struct pgb_config cfg;
 	struct io_uring ring;
 	int listen_fd, lock_fd, signal_fd;
+	int64_t accept_retry_ns;  /* out of descriptors: accept again at this time */
+	int accept_failing;       /* said so once in the log */
 	char sock_path[300], lock_path[300], stats_path[300];
 	int made_dir;             /* the run directory is ours to remove */
 	int argc;                 /* for reloads: the flags still win */
@@ -253,6 +255,7 @@ void uring_eventfd_signal(struct broker *b, int fd);
 
 /* agent.c */
 int agent_listen(struct broker *b);
+void agent_accept_arm(struct broker *b);
 void agent_accept(struct broker *b, int fd);
 void agent_on_hello(struct broker *b, struct agent *a, int res);
 void agent_service(struct broker *b, struct agent *a, int from_bell);

@@ -17,6 +17,7 @@
 #define FAST_GRACE_NS (3 * 1000000000LL) /* cancelled statements report back */
 #define MAX_WAIT_NS (1000000000LL)
 #define MIN_SLOTS 64   /* backend slots at least */
+#define ACCEPT_PAUSE_NS (100 * 1000000LL) /* out of descriptors: accept again after */
 
 static void arm_signal(struct broker *b)
 {
@@ -124,17 +125,26 @@ static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
 
 	switch (TAG_KIND(tag)) {
 	case TAG_ACCEPT:
-		if (cqe->res >= 0)
+		if (cqe->res >= 0) {
+			b->accept_failing = 0;
 			agent_accept(b, cqe->res);
-		else if (cqe->res != -ECANCELED)
+		} else if (cqe->res != -ECANCELED && !b->accept_failing) {
 			log_warn("accept: %s", strerror(-cqe->res));
-		if (!(cqe->flags & IORING_CQE_F_MORE) && !b->stopping) {
-			struct io_uring_sqe *sqe = uring_sqe(b);
-
-			io_uring_prep_multishot_accept(sqe, b->listen_fd, NULL, NULL,
-						       SOCK_CLOEXEC | SOCK_NONBLOCK);
-			io_uring_sqe_set_data64(sqe, tag);
 		}
+		if ((cqe->flags & IORING_CQE_F_MORE) || b->stopping)
+			break;
+		/* Out of descriptors the connection stays queued and the next
+		 * accept fails at once: wait for some to be freed, not spin. */
+		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOBUFS ||
+		    cqe->res == -ENOMEM) {
+			if (!b->accept_failing)
+				log_warn("not accepting agents for now: retrying every %lld ms",
+					 ACCEPT_PAUSE_NS / 1000000);
+			b->accept_failing = 1;
+			b->accept_retry_ns = b->now_ns + ACCEPT_PAUSE_NS;
+			break;
+		}
+		agent_accept_arm(b);
 		break;
 	case TAG_SIGNAL:
 		on_signal(b);
@@ -241,6 +251,13 @@ static int run(struct broker *b)
 		b->now_ns = clock_ns();
 		next = b->now_ns + MAX_WAIT_NS;
 		agent_run_ready(b);
+		if (b->accept_retry_ns && b->now_ns >= b->accept_retry_ns) {
+			b->accept_retry_ns = 0;
+			if (!b->stopping)
+				agent_accept_arm(b);
+		} else if (b->accept_retry_ns && b->accept_retry_ns < next) {
+			next = b->accept_retry_ns;
+		}
 		pool_timers(b, &next);
 		agent_timers(b, &next);
 		health_timers(b, &next);

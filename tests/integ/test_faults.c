@@ -781,3 +781,61 @@ Test(faults, queued_requests_do_not_pile_up_in_the_broker, .timeout = 90)
 	free(blob);
 	h_broker_kill(&br);
 }
+
+static long long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut, st;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+			 &ut, &st) != 2)
+		return -1;
+	return (long long)(ut + st);
+}
+
+Test(faults, out_of_descriptors_does_not_spin, .timeout = 60)
+{
+	const char *args[] = { "--min-pool-size", "1", "--pool-size", "2", "--max-pool-size", "2",
+			       NULL };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int socks[40];
+	long long t0;
+
+	/* a broker short of descriptors (it warns about its limit at start) */
+	setenv("PGB_BROKER_WRAPPER", "prlimit --nofile=32:32", 1);
+	h_broker_start(&br, args);
+	unsetenv("PGB_BROKER_WRAPPER");
+	pgb_conn *c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 1"), 1);
+	/* connections that never say hello use up the broker's descriptors */
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", br.dir);
+	for (int i = 0; i < 40; i++) {
+		socks[i] = socket(AF_UNIX, SOCK_STREAM, 0);
+		cr_assert_eq(connect(socks[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	usleep(200000);
+	t0 = cpu_ticks(br.pid);
+	usleep(1000000);
+	cr_assert_lt(cpu_ticks(br.pid) - t0, sysconf(_SC_CLK_TCK) / 5,
+		     "the broker spins while it cannot accept");
+	/* the one connected agent is still served */
+	cr_assert_eq(h_num(c, "select 2"), 2);
+	for (int i = 0; i < 40; i++)
+		close(socks[i]);
+	pgb_finish(c);
+	/* descriptors free again: new agents get in */
+	c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 3"), 3);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
