@@ -126,7 +126,7 @@ struct agent {
 	int64_t blocked_space;    /* response ring space the last flush found too small */
 	uint32_t nresponses;
 	int resp_more;            /* responses being queued are not the last for their id */
-	int throttled;            /* reading stopped at max_inflight_per_agent */
+	int throttled;            /* reading stopped: agent_backlogged() */
 	const char *doom;         /* set: disconnect at the end of this pass */
 	struct list doom_link;
 
