@@ -372,7 +372,9 @@ static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 		}
 		int rc = futex_wait(&ch->agent_bell, v, WAIT_SLICE_NS);
 		__atomic_store_n(&ch->agent_sleeping, 0, __ATOMIC_RELAXED);
-		if (rc == -ETIMEDOUT && broker_gone(c)) {
+		/* Check on EINTR too: a process that takes a signal more often
+		 * than once a slice would never see a slice time out. */
+		if ((rc == -ETIMEDOUT || rc == -EINTR) && broker_gone(c)) {
 			c->status = PGB_CONNECTION_BAD;
 			set_error(c, "broker gone");
 			return -1;
