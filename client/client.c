@@ -41,6 +41,7 @@ struct flight {
 };
 
 struct pgb_conn {
+	struct pgb_conn *next, *prev; /* the list of open connections: see on_fork */
 	int status;
 	int sock;
 	int efd;                 /* readable when a result is ready and fd_armed was set */
@@ -75,18 +76,74 @@ struct pgb_result {
 	char local_err[256];
 };
 
-/* A child of fork() shares its parent's channel; it must never use it. */
+/* A child of fork() shares its parent's channel; it must never use it.
+ * Nor may it keep the parent's registration socket open: its hang-up is
+ * how the broker learns that the parent died, so a child that outlived
+ * its parent would keep the parent's transaction open. The child closes
+ * its copies of every connection's descriptors and mapping at once. */
 static unsigned fork_gen;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static pgb_conn *conns;
+
+static void conn_close(pgb_conn *c);
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&conns_lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&conns_lock);
+}
 
 static void on_fork(void)
 {
+	static const char why[] = "connection was opened by the parent process before fork(); "
+				  "connect again in the child";
+
 	__atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
+	for (pgb_conn *c = conns; c; c = c->next) {
+		conn_close(c);  /* our copies only: the parent's stay open */
+		c->status = PGB_CONNECTION_BAD;
+		memcpy(c->errmsg, why, sizeof(why));
+	}
+	pthread_mutex_unlock(&conns_lock);
 }
 
 static void install_fork_hook(void)
 {
-	pthread_atfork(NULL, NULL, on_fork);
+	pthread_atfork(fork_prepare, fork_parent, on_fork);
+}
+
+static void conns_add(pgb_conn *c)
+{
+	pthread_mutex_lock(&conns_lock);
+	c->prev = NULL;
+	c->next = conns;
+	if (conns)
+		conns->prev = c;
+	conns = c;
+	pthread_mutex_unlock(&conns_lock);
+}
+
+static void conns_del(pgb_conn *c)
+{
+	pthread_mutex_lock(&conns_lock);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	pthread_mutex_unlock(&conns_lock);
+}
+
+/* 1 in a child of the process that opened c. */
+static int inherited(const pgb_conn *c)
+{
+	return c->fork_gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 }
 
 static void set_error(pgb_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -181,6 +238,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	c->efd = -1;
 	c->spin_ns = SPIN_MAX_NS / 4;
 	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+	conns_add(c);
 	if (!dir || !*dir)
 		dir = getenv("PGBROKER_DIR");
 	if (!dir || !*dir)
@@ -264,15 +322,8 @@ PGB_API const char *pgb_error_message(const pgb_conn *c)
 	return c ? c->errmsg : "no connection";
 }
 
-PGB_API void pgb_finish(pgb_conn *c)
+static void stash_drop(pgb_conn *c)
 {
-	if (!c)
-		return;
-	/* In a forked child only drop our references; the parent's channel
-	 * and socket stay untouched (unmapping is private to this process). */
-	if (c->chan && c->fork_gen == __atomic_load_n(&fork_gen, __ATOMIC_RELAXED))
-		__atomic_store_n(&c->chan->agent_bye, 1, __ATOMIC_RELEASE);
-	conn_close(c);
 	while (c->stash) {
 		struct stash *st = c->stash;
 
@@ -280,6 +331,20 @@ PGB_API void pgb_finish(pgb_conn *c)
 		pgb_clear(st->r);
 		free(st);
 	}
+	c->stash_tail = NULL;
+}
+
+PGB_API void pgb_finish(pgb_conn *c)
+{
+	if (!c)
+		return;
+	/* In a forked child only drop our references; the parent's channel
+	 * and socket stay untouched (unmapping is private to this process). */
+	if (c->chan && !inherited(c))
+		__atomic_store_n(&c->chan->agent_bye, 1, __ATOMIC_RELEASE);
+	conns_del(c);
+	conn_close(c);
+	stash_drop(c);
 	free(c->flights);
 	free(c);
 }
@@ -621,6 +686,8 @@ static pgb_result *stash_take(pgb_conn *c, int any, uint32_t id, uint32_t *got)
  * broken connection answers every outstanding id with its error. */
 static pgb_result *wait_result(pgb_conn *c, int any, uint32_t id, int block, uint32_t *got)
 {
+	if (inherited(c))
+		stash_drop(c);  /* the parent's results, not the child's */
 	for (;;) {
 		pgb_result *r = stash_take(c, any, id, got);
 
@@ -656,7 +723,7 @@ static pgb_result *check_usable(pgb_conn *c)
 {
 	if (!c)
 		return local_error(PGB_SQLSTATE_NOT_CONNECTED, "no connection");
-	if (c->fork_gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED))
+	if (inherited(c))
 		return local_error(PGB_SQLSTATE_NOT_CONNECTED,
 				   "connection was opened by the parent process before fork(); "
 				   "connect again in the child");

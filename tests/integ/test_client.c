@@ -14,6 +14,118 @@
 
 static struct h_broker br;
 
+/* Child of a process with a statement in flight: it must get PB007 for
+ * everything and leave the parent's channel (ring and eventfd) alone. */
+static int child_of_sender(pgb_conn *c)
+{
+	long long id = 1;
+	pgb_result *r;
+	int rc = 0;
+
+	usleep(500 * 1000); /* the parent's answer is in the ring by now */
+	if (pgb_status(c) != PGB_CONNECTION_BAD)
+		rc |= 1;
+	if (pgb_socket(c) != -1)
+		rc |= 2;
+	r = pgb_try_result(c, &id);
+	if (r && strcmp(pgb_sqlstate(r), PGB_SQLSTATE_NOT_CONNECTED) != 0)
+		rc |= 4;
+	pgb_clear(r);
+	r = pgb_get_result(c, &id);
+	if (r && strcmp(pgb_sqlstate(r), PGB_SQLSTATE_NOT_CONNECTED) != 0)
+		rc |= 8;
+	pgb_clear(r);
+	pgb_finish(c);
+	return rc;
+}
+
+Test(client, forked_child_leaves_its_parents_results_alone, .timeout = 60)
+{
+	struct pollfd p;
+	long long id, got;
+	pgb_conn *c;
+	pgb_result *r;
+	pid_t pid;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	p = (struct pollfd){ .fd = pgb_socket(c), .events = POLLIN };
+	id = pgb_send(c, "select pg_sleep(0.2), 7", 0, NULL, 0);
+	cr_assert_gt(id, 0);
+	cr_assert_null(pgb_try_result(c, &got));
+	pid = fork();
+	cr_assert_neq(pid, -1);
+	if (pid == 0)
+		_exit(child_of_sender(c));
+	cr_assert_eq(h_wait(pid, 10000), 0, "the child used its parent's connection");
+	cr_assert_eq(poll(&p, 1, 10000), 1, "the parent's pgb_socket never became readable");
+	r = pgb_try_result(c, &got);
+	cr_assert_not_null(r, "the parent's result is gone");
+	cr_assert_eq(got, id);
+	cr_assert(pgb_result_ok(r), "%s", pgb_result_error(r));
+	cr_assert_str_eq(pgb_getvalue(r, 0, 1), "7");
+	pgb_clear(r);
+	cr_assert_eq(h_num(c, "select 2"), 2);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* Opens a transaction holding a row lock, forks a child that lives on
+ * without touching the connection, reports, and waits to be killed. */
+static int txn_then_fork(void *arg)
+{
+	int fd = *(int *)arg;
+	pgb_conn *c = pgb_connect(br.dir);
+	pgb_result *r;
+
+	pgb_clear(pgb_exec(c, "begin"));
+	r = pgb_exec(c, "update t_forkdie set v = v + 1 where k = 1");
+	if (!pgb_result_ok(r))
+		return 1;
+	pgb_clear(r);
+	if (fork() == 0) {
+		/* outlives its parent; dies with the test's process group or
+		 * on its own after a while */
+		sleep(30);
+		_exit(0);
+	}
+	(void)!write(fd, "x", 1);
+	pause();
+	return 0;
+}
+
+static int no_idle_in_txn(void *arg)
+{
+	return h_backends(arg, &br, "state like 'idle in transaction%'") == 0;
+}
+
+Test(client, agent_dying_with_a_forked_child_alive_is_noticed, .timeout = 60)
+{
+	PGconn *pg = h_pg();
+	pgb_conn *c;
+	pid_t agent;
+	int p[2];
+	char x;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	pgb_clear(h_ok(c, "drop table if exists t_forkdie; create table t_forkdie (k int primary key, v int);"
+			  "insert into t_forkdie values (1, 0)"));
+	cr_assert_eq(pipe(p), 0);
+	agent = h_fork(txn_then_fork, &p[1]);
+	cr_assert_eq(read(p[0], &x, 1), 1, "the agent never took its lock");
+	cr_assert_eq(h_backends(pg, &br, "state = 'idle in transaction'"), 1);
+	kill(agent, SIGKILL);
+	waitpid(agent, NULL, 0);
+	/* its child still lives: it must not keep the dead agent registered */
+	cr_assert(h_until(no_idle_in_txn, pg, 5000),
+		  "the dead agent's transaction stayed open while its child lived");
+	pgb_clear(h_ok(c, "update t_forkdie set v = v + 1 where k = 1"));
+	pgb_finish(c);
+	PQfinish(pg);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 static void on_alarm(int sig)
 {
 	(void)sig;
