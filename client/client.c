@@ -640,6 +640,14 @@ static void flight_done(pgb_conn *c, uint32_t id, const pgb_result *r)
 	}
 }
 
+static int flight_known(const pgb_conn *c, uint32_t id)
+{
+	for (uint32_t i = 0; i < c->nflights; i++)
+		if (c->flights[i].id == id)
+			return 1;
+	return 0;
+}
+
 static int is_final(const pgb_result *r)
 {
 	return !(r->v.head.flags & RESP_MORE);
@@ -694,12 +702,21 @@ static pgb_result *wait_result(pgb_conn *c, int any, uint32_t id, int block, uin
 		if (r)
 			return r;
 		if (c->status != PGB_CONNECTION_OK) {
+			int sent;
+
 			*got = id;
 			if (any && c->nflights)
 				*got = c->flights[0].id;
-			r = local_error(PGB_SQLSTATE_NOT_CONNECTED, "connection is not open: %s",
-					c->errmsg);
-			if (r && (!any || c->nflights))
+			sent = flight_known(c, *got);
+			if (sent && !inherited(c))
+				/* It reached the broker, which may have run it. */
+				r = local_error(PGB_SQLSTATE_BROKER_GONE,
+						"connection lost before the answer (%s); the "
+						"statement may or may not have run", c->errmsg);
+			else
+				r = local_error(PGB_SQLSTATE_NOT_CONNECTED,
+						"connection is not open: %s", c->errmsg);
+			if (r && sent)
 				flight_done(c, *got, r);
 			return r;
 		}

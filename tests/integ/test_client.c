@@ -172,3 +172,36 @@ Test(client, broker_death_is_seen_under_frequent_signals, .timeout = 60)
 	h_broker_kill(&br);
 	cr_assert_eq(h_wait(kid, 10000), 0, "the agent did not see the broker go");
 }
+
+Test(client, statements_in_flight_when_the_broker_dies_have_unknown_fate, .timeout = 60)
+{
+	long long ids[3], got;
+	pgb_conn *c;
+	pgb_result *r;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	for (int i = 0; i < 3; i++) {
+		ids[i] = pgb_send(c, "select pg_sleep(20)", 0, NULL, PGB_INDEPENDENT);
+		cr_assert_gt(ids[i], 0);
+	}
+	usleep(300 * 1000);
+	h_broker_kill(&br);
+	for (int i = 0; i < 3; i++) {
+		r = pgb_get_result(c, &got);
+		cr_assert_not_null(r, "statement %d has no answer", i);
+		cr_assert(got == ids[0] || got == ids[1] || got == ids[2], "unknown id %lld", got);
+		/* they were sent and may have run: not "never sent" */
+		cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BROKER_GONE, "statement %d: %s", i,
+				 pgb_result_error(r));
+		cr_assert_eq(pgb_sqlstate_ran(pgb_sqlstate(r)), PGB_RAN_UNKNOWN);
+		pgb_clear(r);
+	}
+	cr_assert_null(pgb_get_result(c, &got));
+	cr_assert_eq(pgb_in_flight(c), 0);
+	/* a statement sent now never leaves: PB007 */
+	r = pgb_exec(c, "select 1");
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_NOT_CONNECTED);
+	pgb_clear(r);
+	pgb_finish(c);
+}
