@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -45,6 +46,8 @@ struct pgb_conn {
 	int status;
 	int sock;
 	int efd;                 /* readable when a result is ready and fd_armed was set */
+	int pfd;                 /* pgb_socket: an epoll set of efd and sock, so that
+				    it also becomes readable when the broker dies */
 	unsigned fork_gen;       /* fork generation at connect: see on_fork */
 	struct chan_shm *chan;
 	uint64_t chan_size;
@@ -180,6 +183,9 @@ static void conn_close(pgb_conn *c)
 	if (c->chan)
 		munmap(c->chan, c->chan_size);
 	c->chan = NULL;
+	if (c->pfd >= 0)
+		close(c->pfd);
+	c->pfd = -1;
 	if (c->efd >= 0)
 		close(c->efd);
 	c->efd = -1;
@@ -236,6 +242,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	c->status = PGB_CONNECTION_BAD;
 	c->sock = -1;
 	c->efd = -1;
+	c->pfd = -1;
 	c->spin_ns = SPIN_MAX_NS / 4;
 	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 	conns_add(c);
@@ -298,6 +305,14 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	if (c->chan->magic != CHAN_MAGIC || c->chan->version != CHAN_VERSION ||
 	    c->chan->ring_size != rep.ring_size) {
 		set_error(c, "channel has an unknown layout (version %u)", c->chan->version);
+		goto fail;
+	}
+	c->pfd = epoll_create1(EPOLL_CLOEXEC);
+	if (c->pfd < 0 ||
+	    epoll_ctl(c->pfd, EPOLL_CTL_ADD, c->efd, &(struct epoll_event){ .events = EPOLLIN }) < 0 ||
+	    epoll_ctl(c->pfd, EPOLL_CTL_ADD, c->sock,
+		      &(struct epoll_event){ .events = EPOLLIN | EPOLLRDHUP }) < 0) {
+		set_error(c, "could not set up the connection's pollable fd: %s", strerror(errno));
 		goto fail;
 	}
 	ring_init(&c->req, &c->chan->req, chan_req_data(c->chan, c->ring_size), c->ring_size);
@@ -454,21 +469,26 @@ static pgb_result *broken(pgb_conn *c, const char *why)
 	return local_error(PGB_SQLSTATE_NOT_CONNECTED, "%s", why);
 }
 
-static pgb_result *gone_error(pgb_conn *c)
+/* The broker went away: the connection is bad. 1 when it said goodbye. */
+static int mark_gone(pgb_conn *c)
 {
 	int closing = c->chan &&
 		__atomic_load_n(&c->chan->broker_state, __ATOMIC_ACQUIRE) == BROKER_CLOSING;
 
 	c->status = PGB_CONNECTION_BAD;
-	if (closing) {
+	set_error(c, closing ? "broker shut down" : "broker gone");
+	return closing;
+}
+
+static pgb_result *gone_error(pgb_conn *c)
+{
+	if (mark_gone(c)) {
 		/* Not PB005 (refused, never run): a statement already handed to
 		 * the broker may have run before it closed. */
-		set_error(c, "broker shut down");
 		return local_error(PGB_SQLSTATE_BROKER_GONE,
 				   "broker shut down before answering; the statement may or "
 				   "may not have run");
 	}
-	set_error(c, "broker gone");
 	return local_error(PGB_SQLSTATE_BROKER_GONE, "broker gone: the pgbroker process exited");
 }
 
@@ -882,24 +902,31 @@ PGB_API pgb_result *pgb_try_result(pgb_conn *c, long long *id)
 {
 	pgb_result *r;
 	uint64_t n;
+	int signalled;
 
 	if (!c || c->status != PGB_CONNECTION_OK)
 		return next_result(c, id, 0);
 	/* Clear the eventfd first, then look: a result published after the
 	 * look finds fd_armed set and signals the fd again. */
-	(void)!read(c->efd, &n, sizeof(n));
+	signalled = read(c->efd, &n, sizeof(n)) == (ssize_t)sizeof(n);
 	r = next_result(c, id, 0);
 	if (r)
 		return r;
 	__atomic_store_n(&c->chan->fd_armed, 1, __ATOMIC_SEQ_CST);
 	if (ring_has_data(&c->resp))
 		return next_result(c, id, 0);
+	/* Not woken by the eventfd: perhaps by the socket's hang-up. Then
+	 * what is in flight gets its answer now (PB003), not never. */
+	if (!signalled && broker_gone(c)) {
+		mark_gone(c);
+		return next_result(c, id, 0);
+	}
 	return NULL;
 }
 
 PGB_API int pgb_socket(const pgb_conn *c)
 {
-	return c && c->status == PGB_CONNECTION_OK ? c->efd : -1;
+	return c && c->status == PGB_CONNECTION_OK ? c->pfd : -1;
 }
 
 PGB_API int pgb_in_flight(const pgb_conn *c)

@@ -205,3 +205,32 @@ Test(client, statements_in_flight_when_the_broker_dies_have_unknown_fate, .timeo
 	pgb_clear(r);
 	pgb_finish(c);
 }
+
+Test(client, socket_becomes_readable_when_the_broker_dies, .timeout = 60)
+{
+	struct pollfd p;
+	long long id, got;
+	pgb_conn *c;
+	pgb_result *r;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	p = (struct pollfd){ .fd = pgb_socket(c), .events = POLLIN };
+	cr_assert_geq(p.fd, 0);
+	id = pgb_send(c, "select pg_sleep(20)", 0, NULL, 0);
+	cr_assert_gt(id, 0);
+	cr_assert_null(pgb_try_result(c, &got));
+	usleep(200 * 1000);
+	h_broker_kill(&br);
+	r = NULL;
+	for (int i = 0; i < 10 && !r; i++) {
+		cr_assert_eq(poll(&p, 1, 3000), 1, "pgb_socket stayed quiet after the broker died");
+		r = pgb_try_result(c, &got);
+	}
+	cr_assert_not_null(r, "pgb_try_result never reported the broker gone");
+	cr_assert_eq(got, id);
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BROKER_GONE, "%s", pgb_result_error(r));
+	pgb_clear(r);
+	cr_assert_eq(pgb_status(c), PGB_CONNECTION_BAD);
+	pgb_finish(c);
+}
