@@ -396,6 +396,15 @@ static int broker_gone(pgb_conn *c)
 
 enum wait_for { WAIT_RESPONSE, WAIT_SPACE };
 
+/* Waiting for request space ends on a response too: the broker may be
+ * waiting for us to make room in the response ring before it reads on. */
+static int wait_done(pgb_conn *c, enum wait_for what, uint32_t need)
+{
+	if (what == WAIT_RESPONSE)
+		return ring_has_data(&c->resp);
+	return ring_space(&c->req) >= (int64_t)need || ring_has_data(&c->resp);
+}
+
 /* Spin briefly for an answer about to arrive before paying for a futex
  * sleep and wake-up; the budget adapts: it grows while spins succeed and
  * halves when they fail, so a loaded machine (answers take longer than a
@@ -438,15 +447,13 @@ static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 	for (;;) {
 		uint32_t v;
 
-		if (what == WAIT_RESPONSE ? ring_has_data(&c->resp)
-					  : ring_space(&c->req) >= (int64_t)need)
+		if (wait_done(c, what, need))
 			return 0;
 		if (what == WAIT_SPACE)
 			__atomic_store_n(&ch->req.need_space, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&ch->agent_sleeping, 1, __ATOMIC_SEQ_CST);
 		v = __atomic_load_n(&ch->agent_bell, __ATOMIC_SEQ_CST);
-		if (what == WAIT_RESPONSE ? ring_has_data(&c->resp)
-					  : ring_space(&c->req) >= (int64_t)need) {
+		if (wait_done(c, what, need)) {
 			__atomic_store_n(&ch->agent_sleeping, 0, __ATOMIC_RELAXED);
 			continue;
 		}
@@ -492,7 +499,11 @@ static pgb_result *gone_error(pgb_conn *c)
 	return local_error(PGB_SQLSTATE_BROKER_GONE, "broker gone: the pgbroker process exited");
 }
 
-/* Stream one request blob into the request ring, frame by frame. */
+static int drain_responses(pgb_conn *c);
+
+/* Stream one request blob into the request ring, frame by frame. While
+ * the ring is full, take in finished responses (like libpq reading while
+ * it flushes): a broker whose response ring is full reads no requests. */
 static int send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t id)
 {
 	uint64_t off = 0;
@@ -510,7 +521,11 @@ static int send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t 
 			room = max_frame;
 		/* Wait for a useful amount of room rather than dribbling. */
 		if (room < left && room < c->ring_size / 8) {
+			int rc;
+
 			notify_broker(c);
+			if ((rc = drain_responses(c)) < 0)
+				return rc;
 			if (wait_broker(c, WAIT_SPACE, c->ring_size / 4) < 0)
 				return -EPIPE;
 			continue;
@@ -689,6 +704,28 @@ static void stash_push(pgb_conn *c, uint32_t id, pgb_result *r)
 	c->stash_tail = st;
 }
 
+/* Stash every response that has arrived, without waiting for more. 0, or
+ * -EPIPE (broker gone) / -EPROTO (corrupt ring) when the connection broke. */
+static int drain_responses(pgb_conn *c)
+{
+	for (;;) {
+		uint32_t got;
+		pgb_result *r = recv_next(c, 0, &got);
+
+		if (!r)
+			return 0;
+		if (c->status != PGB_CONNECTION_OK) {
+			int gone = strcmp(pgb_sqlstate(r), PGB_SQLSTATE_BROKER_GONE) == 0;
+
+			pgb_clear(r);
+			return gone ? -EPIPE : -EPROTO;
+		}
+		if (is_final(r))
+			flight_done(c, got, r);
+		stash_push(c, got, r);
+	}
+}
+
 static pgb_result *stash_take(pgb_conn *c, int any, uint32_t id, uint32_t *got)
 {
 	struct stash **pp = &c->stash, *prev = NULL;
@@ -815,8 +852,19 @@ static uint32_t send_request(pgb_conn *c, const char *sql, int nparams,
 	rc = send_blob(c, blob, total, id);
 	free(blob);
 	if (rc < 0) {
-		c->nflights--;
-		*err = rc == -EPIPE ? gone_error(c) : broken(c, "request ring is corrupt");
+		/* Not necessarily the last one: responses taken in meanwhile
+		 * moved the flights around. */
+		for (uint32_t i = 0; i < c->nflights; i++)
+			if (c->flights[i].id == id) {
+				c->flights[i] = c->flights[--c->nflights];
+				break;
+			}
+		if (rc == -EPIPE)
+			*err = gone_error(c);
+		else if (c->status != PGB_CONNECTION_OK)
+			*err = local_error(PGB_SQLSTATE_NOT_CONNECTED, "%s", c->errmsg);
+		else
+			*err = broken(c, "request ring is corrupt");
 		return 0;
 	}
 	return id;

@@ -234,3 +234,33 @@ Test(client, socket_becomes_readable_when_the_broker_dies, .timeout = 60)
 	cr_assert_eq(pgb_status(c), PGB_CONNECTION_BAD);
 	pgb_finish(c);
 }
+
+Test(client, sends_that_fill_both_rings_all_complete, .timeout = 90)
+{
+	const char *args[] = { "--max-inflight-per-agent", "8", "--send-timeout-ms", "3000", NULL };
+	enum { N = 8000 };
+	pgb_conn *c;
+	int got = 0;
+
+	h_broker_start(&br, args);
+	c = h_connect(&br);
+	/* 2 kB answers fill the response ring after some 120; then the broker
+	 * stops reading requests, and the request ring fills in turn */
+	for (int i = 0; i < N; i++) {
+		long long id = pgb_send(c, "select repeat('f', 2000)", 0, NULL, 0);
+
+		cr_assert_gt(id, 0, "send %d: %s", i, pgb_error_message(c));
+	}
+	while (pgb_in_flight(c) > 0 || got < N) {
+		pgb_result *r = pgb_get_result(c, NULL);
+
+		cr_assert_not_null(r, "only %d of %d answers", got, N);
+		cr_assert(pgb_result_ok(r), "answer %d: %s", got, pgb_result_error(r));
+		cr_assert_eq(pgb_getlength(r, 0, 0), 2000);
+		pgb_clear(r);
+		got++;
+	}
+	cr_assert_eq(got, N);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
