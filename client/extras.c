@@ -238,12 +238,15 @@ PGB_API int pgb_breaker_init(struct pgb_breaker *br, int threshold, int reset_ms
 }
 
 /* A failure that is an answer from PostgreSQL (a permanent SQLSTATE outside
- * classes 08 and PB) shows the service is there: not an outage. */
+ * classes 08 and PB) shows the service is there: not an outage. A code of
+ * a class the table does not know (RAISE ... ERRCODE 'U0001') is permanent. */
 static int is_answer(const char *sqlstate)
 {
 	const struct sqlstate_info *si = sqlstate[0] ? sqlstate_lookup(sqlstate) : NULL;
 
-	return si && !si->transient && strncmp(si->code, "08", 2) != 0 &&
+	if (!si)
+		return sqlstate_valid(sqlstate);
+	return !si->transient && strncmp(si->code, "08", 2) != 0 &&
 	       strncmp(si->code, "PB", 2) != 0;
 }
 

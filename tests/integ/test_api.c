@@ -577,6 +577,24 @@ Test(api, breaker_transitions_with_an_injected_clock)
 	cr_assert_eq(pgb_breaker_init(&junk, 0, 0), PGB_OK);
 }
 
+Test(api, breaker_takes_a_custom_sqlstate_for_an_answer)
+{
+	/* RAISE ... USING ERRCODE = 'U0001': a class the table does not know
+	 * is permanent, and it came from a PostgreSQL that answers */
+	static const char *const custom[] = { "U0001", "U0001", "U0001", "U0001", "U0001",
+					      "U0001" };
+	struct pgb_breaker b;
+	struct pgb_outcome out;
+	struct scripted s = { .states = custom };
+
+	cr_assert_eq(pgb_breaker_init(&b, 3, 1000), PGB_OK);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(pgb_breaker_call(&b, scripted_op, &s, &out), PGB_FAILED,
+			     "call %d", i);
+	cr_assert_eq(pgb_breaker_state(&b), PGB_BREAKER_CLOSED);
+	cr_assert_str_eq(out.sqlstate, "U0001");
+}
+
 struct dial {
 	const char *dir;
 	int calls;
