@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -230,6 +231,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION };
 	struct timeval tv = { CONNECT_TIMEOUT_S, 0 };
 	struct reg_reply rep;
+	struct stat st;
 	pgb_conn *c;
 	void *map;
 	ssize_t sent;
@@ -287,8 +289,11 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 		set_error(c, "broker refused the connection: %s", rep.message);
 		goto fail;
 	}
+	/* A memfd shorter than announced would be SIGBUS at the first touch
+	 * past its end. */
 	if (fd < 0 || c->efd < 0 || rep.ring_size < 4096 || (rep.ring_size & (rep.ring_size - 1)) ||
-	    rep.chan_size != chan_size_for(rep.ring_size)) {
+	    rep.chan_size != chan_size_for(rep.ring_size) || fstat(fd, &st) < 0 ||
+	    (uint64_t)st.st_size < rep.chan_size) {
 		set_error(c, "broker sent a malformed channel");
 		goto fail;
 	}

@@ -1,15 +1,21 @@
 /* The client library's own promises: what a forked child may and may not
  * touch, how every wait ends when the broker dies (blocking calls, the
- * pgb_socket fd, statements in flight), and sends that outrun both rings. */
+ * pgb_socket fd, statements in flight), sends that outrun both rings, and
+ * a registration answer that does not add up. */
 #include <criterion/criterion.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "chan.h"
 #include "harness.h"
 
 static struct h_broker br;
@@ -263,4 +269,85 @@ Test(client, sends_that_fill_both_rings_all_complete, .timeout = 90)
 	cr_assert_eq(got, N);
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* A fake broker that answers one registration with a channel whose memfd
+ * is smaller than the ring size it announces, then waits to be killed. */
+static void fake_broker(int lsock)
+{
+	uint32_t ring = 1u << 20;
+	struct reg_reply rep = { .magic = REG_MAGIC, .version = CHAN_VERSION,
+				 .ring_size = ring, .chan_size = chan_size_for(ring), .nfds = 2 };
+	struct reg_hello hello;
+	char cbuf[CMSG_SPACE(2 * sizeof(int))] = { 0 };
+	struct iovec iov = { &rep, sizeof(rep) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			      .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	int fds[2], a = accept(lsock, NULL, NULL);
+	struct chan_shm *ch;
+
+	fds[0] = memfd_create("short-channel", 0);
+	fds[1] = eventfd(0, EFD_NONBLOCK);
+	if (a < 0 || fds[0] < 0 || fds[1] < 0 || ftruncate(fds[0], CHAN_HDR_SIZE) < 0 ||
+	    read(a, &hello, sizeof(hello)) != (ssize_t)sizeof(hello))
+		_exit(1);
+	ch = mmap(NULL, CHAN_HDR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+	if (ch == MAP_FAILED)
+		_exit(1);
+	ch->magic = CHAN_MAGIC;
+	ch->version = CHAN_VERSION;
+	ch->ring_size = ring;
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(fds));
+	memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+	if (sendmsg(a, &msg, 0) != (ssize_t)sizeof(rep))
+		_exit(1);
+	pause();
+	_exit(0);
+}
+
+static int use_short_channel(void *arg)
+{
+	pgb_conn *c = pgb_connect(arg);
+	pgb_result *r;
+	int rc;
+
+	if (pgb_status(c) == PGB_CONNECTION_BAD)
+		rc = strstr(pgb_error_message(c), "malformed") ? 0 : 2;
+	else {
+		r = pgb_exec(c, "select 1");  /* writes past the memfd's end */
+		rc = 3;
+		pgb_clear(r);
+	}
+	pgb_finish(c);
+	return rc;
+}
+
+Test(client, channel_smaller_than_announced_is_refused, .timeout = 30)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char dir[64];
+	pid_t fake, agent;
+	int lsock, rc;
+
+	h_mkdtemp(dir, sizeof(dir), "fake");
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", dir);
+	lsock = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(bind(lsock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lsock, 4), 0);
+	fake = fork();
+	cr_assert_neq(fake, -1);
+	if (fake == 0)
+		fake_broker(lsock);
+	close(lsock);
+	agent = h_fork(use_short_channel, dir);
+	rc = h_wait(agent, 10000);
+	kill(fake, SIGKILL);
+	waitpid(fake, NULL, 0);
+	unlink(sa.sun_path);
+	rmdir(dir);
+	cr_assert_eq(rc, 0, "the agent %s", rc == 128 + SIGBUS ? "died of SIGBUS" :
+		     "accepted a channel smaller than announced");
 }
