@@ -832,6 +832,11 @@ static uint32_t send_request(pgb_conn *c, const char *sql, int nparams,
 		*err = local_error(PGB_SQLSTATE_BAD_REQUEST, "bad parameter count %d", nparams);
 		return 0;
 	}
+	if ((unsigned)nparams > REQ_MAX_PARAMS) {
+		*err = local_error(PGB_SQLSTATE_BAD_REQUEST, "too many parameters: %d (at most %u)",
+				   nparams, REQ_MAX_PARAMS);
+		return 0;
+	}
 	total = batch ? batch_encoded_len(batch, nbatch)
 		      : req_encoded_len(sql, (uint32_t)nparams, values);
 	if (total == 0 || total > UINT32_MAX) {

@@ -351,3 +351,22 @@ Test(client, channel_smaller_than_announced_is_refused, .timeout = 30)
 	cr_assert_eq(rc, 0, "the agent %s", rc == 128 + SIGBUS ? "died of SIGBUS" :
 		     "accepted a channel smaller than announced");
 }
+
+Test(client, too_many_parameters_is_a_bad_argument, .timeout = 30)
+{
+	static const char *values[70000];
+	pgb_conn *c;
+	pgb_result *r;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	for (int i = 0; i < 70000; i++)
+		values[i] = "1";
+	r = pgb_exec_params(c, "select $1", 70000, values);
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BAD_REQUEST, "%s", pgb_result_error(r));
+	cr_assert(strstr(pgb_result_error(r), "parameters") != NULL, "%s", pgb_result_error(r));
+	pgb_clear(r);
+	cr_assert_eq(h_num(c, "select 3"), 3);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
