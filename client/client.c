@@ -1013,7 +1013,8 @@ PGB_API int pgb_batch(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_resu
 	}
 	rs = calloc((size_t)n, sizeof(*rs));
 	if (!rs) {
-		fill_errors(results, 0, n, &(pgb_result){ .v = { .err = "out of memory" } });
+		fill_errors(results, 0, n, &(pgb_result){ .v = { .err = "out of memory",
+								  .head.sqlstate = PGB_SQLSTATE_TOO_LARGE } });
 		return -1;
 	}
 	for (i = 0; i < n; i++) {
@@ -1034,7 +1035,7 @@ PGB_API int pgb_batch(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_resu
 		results[i] = wait_result(c, 0, id, 1, &got);
 		if (!pgb_result_ok(results[i]))
 			ok = 0;
-		if (is_final(results[i]))
+		if (!results[i] || is_final(results[i]))
 			break;
 	}
 	/* The broker answered the whole batch with one error. */
@@ -1054,8 +1055,12 @@ PGB_API int pgb_parallel(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_r
 		return -1;
 	}
 	ids = calloc((size_t)n, sizeof(*ids));
-	if (!ids)
+	if (!ids) {
+		/* The caller clears every result: none may be left unset. */
+		fill_errors(results, 0, n, &(pgb_result){ .v = { .err = "out of memory",
+								  .head.sqlstate = PGB_SQLSTATE_TOO_LARGE } });
 		return -1;
+	}
 	for (int i = 0; i < n; i++) {
 		/* Each on a backend of its own: never queued behind a sibling. */
 		ids[i] = send_request(c, stmts[i].sql, stmts[i].nparams, stmts[i].values,
