@@ -77,25 +77,26 @@ Test(client, forked_child_leaves_its_parents_results_alone, .timeout = 60)
 }
 
 /* Opens a transaction holding a row lock, forks a child that lives on
- * without touching the connection, reports, and waits to be killed. */
+ * without touching the connection, reports the child's pid, and waits to
+ * be killed. */
 static int txn_then_fork(void *arg)
 {
 	int fd = *(int *)arg;
 	pgb_conn *c = pgb_connect(br.dir);
 	pgb_result *r;
+	pid_t kid;
 
 	pgb_clear(pgb_exec(c, "begin"));
 	r = pgb_exec(c, "update t_forkdie set v = v + 1 where k = 1");
 	if (!pgb_result_ok(r))
 		return 1;
 	pgb_clear(r);
-	if (fork() == 0) {
-		/* outlives its parent; dies with the test's process group or
-		 * on its own after a while */
-		sleep(30);
+	kid = fork();
+	if (kid == 0) {
+		sleep(60);  /* outlives its parent; the test kills it */
 		_exit(0);
 	}
-	(void)!write(fd, "x", 1);
+	(void)!write(fd, &kid, sizeof(kid));
 	pause();
 	return 0;
 }
@@ -109,9 +110,8 @@ Test(client, agent_dying_with_a_forked_child_alive_is_noticed, .timeout = 60)
 {
 	PGconn *pg = h_pg();
 	pgb_conn *c;
-	pid_t agent;
+	pid_t agent, kid;
 	int p[2];
-	char x;
 
 	h_broker_start(&br, NULL);
 	c = h_connect(&br);
@@ -119,13 +119,15 @@ Test(client, agent_dying_with_a_forked_child_alive_is_noticed, .timeout = 60)
 			  "insert into t_forkdie values (1, 0)"));
 	cr_assert_eq(pipe(p), 0);
 	agent = h_fork(txn_then_fork, &p[1]);
-	cr_assert_eq(read(p[0], &x, 1), 1, "the agent never took its lock");
+	cr_assert_eq(read(p[0], &kid, sizeof(kid)), (ssize_t)sizeof(kid),
+		     "the agent never took its lock");
 	cr_assert_eq(h_backends(pg, &br, "state = 'idle in transaction'"), 1);
 	kill(agent, SIGKILL);
 	waitpid(agent, NULL, 0);
 	/* its child still lives: it must not keep the dead agent registered */
-	cr_assert(h_until(no_idle_in_txn, pg, 5000),
-		  "the dead agent's transaction stayed open while its child lived");
+	int closed = h_until(no_idle_in_txn, pg, 5000);
+	kill(kid, SIGKILL);
+	cr_assert(closed, "the dead agent's transaction stayed open while its child lived");
 	pgb_clear(h_ok(c, "update t_forkdie set v = v + 1 where k = 1"));
 	pgb_finish(c);
 	PQfinish(pg);
