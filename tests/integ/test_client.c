@@ -28,7 +28,7 @@ static int child_of_sender(pgb_conn *c)
 	pgb_result *r;
 	int rc = 0;
 
-	usleep(500 * 1000); /* the parent's answer is in the ring by now */
+	/* the parent's answer is in the ring already */
 	if (pgb_status(c) != PGB_CONNECTION_BAD)
 		rc |= 1;
 	if (pgb_socket(c) != -1)
@@ -59,12 +59,12 @@ Test(client, forked_child_leaves_its_parents_results_alone, .timeout = 60)
 	id = pgb_send(c, "select pg_sleep(0.2), 7", 0, NULL, 0);
 	cr_assert_gt(id, 0);
 	cr_assert_null(pgb_try_result(c, &got));
+	cr_assert_eq(poll(&p, 1, 10000), 1, "the parent's pgb_socket never became readable");
 	pid = fork();
 	cr_assert_neq(pid, -1);
 	if (pid == 0)
 		_exit(child_of_sender(c));
 	cr_assert_eq(h_wait(pid, 10000), 0, "the child used its parent's connection");
-	cr_assert_eq(poll(&p, 1, 10000), 1, "the parent's pgb_socket never became readable");
 	r = pgb_try_result(c, &got);
 	cr_assert_not_null(r, "the parent's result is gone");
 	cr_assert_eq(got, id);
@@ -134,6 +134,16 @@ Test(client, agent_dying_with_a_forked_child_alive_is_noticed, .timeout = 60)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+/* The broker runs "select pg_sleep(20)" on one of its backends. */
+static int sleep_running(void *arg)
+{
+	PGconn *pg = h_pg();
+	long long n = h_backends(pg, arg, "query = 'select pg_sleep(20)' and state = 'active'");
+
+	PQfinish(pg);
+	return n > 0;
+}
+
 static void on_alarm(int sig)
 {
 	(void)sig;
@@ -176,7 +186,7 @@ Test(client, broker_death_is_seen_under_frequent_signals, .timeout = 60)
 	cr_assert_eq(pipe(p), 0);
 	kid = h_fork(waiter_under_signals, &p[1]);
 	cr_assert_eq(read(p[0], &x, 1), 1);
-	usleep(300 * 1000);
+	cr_assert(h_until(sleep_running, &br, 10000), "the statement never started");
 	h_broker_kill(&br);
 	cr_assert_eq(h_wait(kid, 10000), 0, "the agent did not see the broker go");
 }
@@ -193,7 +203,7 @@ Test(client, statements_in_flight_when_the_broker_dies_have_unknown_fate, .timeo
 		ids[i] = pgb_send(c, "select pg_sleep(20)", 0, NULL, PGB_INDEPENDENT);
 		cr_assert_gt(ids[i], 0);
 	}
-	usleep(300 * 1000);
+	cr_assert(h_until(sleep_running, &br, 10000), "the statements never started");
 	h_broker_kill(&br);
 	for (int i = 0; i < 3; i++) {
 		r = pgb_get_result(c, &got);
@@ -228,7 +238,7 @@ Test(client, socket_becomes_readable_when_the_broker_dies, .timeout = 60)
 	id = pgb_send(c, "select pg_sleep(20)", 0, NULL, 0);
 	cr_assert_gt(id, 0);
 	cr_assert_null(pgb_try_result(c, &got));
-	usleep(200 * 1000);
+	cr_assert(h_until(sleep_running, &br, 10000), "the statement never started");
 	h_broker_kill(&br);
 	r = NULL;
 	for (int i = 0; i < 10 && !r; i++) {
