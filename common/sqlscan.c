@@ -33,7 +33,16 @@ static int word_is(const char *w, size_t n, const char *kw)
 	return strlen(kw) == n && strncasecmp(w, kw, n) == 0;
 }
 
-int sql_changes_session(const char *sql)
+/* An E'' string: a backslash escapes the next character, a quote too. */
+static int escape_string(const char *sql, const char *q)
+{
+	return q > sql && (q[-1] == 'E' || q[-1] == 'e') &&
+	       (q - 1 == sql || !is_word((unsigned char)q[-2]));
+}
+
+/* One scan; backslash: a backslash escapes in every '' string, as with
+ * standard_conforming_strings off. */
+static int scan_session(const char *sql, int backslash)
 {
 	const char *p = sql;
 	const char *prev = NULL;      /* previous word in this statement */
@@ -57,8 +66,12 @@ int sql_changes_session(const char *sql)
 					depth--, p++;
 			}
 		} else if (c == '\'' || c == '"') {
+			int bs = c == '\'' && (backslash || escape_string(sql, p));
+
 			for (p++; *p; p++)
-				if (*p == (char)c) {
+				if (bs && *p == '\\' && p[1])
+					p++;
+				else if (*p == (char)c) {
 					if (p[1] == (char)c)
 						p++;
 					else
@@ -110,6 +123,13 @@ int sql_changes_session(const char *sql)
 	}
 	/* a lone SET with nothing after it is a syntax error: harmless */
 	return 0;
+}
+
+/* Whether a backslash ends a '' string depends on the session
+ * (standard_conforming_strings): a SET that either reading finds counts. */
+int sql_changes_session(const char *sql)
+{
+	return scan_session(sql, 0) || scan_session(sql, 1);
 }
 
 int sql_pipelinable(const char *sql)

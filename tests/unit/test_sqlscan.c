@@ -12,11 +12,16 @@ Test(sqlscan, session_changing_statements)
 		"DECLARE c CURSOR WITH HOLD FOR SELECT 1", "select set_config('a.b', '1', false)",
 		"SELECT pg_advisory_lock(1)", "select 1; set role x",
 		"DO $$ begin execute 'deallocate all'; end $$",
+		/* a backslash-escaped quote does not end an E'' string */
+		"select E'it\\'s'; set search_path = x", "select e'\\'' ; SET role x",
+		/* with standard_conforming_strings off, nor a plain one */
+		"select 'it\\'s'; set search_path = x",
 	};
 	static const char *const no[] = {
 		"SELECT 1", "SET LOCAL work_mem = '1MB'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
 		"SET CONSTRAINTS ALL DEFERRED", "select 'set role x'", "select 1 -- set role x",
 		"UPDATE t SET a = 1", "insert into temps values (1)",
+		"select E'it\\'s set role x'", "select 'C:\\' as dir",
 	};
 
 	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
