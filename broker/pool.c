@@ -97,6 +97,20 @@ static void notice_quiet(void *arg, const char *msg)
 	log_debug("backend notice: %s", msg);
 }
 
+/* A slot for a new connection. Not one whose cancel thread is still out:
+ * the thread clears that slot's cancel_pending when it is done, which
+ * must not tell a later backend there that its own cancel is through. */
+static struct backend *free_slot(struct broker *b)
+{
+	for (uint32_t i = 0; i < b->nslots; i++) {
+		struct backend *be = &b->backends[i];
+
+		if (be->state == BE_FREE && !__atomic_load_n(&be->cancel_pending, __ATOMIC_ACQUIRE))
+			return be;
+	}
+	return NULL;
+}
+
 static void connect_one(struct broker *b)
 {
 	static const char *const keys[] = {
@@ -107,13 +121,8 @@ static void connect_one(struct broker *b)
 	const char *vals[8];
 	PQconninfoOption *info;
 	const char *user_opts = "";
-	struct backend *be = NULL;
+	struct backend *be = free_slot(b);
 
-	for (uint32_t i = 0; i < b->nslots; i++)
-		if (b->backends[i].state == BE_FREE) {
-			be = &b->backends[i];
-			break;
-		}
 	if (!be)
 		return;
 	/* Merge the broker's session settings into the user's own options. */
@@ -153,7 +162,6 @@ static void connect_one(struct broker *b)
 		be->retire_ns = b->now_ns + life - backoff_delay_ms(&jit, 1) * MS;
 		b->rng = jit.rng;
 	}
-	be->cancel_pending = 0;
 	be->parked = 0;
 	be->discard = 0;
 	be->dirty = 0;
@@ -374,6 +382,7 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 	be->poll_events = 0;
 	be->poll_seq++;
 	be_set_state(b, be, BE_FREE);
+	be->parked = 0;	/* its cancel thread finds nothing to release */
 	b->ntotal--;
 	switch (why) {
 	case CLOSE_IDLE: b->st.c.closed_idle++; break;
@@ -1438,7 +1447,7 @@ static void pool_grow(struct broker *b)
 	/* While connects fail, probe with one at a time. */
 	if (b->connect_fails && want > 1)
 		want = b->nconnecting ? 0 : 1;
-	while (want-- > 0 && b->ntotal < limit) {
+	while (want-- > 0 && b->ntotal < limit && free_slot(b)) {
 		enum breaker_state was = b->breaker.state;
 
 		if (!breaker_allow(&b->breaker, b->now_ns / MS))
