@@ -1258,7 +1258,10 @@ void pool_submit(struct broker *b, struct request *r)
 			r->session = sql_changes_session(r->subs[i].sql);
 		r->pipe_ok = !r->session && !r->nsub && sql_pipelinable(r->v.sql);
 	}
-	if (a->pinned) {
+	/* The agent's statements run in its transaction or session. Not an
+	 * independent one sent before that began and back now for a retry:
+	 * the pinned backend may be busy with the agent's next statement. */
+	if (a->pinned && r == a->running) {
 		be_start(b, a->pinned, r);
 		return;
 	}

@@ -200,3 +200,45 @@ Test(async, connection_stats_count_this_agent)
 	cr_assert_eq(pgb_conn_stats(NULL, &st), -1);
 	pgb_finish(c);
 }
+
+/* An independent statement rolled back by a serialization failure runs
+ * again after a backoff. By then its agent may hold a transaction on a
+ * backend busy with the next statement: the retry runs elsewhere and
+ * every statement gets its own answer. */
+Test(async, independent_retry_leaves_the_pinned_backend_alone)
+{
+	pgb_conn *c = h_connect(&br);
+	const char *sql[] = { "select retry_once()", "begin", "select pg_sleep(1.5), 3", "commit" };
+	const char *want[] = { "1", NULL, "3", NULL };
+	long long ids[4];
+	int seen = 0;
+
+	pgb_clear(h_ok(c, "create sequence if not exists retry_once_seq"));
+	pgb_clear(h_ok(c, "select setval('retry_once_seq', 1, false)"));
+	pgb_clear(h_ok(c, "create or replace function retry_once() returns int language plpgsql as $$ "
+			  "begin if nextval('retry_once_seq') = 1 then perform pg_sleep(0.3); "
+			  "raise exception 'try again' using errcode = '40001'; end if; "
+			  "return 1; end $$"));
+	ids[0] = pgb_send(c, sql[0], 0, NULL, PGB_INDEPENDENT);
+	for (int i = 1; i < 4; i++)
+		ids[i] = pgb_send(c, sql[i], 0, NULL, 0);
+	for (int n = 0; n < 4; n++) {
+		long long id;
+		pgb_result *r = pgb_get_result(c, &id);
+		int i = 0;
+
+		cr_assert_not_null(r, "a statement got no answer");
+		while (i < 4 && ids[i] != id)
+			i++;
+		cr_assert_lt(i, 4, "an answer for an unknown id %lld", id);
+		cr_assert_not(seen & 1 << i, "%s answered twice", sql[i]);
+		seen |= 1 << i;
+		cr_assert(pgb_result_ok(r), "%s: %s %s", sql[i], pgb_sqlstate(r), pgb_result_error(r));
+		if (want[i])
+			cr_expect_str_eq(pgb_getvalue(r, 0, pgb_nfields(r) - 1), want[i], "%s", sql[i]);
+		pgb_clear(r);
+	}
+	pgb_clear(h_ok(c, "drop function retry_once()"));
+	pgb_clear(h_ok(c, "drop sequence retry_once_seq"));
+	pgb_finish(c);
+}
