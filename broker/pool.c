@@ -1515,23 +1515,25 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 		else
 			agent_request_done(b, r);
 	}
-	/* Ping backends idle past the validation interval, oldest first, so a
-	 * dead one is found before it is handed out. */
-	if (b->cfg.validation_interval_ms > 0) {
+	/* Retire idle backends past their lifetime, and ping those idle past
+	 * the validation interval so a dead one is found before it is handed
+	 * out. */
+	list_for_each_safe(pos, tmp, &b->idle) {
+		struct backend *be = list_entry(pos, struct backend, link);
 		int64_t every = (int64_t)b->cfg.validation_interval_ms * MS;
 
-		list_for_each_safe(pos, tmp, &b->idle) {
-			struct backend *be = list_entry(pos, struct backend, link);
-
-			if (be->retire_ns <= b->now_ns) {
-				be_close(b, be, CLOSE_LIFETIME);
-				continue;
-			}
-			if (be->validated_ns + every <= b->now_ns)
-				be_reset(b, be, "");
-			else if (be->validated_ns + every < *next_ns)
-				*next_ns = be->validated_ns + every;
+		if (be->retire_ns <= b->now_ns) {
+			be_close(b, be, CLOSE_LIFETIME);
+			continue;
 		}
+		if (be->retire_ns < *next_ns)
+			*next_ns = be->retire_ns;
+		if (!every)
+			continue;
+		if (be->validated_ns + every <= b->now_ns)
+			be_reset(b, be, "");
+		else if (be->validated_ns + every < *next_ns)
+			*next_ns = be->validated_ns + every;
 	}
 	list_for_each_safe(pos, tmp, &b->connecting) {
 		struct backend *be = list_entry(pos, struct backend, link);

@@ -259,3 +259,41 @@ Test(pool, every_backend_has_the_statement_timeout, .timeout = 60)
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+struct retire {
+	PGconn *pg;
+	long long pid;   /* the backend opened at start */
+};
+
+/* The broker's one backend is no longer the one it opened at start. */
+static int replaced(void *arg)
+{
+	struct retire *s = arg;
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "select count(*) from pg_stat_activity where application_name = "
+		 "'%s' and pid <> %lld", strrchr(br.dir, '/') + 1, s->pid);
+	return h_backends(s->pg, &br, NULL) == 1 && h_pg_num(s->pg, sql) == 1;
+}
+
+/* max_connection_lifetime_ms closes a backend that just sits idle, also
+ * when idle backends are never pinged (validation_interval_ms = 0). */
+Test(pool, idle_backends_retire_at_their_lifetime, .timeout = 60)
+{
+	const char *args[] = { "--min-pool-size", "1", "--pool-size", "1", "--max-pool-size", "1",
+			       "--validation-interval-ms", "0", "--max-connection-lifetime-ms", "800",
+			       NULL };
+	struct retire s = { .pg = h_pg() };
+	struct shrink one = { .pg = s.pg, .want = 1 };
+	char sql[256];
+
+	h_broker_start(&br, args);
+	cr_assert(h_until(backends_are, &one, 5000), "min_pool_size backend not opened at start");
+	snprintf(sql, sizeof(sql), "select pid from pg_stat_activity where application_name = '%s'",
+		 strrchr(br.dir, '/') + 1);
+	s.pid = h_pg_num(s.pg, sql);
+	cr_assert_gt(s.pid, 0);
+	cr_assert(h_until(replaced, &s, 5000), "an idle backend outlived max_connection_lifetime_ms");
+	cr_assert_eq(h_broker_stop(&br), 0);
+	PQfinish(s.pg);
+}
