@@ -1147,6 +1147,10 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
+	/* LISTEN keeps an agent's backend, but no notification reaches the
+	 * agent: libpq would hold every one until the connection closes. */
+	for (PGnotify *n; (n = PQnotifies(be->pg));)
+		PQfreemem(n);
 	switch (be->state) {
 	case BE_RESET:
 		if (be->parked) {
