@@ -863,19 +863,24 @@ static int batch_result(struct backend *be, struct request *r, PGresult *x)
 	return 0;
 }
 
+static int result_ok(const PGresult *x)
+{
+	ExecStatusType st = x ? PQresultStatus(x) : PGRES_FATAL_ERROR;
+
+	return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
+}
+
 /* Answer a finished batch: every result, or, when one failed, its error
- * and for every other statement a PB011 naming the one that failed. */
-static int batch_respond(struct broker *b, struct agent *a, struct request *r)
+ * and for every other statement a PB011 naming the one that failed. The
+ * caller counts the batch as one statement. */
+static void batch_respond(struct broker *b, struct agent *a, struct request *r)
 {
 	uint32_t failed = r->nsub;
 	char msg[256];
 
-	for (uint32_t i = 0; i < r->nsub && failed == r->nsub; i++) {
-		ExecStatusType st = r->bres[i] ? PQresultStatus(r->bres[i]) : PGRES_FATAL_ERROR;
-
-		if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY)
+	for (uint32_t i = 0; i < r->nsub && failed == r->nsub; i++)
+		if (!result_ok(r->bres[i]))
 			failed = i;
-	}
 	if (failed < r->nsub) {
 		const char *state = r->bres[failed] ?
 			PQresultErrorField(r->bres[failed], PG_DIAG_SQLSTATE) : NULL;
@@ -898,7 +903,6 @@ static int batch_respond(struct broker *b, struct agent *a, struct request *r)
 	}
 	if (a)
 		a->resp_more = 0;
-	return failed == r->nsub;
 }
 
 /* PQexec's rule: the last result, but an error wins. */
@@ -970,8 +974,7 @@ static void statement_done(struct broker *b, struct backend *be)
 			ok = 1;
 			state = NULL;
 			for (uint32_t i = 0; i < r->nsub && ok; i++)
-				if (!r->bres[i] ||
-				    PQresultStatus(r->bres[i]) == PGRES_FATAL_ERROR) {
+				if (!result_ok(r->bres[i])) {
 					ok = 0;
 					if (r->bres[i])
 						state = PQresultErrorField(r->bres[i],
@@ -988,10 +991,9 @@ static void statement_done(struct broker *b, struct backend *be)
 			if (state && strcmp(state, "57014") == 0)
 				b->st.c.statement_timeouts++;
 			stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
-			if (r->nsub) {
-				if (!batch_respond(b, a, r))
-					b->st.c.failed++;
-			} else if (a && be->unsupported)
+			if (r->nsub)
+				batch_respond(b, a, r);
+			else if (a && be->unsupported)
 				agent_respond_error(b, a, r->id, "PB009",
 						    "COPY is not supported through pgbroker");
 			else if (a && res)

@@ -1027,3 +1027,22 @@ Test(stats, stopped_postgresql_is_unhealthy_with_the_breaker_open, .timeout = 12
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+/* A batch is one statement in the counters, and one failure when it fails. */
+Test(stats, failed_batch_counts_once, .timeout = 60)
+{
+	struct want_counts want = { .total = 1, .failed = 1 };
+	struct pgb_stmt bad[] = { { .sql = "select 1" }, { .sql = "select 1/0" } };
+	pgb_result *res[2];
+	pgb_conn *c;
+
+	h_broker_start(&br, NULL);
+	c = h_connect(&br);
+	cr_assert_eq(pgb_batch(c, bad, 2, res), -1);
+	cr_assert_str_eq(pgb_sqlstate(res[1]), "22012");
+	for (int i = 0; i < 2; i++)
+		pgb_clear(res[i]);
+	cr_assert(h_until(counters_are, &want, 3000), "counters never matched: %s", out);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
