@@ -33,6 +33,21 @@ static int word_is(const char *w, size_t n, const char *kw)
 	return strlen(kw) == n && strncasecmp(w, kw, n) == 0;
 }
 
+/* pg_temp or pg_temp_<n>: the session's own schema for temporary objects. */
+static int temp_schema(const char *w, size_t n)
+{
+	if (n < 7 || strncasecmp(w, "pg_temp", 7) != 0)
+		return 0;
+	if (n == 7)
+		return 1;
+	if (n == 8 || w[7] != '_')
+		return 0;
+	for (size_t i = 8; i < n; i++)
+		if (!isdigit((unsigned char)w[i]))
+			return 0;
+	return 1;
+}
+
 /* An E'' string: a backslash escapes the next character, a quote too. */
 static int escape_string(const char *sql, const char *q)
 {
@@ -113,7 +128,7 @@ static int scan_session(const char *sql, int backslash)
 			    word_is(w, n, "pg_advisory_lock_shared") ||
 			    word_is(w, n, "pg_try_advisory_lock") ||
 			    word_is(w, n, "pg_try_advisory_lock_shared") ||
-			    word_is(w, n, "dblink_connect"))
+			    word_is(w, n, "dblink_connect") || temp_schema(w, n))
 				return 1;
 			prev = w;
 			prevn = n;

@@ -6,8 +6,8 @@
 
 /* 1 when the text may change session state: SET (not LOCAL, TRANSACTION or
  * CONSTRAINTS), RESET ROLE/SESSION..., PREPARE, DEALLOCATE, DISCARD, LISTEN,
- * DECLARE ... WITH HOLD, CREATE TEMP, LOAD, session advisory locks,
- * set_config(), and DO (its body is not scanned). */
+ * DECLARE ... WITH HOLD, CREATE TEMP and objects named in pg_temp, LOAD,
+ * session advisory locks, set_config(), and DO (its body is not scanned). */
 int sql_changes_session(const char *sql);
 
 /* 1 when the text is one plain statement that cannot leave a transaction

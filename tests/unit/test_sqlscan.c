@@ -16,12 +16,17 @@ Test(sqlscan, session_changing_statements)
 		"select E'it\\'s'; set search_path = x", "select e'\\'' ; SET role x",
 		/* with standard_conforming_strings off, nor a plain one */
 		"select 'it\\'s'; set search_path = x",
+		/* temporary objects named by their schema */
+		"create table pg_temp.scratch (a int)", "select 1 into pg_temp.t",
+		"CREATE FUNCTION PG_TEMP.f() RETURNS int AS 'select 1' LANGUAGE sql",
+		"create view pg_temp_3.v as select 1",
 	};
 	static const char *const no[] = {
 		"SELECT 1", "SET LOCAL work_mem = '1MB'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
 		"SET CONSTRAINTS ALL DEFERRED", "select 'set role x'", "select 1 -- set role x",
 		"UPDATE t SET a = 1", "insert into temps values (1)",
 		"select E'it\\'s set role x'", "select 'C:\\' as dir",
+		"select * from pg_temporary_stuff", "select 'pg_temp.x'",
 	};
 
 	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
