@@ -102,7 +102,7 @@ static const struct key_def keys[] = {
 		"time the breaker stays open before one probe is let through"),
 	INT_KEY(validation_interval_ms, "PGBROKER_VALIDATION_INTERVAL_MS", KIND_MS,
 		30000, 0, MS_MAX,
-		"ping a backend idle longer than this before use (0 = always)"),
+		"ping backends idle longer than this, before they are used again (0 = never)"),
 	INT_KEY(max_connection_lifetime_ms, "PGBROKER_MAX_CONNECTION_LIFETIME_MS", KIND_MS,
 		3600000, 0, MS_MAX,
 		"close a backend this old once it is idle (0 = never)"),
