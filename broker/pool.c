@@ -203,13 +203,15 @@ static void connect_failed(struct broker *b, struct backend *be, const char *why
 	b->next_connect_ns = b->now_ns + backoff_delay_ms(&bo, (int)b->connect_fails) * MS;
 	log_warn("connection to PostgreSQL failed (%u in a row): %s", b->connect_fails,
 		 b->last_connect_error);
-	if (breaker_failure(&b->breaker, b->now_ns / MS)) {
+	if (breaker_failure(&b->breaker, b->now_ns / MS))
 		log_warn("circuit breaker open after %d consecutive connection failures: "
 			 "statements fail fast for %lld ms", b->breaker.failures,
 			 (long long)(b->breaker.open_until_ms - b->now_ns / MS));
-		/* A probe is due when the breaker lets one through. */
+	/* While it is open (also when a connect started before it opened
+	 * fails now), a probe is due when the breaker lets one through: the
+	 * timers wake up for it then, not at their next routine pass. */
+	if (b->breaker.state == BREAKER_OPEN && b->next_connect_ns < b->breaker.open_until_ms * MS)
 		b->next_connect_ns = b->breaker.open_until_ms * MS;
-	}
 	be_close(b, be, CLOSE_BROKEN);
 	if (b->breaker.state == BREAKER_OPEN)
 		fail_waiters(b);
