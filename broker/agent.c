@@ -213,7 +213,7 @@ static void refuse(int fd, int status, const char *why)
 
 void agent_accept(struct broker *b, int fd)
 {
-	struct ucred cr;
+	struct ucred cr = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
 	socklen_t len = sizeof(cr);
 	struct agent *a;
 
