@@ -762,6 +762,8 @@ static void respond(struct broker *b, struct agent *a, struct response *rs)
 {
 	if (a->resp_more)
 		rs->src.head.flags |= RESP_MORE;
+	if (a->txn_open)
+		rs->src.head.flags |= RESP_IN_TXN;
 	list_add_tail(&a->responses, &rs->link);
 	a->nresponses++;
 	agent_flush(b, a);

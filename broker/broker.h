@@ -119,6 +119,7 @@ struct agent {
 	int efd;                  /* eventfd for pgb_socket, signalled when fd_armed */
 	struct backend *pinned;   /* backend holding this agent's transaction */
 	int txn_lost;             /* pinned backend died: next statement is told */
+	int txn_open;             /* its session is inside a transaction: RESP_IN_TXN */
 	int session_pinned;       /* changed session state: keeps its backend */
 	struct list responses;    /* results to stream, in order */
 	int64_t blocked_since_ns; /* response waiting for ring space since (its last progress) */

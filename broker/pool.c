@@ -370,6 +370,7 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 			 close_names[why], b->ntotal - 1);
 	if (be->owner) {
 		be->owner->pinned = NULL;
+		be->owner->txn_open = 0;
 		/* Its transaction (and any session state) died with the backend. */
 		/* ...and the agent hears it once: from the statement that was
 		 * running, or else from its next one. */
@@ -983,6 +984,10 @@ static void statement_done(struct broker *b, struct backend *be)
 									   PG_DIAG_SQLSTATE);
 				}
 		}
+		/* Ran in the agent's session (not beside it): the answer tells
+		 * whether that is inside a transaction now. */
+		if (a && (!a->pinned || a->pinned == be))
+			a->txn_open = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && rolled_back(state) &&
 		    !be->unsupported && request_retry(b, r, state)) {
 			retry = 1;

@@ -4,6 +4,7 @@
  * a slice that ends without an answer checks that the broker is still
  * there. The eventfd behind pgb_socket is signalled only when armed. */
 #include "pgbroker.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -45,6 +46,7 @@ struct flight {
 struct pgb_conn {
 	struct pgb_conn *next, *prev; /* the list of open connections: see on_fork */
 	int status;
+	int in_txn;              /* the last answer said: inside a transaction */
 	int sock;
 	int efd;                 /* readable when a result is ready and fd_armed was set */
 	int pfd;                 /* pgb_socket: an epoll set of efd and sock, so that
@@ -640,7 +642,11 @@ static pgb_result *recv_next(pgb_conn *c, int block, uint32_t *id)
 				free(blob);
 				return broken(c, "response truncated");
 			}
-			return build_result(blob, total);
+			pgb_result *r = build_result(blob, total);
+
+			if (r)
+				c->in_txn = (r->v.head.flags & RESP_IN_TXN) != 0;
+			return r;
 		}
 	}
 }
@@ -990,6 +996,11 @@ PGB_API int pgb_socket(const pgb_conn *c)
 PGB_API int pgb_in_flight(const pgb_conn *c)
 {
 	return c ? (int)c->nflights : 0;
+}
+
+int pgbi_in_transaction(const pgb_conn *c)
+{
+	return c && c->status == PGB_CONNECTION_OK && c->in_txn;
 }
 
 static void fill_errors(pgb_result **results, int from, int n, const pgb_result *why)

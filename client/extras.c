@@ -1,7 +1,9 @@
 /* libpgbroker helpers: SQLSTATE classification, pgb_retry, pgb_breaker and
- * pgb_transaction. Built on the public API only, with the broker's own
- * policies (common/sqlstate.c, common/backoff.c, common/breaker.c). */
+ * pgb_transaction. Built on the public API (and, to refuse a nested
+ * pgb_transaction, client/internal.h), with the broker's own policies
+ * (common/sqlstate.c, common/backoff.c, common/breaker.c). */
 #include "pgbroker.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -367,6 +369,11 @@ PGB_API int pgb_transaction(pgb_conn *c, pgb_txn_fn fn, void *arg, const struct 
 		return bad_argument(out, "pgb_transaction: the connection is NULL");
 	if (!fn)
 		return bad_argument(out, "pgb_transaction: fn is NULL");
+	/* Its BEGIN would only warn there, and its COMMIT would commit the
+	 * caller's transaction. */
+	if (pgbi_in_transaction(c))
+		return bad_argument(out, "pgb_transaction: called inside an open transaction; "
+					 "COMMIT or ROLLBACK it first");
 	if (o.isolation < PGB_ISOLATION_DEFAULT || o.isolation > PGB_SERIALIZABLE ||
 	    o.attempts < 0 || o.base_ms < 0 || o.max_ms < 0)
 		return bad_argument(out, "pgb_transaction: invalid options: isolation %d (allowed "

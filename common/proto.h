@@ -75,6 +75,8 @@ int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const c
  * field names, ntuples * nfields values in row order. */
 #define RESP_NULL 0xffffffffu
 #define RESP_MORE 1u   /* resp_head.flags: more responses follow for this id (batch) */
+#define RESP_IN_TXN 2u /* ...: the agent's session was inside a transaction when
+			  this response was queued (its backend is pinned) */
 
 struct resp_head {
 	uint64_t total;       /* bytes of the whole blob */

@@ -332,6 +332,51 @@ Test(api, transaction_bad_arguments, .timeout = 60)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+/* pgb_transaction inside the caller's own transaction: refused before it
+ * sends anything (its BEGIN would only warn, its COMMIT would commit the
+ * caller's work); after the caller's COMMIT or ROLLBACK it runs. Also in
+ * a failed transaction, and after a savepoint. */
+Test(api, transaction_inside_an_open_transaction_is_refused, .timeout = 60)
+{
+	struct body b = { .sql = "insert into t_nested values (2)", .report = 1 };
+	struct pgb_outcome out;
+	PGconn *pg = h_pg();
+
+	h_broker_start(&br, NULL);
+	pgb_conn *c = h_connect(&br);
+
+	pgb_clear(h_ok(c, "drop table if exists t_nested"));
+	pgb_clear(h_ok(c, "create table t_nested (v int)"));
+	pgb_clear(h_ok(c, "begin"));
+	pgb_clear(h_ok(c, "insert into t_nested values (1)"));
+	cr_assert_eq(pgb_transaction(c, plain_body, &b, NULL, &out), PGB_BAD_ARGUMENT);
+	cr_assert_str_eq(out.sqlstate, "PB006");
+	cr_assert_not_null(strstr(out.message, "inside an open transaction"), "%s", out.message);
+	cr_assert_eq(b.calls, 0, "the body ran");
+	/* the caller's transaction is still open and uncommitted */
+	cr_assert_eq(h_pg_num(pg, "select count(*) from t_nested"), 0);
+	cr_assert_eq(h_num(c, "select count(*) from t_nested"), 1);
+	pgb_clear(h_ok(c, "savepoint s"));
+	cr_assert_eq(pgb_transaction(c, plain_body, &b, NULL, &out), PGB_BAD_ARGUMENT);
+	/* failed: still inside it */
+	pgb_clear(pgb_exec(c, "select 1/0"));
+	cr_assert_eq(pgb_transaction(c, plain_body, &b, NULL, &out), PGB_BAD_ARGUMENT);
+	pgb_clear(h_ok(c, "rollback"));
+	cr_assert_eq(pgb_transaction(c, plain_body, &b, NULL, &out), PGB_OK, "%s", out.message);
+	cr_assert_eq(b.calls, 1);
+	cr_assert_eq(h_pg_num(pg, "select count(*) from t_nested"), 1);
+	/* and after a COMMIT */
+	pgb_clear(h_ok(c, "begin"));
+	cr_assert_eq(pgb_transaction(c, plain_body, &b, NULL, &out), PGB_BAD_ARGUMENT);
+	pgb_clear(h_ok(c, "commit"));
+	cr_assert_eq(pgb_transaction(c, plain_body, &b, NULL, &out), PGB_OK, "%s", out.message);
+	cr_assert_eq(h_pg_num(pg, "select count(*) from t_nested"), 2);
+	pgb_clear(h_ok(c, "drop table t_nested"));
+	pgb_finish(c);
+	PQfinish(pg);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 /* --- pgb_retry --- */
 
 struct flaky {
