@@ -95,6 +95,7 @@ void h_broker_start(struct h_broker *br, const char *const *extra)
 	if (poll(&pf, 1, wrap ? 60000 : 15000) == 1)
 		(void)!read(p[0], line, sizeof(line) - 1);
 	close(p[0]);
+	free(wrap);
 	if (strncmp(line, "ready", 5) != 0) {
 		char buf[2048] = "";
 		int fd = open(br->log, O_RDONLY);
@@ -107,6 +108,23 @@ void h_broker_start(struct h_broker *br, const char *const *extra)
 		waitpid(br->pid, NULL, 0);
 		cr_assert_fail("broker did not start; its log:\n%s", buf);
 	}
+}
+
+long long h_rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %lld", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
 }
 
 int h_broker_stop(struct h_broker *br)

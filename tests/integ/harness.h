@@ -30,6 +30,8 @@ void h_broker_start(struct h_broker *br, const char *const *extra);
 int h_broker_stop(struct h_broker *br);
 /* SIGKILL and reap. */
 void h_broker_kill(struct h_broker *br);
+/* Resident memory of a process in kB (VmRSS), -1 when it is gone. */
+long long h_rss_kb(pid_t pid);
 /* Backends of this broker, counted directly in pg_stat_activity. */
 long long h_backends(PGconn *pg, const struct h_broker *br, const char *where);
 /* Run the broker binary with args and capture exit status and output. */

@@ -684,23 +684,6 @@ Test(faults, long_queue_behind_a_statement_survives_fast_shutdown, .timeout = 90
 	PQfinish(pg);
 }
 
-static long long rss_kb(pid_t pid)
-{
-	char path[64], line[256];
-	long long kb = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %lld", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
-}
-
 /* Stream one request like libpgbroker does; 0 when the broker stopped
  * taking bytes for `stall_ms`. */
 static int raw_send(struct chan_shm *ch, struct ring *req, const uint8_t *blob, uint64_t total,
@@ -757,7 +740,7 @@ Test(faults, queued_requests_do_not_pile_up_in_the_broker, .timeout = 90)
 	req_encode(blob, sleep_sql, 0, NULL, 0);
 	cr_assert(raw_send(ch, &req, blob, n, 1, 5000));
 	cr_assert(h_until(sleep_running, pg, 5000), "statement never started");
-	before = rss_kb(br.pid);
+	before = h_rss_kb(br.pid);
 	/* a hundred 1 MiB statements queued behind the sleeping one */
 	strcpy(sql, "select 1 /* ");
 	memset(sql + 12, 'q', big);
@@ -766,7 +749,7 @@ Test(faults, queued_requests_do_not_pile_up_in_the_broker, .timeout = 90)
 	req_encode(blob, sql, 0, NULL, 0);
 	for (uint32_t id = 2; id < 102 && raw_send(ch, &req, blob, n, id, 1500); id++)
 		sent++;
-	after = rss_kb(br.pid);
+	after = h_rss_kb(br.pid);
 	cr_assert_gt(before, 0);
 	cr_assert_lt(after - before, 32 * 1024,
 		     "the broker grew by %lld KiB holding %d queued statements of one agent",
