@@ -59,6 +59,11 @@ struct pgb_conn {
 	struct ring resp;
 	uint32_t next_id;
 	struct stash *stash, *stash_tail;
+	/* A response whose frames are still arriving: kept between calls, so
+	 * that pgb_try_result never waits for the rest. */
+	uint8_t *part;
+	uint64_t part_total, part_got;
+	uint32_t part_id;
 	struct flight *flights;  /* requests whose final response is outstanding */
 	uint32_t nflights, capflights;
 	struct pgb_conn_stats stats;
@@ -344,6 +349,12 @@ PGB_API const char *pgb_error_message(const pgb_conn *c)
 	return c ? c->errmsg : "no connection";
 }
 
+static void part_drop(pgb_conn *c)
+{
+	free(c->part);
+	c->part = NULL;
+}
+
 static void stash_drop(pgb_conn *c)
 {
 	while (c->stash) {
@@ -366,6 +377,7 @@ PGB_API void pgb_finish(pgb_conn *c)
 		__atomic_store_n(&c->chan->agent_bye, 1, __ATOMIC_RELEASE);
 	conns_del(c);
 	conn_close(c);
+	part_drop(c);
 	stash_drop(c);
 	free(c->flights);
 	free(c);
@@ -593,57 +605,58 @@ bad:
  * then wait for the rest). */
 static pgb_result *recv_next(pgb_conn *c, int block, uint32_t *id)
 {
-	uint8_t *blob = NULL;
-	uint64_t total = 0, got = 0;
-
 	*id = 0;
 	for (;;) {
 		struct frame_hdr h;
 		int rc = ring_peek(&c->resp, &h);
 
 		if (rc < 0) {
-			free(blob);
+			part_drop(c);
 			return broken(c, "response ring is corrupt");
 		}
 		if (rc == 0) {
-			if (!block && !blob)
+			if (!block)
 				return NULL;
 			if (wait_broker(c, WAIT_RESPONSE, 0) < 0) {
-				free(blob);
+				part_drop(c);
 				return gone_error(c);
 			}
 			continue;
 		}
 		if (h.type != FRAME_RESP) {
-			free(blob);
+			part_drop(c);
 			return broken(c, "unexpected frame in the response ring");
 		}
 		if (h.flags & FRAME_FIRST) {
-			free(blob);
-			total = h.aux;
-			got = 0;
-			*id = h.id;
-			blob = malloc(total ? total : 1);
-			if (!blob)
+			part_drop(c);
+			c->part_total = h.aux;
+			c->part_got = 0;
+			c->part_id = h.id;
+			c->part = malloc(h.aux ? h.aux : 1);
+			if (!c->part)
 				return broken(c, "out of memory for a response");
 		}
-		if (!blob || h.len > total - got || h.id != *id) {
-			free(blob);
+		if (!c->part || h.len > c->part_total - c->part_got || h.id != c->part_id) {
+			part_drop(c);
 			return broken(c, "response frames out of order");
 		}
-		ring_read(&c->resp, 0, blob + got, h.len);
-		got += h.len;
+		ring_read(&c->resp, 0, c->part + c->part_got, h.len);
+		c->part_got += h.len;
 		ring_consume(&c->resp, &h);
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 		if (__atomic_load_n(&c->chan->resp.need_space, __ATOMIC_RELAXED))
 			notify_broker(c);
 		if (h.flags & FRAME_LAST) {
-			if (got != total) {
+			uint8_t *blob = c->part;
+			pgb_result *r;
+
+			c->part = NULL;
+			if (c->part_got != c->part_total) {
 				free(blob);
 				return broken(c, "response truncated");
 			}
-			pgb_result *r = build_result(blob, total);
-
+			*id = c->part_id;
+			r = build_result(blob, c->part_total);
 			if (r)
 				c->in_txn = (r->v.head.flags & RESP_IN_TXN) != 0;
 			return r;
@@ -762,8 +775,11 @@ static pgb_result *stash_take(pgb_conn *c, int any, uint32_t id, uint32_t *got)
  * broken connection answers every outstanding id with its error. */
 static pgb_result *wait_result(pgb_conn *c, int any, uint32_t id, int block, uint32_t *got)
 {
-	if (inherited(c))
-		stash_drop(c);  /* the parent's results, not the child's */
+	if (inherited(c)) {
+		/* the parent's results, not the child's */
+		part_drop(c);
+		stash_drop(c);
+	}
 	for (;;) {
 		pgb_result *r = stash_take(c, any, id, got);
 

@@ -111,8 +111,9 @@ pgb_result *pgb_get_result(pgb_conn *c, long long *id);
  * (then pgb_socket becomes readable when one is). */
 pgb_result *pgb_try_result(pgb_conn *c, long long *id);
 /* A file descriptor for poll/epoll/io_uring: readable when pgb_try_result
- * has returned NULL and a result has since arrived, or the broker went
- * away (pgb_try_result then answers PB003). -1 when not connected. */
+ * has returned NULL and (part of) a result has since arrived, or the
+ * broker went away (pgb_try_result then answers PB003). -1 when not
+ * connected. */
 int pgb_socket(const pgb_conn *c);
 /* Statements sent whose results have not been taken yet. */
 int pgb_in_flight(const pgb_conn *c);

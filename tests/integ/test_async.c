@@ -1,6 +1,7 @@
 /* Batch, parallel and asynchronous statements, and per-connection stats. */
 #include <criterion/criterion.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,5 +241,38 @@ Test(async, independent_retry_leaves_the_pinned_backend_alone)
 	}
 	pgb_clear(h_ok(c, "drop function retry_once()"));
 	pgb_clear(h_ok(c, "drop sequence retry_once_seq"));
+	pgb_finish(c);
+}
+
+/* pgb_try_result never waits for the rest of a response that has begun to
+ * arrive: with the broker stopped in the middle of a result bigger than
+ * the ring, it answers NULL at once (it used to wait for the last frame),
+ * and the result completes once the broker goes on. */
+Test(async, try_result_does_not_wait_for_the_rest_of_a_response, .timeout = 30)
+{
+	struct pollfd p;
+	long long id, got;
+	pgb_result *r = NULL;
+	pgb_conn *c = h_connect(&br);
+
+	p = (struct pollfd){ .fd = pgb_socket(c), .events = POLLIN };
+	/* about 2 MB, eight ring-fulls */
+	id = pgb_send(c, "select repeat('x', 1000) from generate_series(1, 2000)", 0, NULL, 0);
+	cr_assert_gt(id, 0);
+	cr_assert_null(pgb_try_result(c, &got));
+	cr_assert_eq(poll(&p, 1, 10000), 1, "no frame arrived");
+	cr_assert_eq(kill(br.pid, SIGSTOP), 0);
+	cr_assert_null(pgb_try_result(c, &got), "a whole result cannot be there yet");
+	cr_assert_eq(kill(br.pid, SIGCONT), 0);
+	while (!r) {
+		cr_assert_eq(poll(&p, 1, 10000), 1, "the rest never arrived");
+		r = pgb_try_result(c, &got);
+	}
+	cr_assert_eq(got, id);
+	cr_assert(pgb_result_ok(r), "%s", pgb_result_error(r));
+	cr_assert_eq(pgb_ntuples(r), 2000);
+	cr_assert_eq(strlen(pgb_getvalue(r, 1999, 0)), 1000);
+	pgb_clear(r);
+	cr_assert_eq(h_num(c, "select 5"), 5);
 	pgb_finish(c);
 }
