@@ -988,8 +988,11 @@ static void statement_done(struct broker *b, struct backend *be)
 		 * whether that is inside a transaction now. */
 		if (a && (!a->pinned || a->pinned == be))
 			a->txn_open = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+		/* Not a text that may have committed part of its work first
+		 * (CALL, DO, a COMMIT between statements): that part would run
+		 * twice. */
 		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && rolled_back(state) &&
-		    !be->unsupported && request_retry(b, r, state)) {
+		    r->all_or_nothing && !be->unsupported && request_retry(b, r, state)) {
 			retry = 1;
 		} else {
 			b->st.c.statements++;
@@ -1270,6 +1273,9 @@ void pool_submit(struct broker *b, struct request *r)
 		for (uint32_t i = 1; i < r->nsub && !r->session; i++)
 			r->session = sql_changes_session(r->subs[i].sql);
 		r->pipe_ok = !r->session && !r->nsub && sql_pipelinable(r->v.sql);
+		r->all_or_nothing = sql_all_or_nothing(r->v.sql);
+		for (uint32_t i = 1; i < r->nsub && r->all_or_nothing; i++)
+			r->all_or_nothing = sql_all_or_nothing(r->subs[i].sql);
 	}
 	/* The agent's statements run in its transaction or session. Not an
 	 * independent one sent before that began and back now for a retry:

@@ -55,8 +55,46 @@ static int escape_string(const char *sql, const char *q)
 	       (q - 1 == sql || !is_word((unsigned char)q[-2]));
 }
 
-/* One scan; backslash: a backslash escapes in every '' string, as with
- * standard_conforming_strings off. */
+/* Past the comment, string, quoted identifier or dollar quote that starts
+ * at p, or p itself when none does. backslash: a backslash escapes in every
+ * '' string, as with standard_conforming_strings off. */
+static const char *skip_literal(const char *sql, const char *p, int backslash)
+{
+	unsigned char c = (unsigned char)*p;
+
+	if (c == '-' && p[1] == '-') {
+		while (*p && *p != '\n')
+			p++;
+	} else if (c == '/' && p[1] == '*') {
+		int depth = 1;
+
+		for (p += 2; *p && depth; p++) {
+			if (*p == '/' && p[1] == '*')
+				depth++, p++;
+			else if (*p == '*' && p[1] == '/')
+				depth--, p++;
+		}
+	} else if (c == '\'' || c == '"') {
+		int bs = c == '\'' && (backslash || escape_string(sql, p));
+
+		for (p++; *p; p++)
+			if (bs && *p == '\\' && p[1])
+				p++;
+			else if (*p == (char)c) {
+				if (p[1] == (char)c)
+					p++;
+				else
+					break;
+			}
+		if (*p)
+			p++;
+	} else if (c == '$' && (p == sql || !is_word((unsigned char)p[-1]))) {
+		p = skip_dollar(p);
+	}
+	return p;
+}
+
+/* One scan; backslash as for skip_literal. */
 static int scan_session(const char *sql, int backslash)
 {
 	const char *p = sql;
@@ -67,35 +105,10 @@ static int scan_session(const char *sql, int backslash)
 
 	while (*p) {
 		unsigned char c = (unsigned char)*p;
+		const char *past = skip_literal(sql, p, backslash);
 
-		if (c == '-' && p[1] == '-') {
-			while (*p && *p != '\n')
-				p++;
-		} else if (c == '/' && p[1] == '*') {
-			int depth = 1;
-
-			for (p += 2; *p && depth; p++) {
-				if (*p == '/' && p[1] == '*')
-					depth++, p++;
-				else if (*p == '*' && p[1] == '/')
-					depth--, p++;
-			}
-		} else if (c == '\'' || c == '"') {
-			int bs = c == '\'' && (backslash || escape_string(sql, p));
-
-			for (p++; *p; p++)
-				if (bs && *p == '\\' && p[1])
-					p++;
-				else if (*p == (char)c) {
-					if (p[1] == (char)c)
-						p++;
-					else
-						break;
-				}
-			if (*p)
-				p++;
-		} else if (c == '$' && (p == sql || !is_word((unsigned char)p[-1]))) {
-			p = skip_dollar(p);
+		if (past != p) {
+			p = past;
 		} else if (c == ';') {
 			first = 1;
 			set_stmt = 0;
@@ -145,6 +158,51 @@ static int scan_session(const char *sql, int backslash)
 int sql_changes_session(const char *sql)
 {
 	return scan_session(sql, 0) || scan_session(sql, 1);
+}
+
+/* One scan for sql_all_or_nothing; backslash as for skip_literal. */
+static int scan_all_or_nothing(const char *sql, int backslash)
+{
+	static const char *const parts[] = {
+		"call", "do", "begin", "start", "commit", "end", "rollback", "abort",
+		"savepoint", "release", "prepare",
+	};
+	const char *p = sql;
+	int first = 1, stmts = 0;
+
+	while (*p) {
+		const char *past = skip_literal(sql, p, backslash);
+
+		if (past != p) {
+			p = past;
+		} else if (*p == ';') {
+			first = 1;
+			p++;
+		} else if (is_word((unsigned char)*p)) {
+			const char *w = p;
+			size_t n;
+
+			while (is_word((unsigned char)*p))
+				p++;
+			n = (size_t)(p - w);
+			if (!first)
+				continue;
+			first = 0;
+			if (++stmts > 1)
+				return 0;
+			for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+				if (word_is(w, n, parts[i]))
+					return 0;
+		} else {
+			p++;
+		}
+	}
+	return 1;
+}
+
+int sql_all_or_nothing(const char *sql)
+{
+	return scan_all_or_nothing(sql, 0) && scan_all_or_nothing(sql, 1);
 }
 
 int sql_pipelinable(const char *sql)

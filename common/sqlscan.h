@@ -10,6 +10,12 @@
  * session advisory locks, set_config(), and DO (its body is not scanned). */
 int sql_changes_session(const char *sql);
 
+/* 1 when an error rolls back all that the text did: one statement, not
+ * CALL or DO (a procedure or DO block may COMMIT part of its work first),
+ * nor transaction control. Only such a text may be run again after
+ * 40001 or 40P01 outside a transaction. */
+int sql_all_or_nothing(const char *sql);
+
 /* 1 when the text is one plain statement that cannot leave a transaction
  * open: it starts with SELECT, INSERT, UPDATE, DELETE, WITH, VALUES, TABLE
  * or SHOW, and holds no second statement. Such statements from different

@@ -54,3 +54,25 @@ Test(sqlscan, pipelinable_statements)
 	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
 		cr_expect_eq(sql_pipelinable(no[i]), 0, "%s", no[i]);
 }
+
+Test(sqlscan, all_or_nothing_statements)
+{
+	static const char *const yes[] = {
+		"select flaky()", "update t set a = 1", "insert into t values (';')",
+		"select 1;", "with x as (select 1) select * from x", "select 'commit; call p()'",
+		"select 1 -- ; commit", "select $$a; commit$$", "(select 1)",
+		"/* call */ select 1",
+	};
+	static const char *const no[] = {
+		"call p()", "CALL p()", "do $$ begin commit; end $$", "select 1; select 2",
+		"insert into t values (1); commit; select 1", "begin; select 1; commit",
+		"commit", "end", "rollback", "savepoint a", "prepare transaction 'x'",
+		/* with standard_conforming_strings off the ';' is outside a string */
+		"select 'a\\'; call p(); select '",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		cr_expect_eq(sql_all_or_nothing(yes[i]), 1, "%s", yes[i]);
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		cr_expect_eq(sql_all_or_nothing(no[i]), 0, "%s", no[i]);
+}
