@@ -62,6 +62,8 @@ struct request {
 	int prep_sent;            /* ...whose Prepare went out with it */
 	int prep_failed;          /* ...and failed: the server has no such statement */
 	int no_prep;              /* run it unprepared (the prepared one went stale) */
+	uint32_t stale_id;        /* run as text after prepared statement stale_id of */
+	uint32_t stale_slot;      /* ...backend stale_slot failed: stale if the text works */
 	struct list alink;        /* agent->active while it left the agent queue */
 	/* REQ_BATCH: the statements, their parameters, their results */
 	uint32_t nsub;

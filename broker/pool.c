@@ -44,6 +44,8 @@ static void keep_result(struct backend *be, PGresult *x);
 static int rolled_back(const char *state);
 static int prepared_lost(const struct request *r, const char *state);
 static int ends_transaction(const char *sql);
+static int fixed_at_prepare(const char *state);
+static void stale_forget(struct broker *b, struct request *r);
 static void capacity_result(struct broker *b, PGresult *x);
 
 struct backend *pool_by_tag(struct broker *b, uint64_t tag)
@@ -662,7 +664,19 @@ static void pipe_done(struct broker *b, struct backend *be)
 			b->st.c.retried++;
 			retry = 2;
 		}
+	} else if (a && r->prep_id && !r->prep_sent && !ok && fixed_at_prepare(state)) {
+		/* Parameter types and plans were fixed by the Prepare, maybe
+		 * before a table changed (a column's type): the text itself may
+		 * work. Run it once (nothing ran: autocommit); when it works,
+		 * the prepared statement is stale (stale_forget). */
+		r->no_prep = 1;
+		r->stale_id = r->prep_id;
+		r->stale_slot = be->slot;
+		b->st.c.retried++;
+		retry = 2;
 	}
+	if (!retry && ok)
+		stale_forget(b, r);
 	if (!retry && a && !ok && rolled_back(state) && request_retry(b, r, state))
 		retry = 1;
 	if (!retry) {
@@ -937,6 +951,27 @@ static int prepared_lost(const struct request *r, const char *state)
 	       (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
 }
 
+/* What a prepared statement may fail with where its text, analysed
+ * afresh, would not: class 42 (no operator or function for the parameter
+ * types inferred at Prepare) and class 22 (a parameter read as such a
+ * type). */
+static int fixed_at_prepare(const char *state)
+{
+	return state && (strncmp(state, "42", 2) == 0 || strncmp(state, "22", 2) == 0);
+}
+
+/* r, run as text after its prepared statement failed, worked: that
+ * statement is stale. Ids are never reused on a slot, so a backend
+ * reconnected meanwhile has no such entry. */
+static void stale_forget(struct broker *b, struct request *r)
+{
+	if (!r->stale_id)
+		return;
+	stmt_cache_forget(&b->backends[r->stale_slot].stmts, r->stale_id);
+	stmt_heat_cool(b->heat, stmt_hash(r->v.sql, (int)r->v.nparams));
+	r->stale_id = 0;
+}
+
 /* COMMIT and its kin: when the connection breaks under one, the
  * transaction may or may not have committed. */
 static int ends_transaction(const char *sql)
@@ -1001,6 +1036,8 @@ static void statement_done(struct broker *b, struct backend *be)
 			if (state && strcmp(state, "57014") == 0)
 				b->st.c.statement_timeouts++;
 			stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
+			if (ok)
+				stale_forget(b, r);
 			if (r->nsub)
 				batch_respond(b, a, r);
 			else if (a && be->unsupported)

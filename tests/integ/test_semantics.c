@@ -2,9 +2,11 @@
  * statements that commit part of their work, prepared statements under
  * table changes, and neighbours in one pipeline. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -70,5 +72,99 @@ Test(semantics, a_text_that_committed_part_of_its_work_is_not_retried)
 	cr_expect_eq(h_num(c, "select count(*) from sem_log where k = 5"), 1,
 		     "a batch with a COMMIT in it was run again");
 	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* Backends kept busy so that the agent's statements run in pipelines,
+ * where repeated texts become prepared statements. */
+static int sleeper(void *arg)
+{
+	pgb_conn *c = pgb_connect(br.dir);
+
+	(void)arg;
+	pgb_clear(pgb_exec(c, "select pg_sleep(60) /* sem_sleeper */"));
+	pgb_finish(c);
+	return 0;
+}
+
+static int sleepers_running(void *arg)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return h_backends(arg, &br, "query like '%sem_sleeper%' and state = 'active'") >= n;
+}
+
+static void with_pipelines(pid_t *kids, int n, PGconn *pg)
+{
+	for (int i = 0; i < n; i++)
+		kids[i] = h_fork(sleeper, NULL);
+	cr_assert(h_until(sleepers_running, pg, 10000), "sleepers did not start");
+}
+
+static void without_pipelines(pid_t *kids, int n)
+{
+	for (int i = 0; i < n; i++) {
+		kill(kids[i], SIGKILL);
+		h_wait(kids[i], 10000);
+	}
+}
+
+/* A column's type changes under a prepared statement with a parameter:
+ * the text run by itself finds the new type; so must the broker. */
+Test(semantics, a_column_type_change_under_a_prepared_statement_is_invisible)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	char size[16];
+	pid_t kids[64];
+	PGconn *pg = h_pg();
+	PGresult *x;
+	pgb_conn *c;
+	const char *v[] = { "7" };
+
+	cr_assert(n > 0 && n < 60);
+	snprintf(size, sizeof(size), "%ld", n + 2);
+	h_broker_start(&br, (const char *[]){ "--min-pool-size", "1", "--pool-size", size,
+					"--max-pool-size", size, NULL });
+	x = PQexec(pg, "drop table if exists sem_ty; create table sem_ty (a int); "
+		       "insert into sem_ty values (7)");
+	cr_assert_eq(PQresultStatus(x), PGRES_COMMAND_OK, "%s", PQerrorMessage(pg));
+	PQclear(x);
+	with_pipelines(kids, (int)n, pg);
+	c = h_connect(&br);
+	for (int i = 0; i < 20; i++) {
+		pgb_result *r = pgb_exec_params(c, "select a from sem_ty where a = $1", 1, v);
+
+		cr_assert(pgb_result_ok(r), "%s", pgb_result_error(r));
+		cr_assert_eq(pgb_ntuples(r), 1);
+		pgb_clear(r);
+	}
+	x = PQexec(pg, "alter table sem_ty alter a type text");
+	cr_assert_eq(PQresultStatus(x), PGRES_COMMAND_OK, "%s", PQerrorMessage(pg));
+	PQclear(x);
+	for (int i = 0; i < 20; i++) {
+		pgb_result *r = pgb_exec_params(c, "select a from sem_ty where a = $1", 1, v);
+
+		cr_assert(pgb_result_ok(r), "round %d: %s %s", i, pgb_sqlstate(r),
+			  pgb_result_error(r));
+		cr_assert_str_eq(pgb_getvalue(r, 0, 0), "7");
+		pgb_clear(r);
+	}
+	/* A prepared statement's own errors run the text once more, and that
+	 * fails the same way: the prepared statement is kept, not forgotten
+	 * and prepared again under a new name each time (the server would
+	 * hold every one of them). */
+	for (int i = 0; i < 40; i++) {
+		pgb_result *r = pgb_exec_params(c, "select 1 / ($1::int - 7)", 1, v);
+
+		cr_assert_str_eq(pgb_sqlstate(r), "22012", "round %d", i);
+		pgb_clear(r);
+	}
+	for (int i = 0; i < 10; i++)
+		cr_assert_leq(h_num(c, "select count(*) from pg_prepared_statements "
+				    "where name like '\\_pgbroker\\_%'"), 4,
+			      "prepared statements pile up on the server");
+	pgb_finish(c);
+	without_pipelines(kids, (int)n);
+	PQfinish(pg);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
