@@ -48,6 +48,15 @@ static int temp_schema(const char *w, size_t n)
 	return 1;
 }
 
+/* Functions and schemas whose use leaves session state behind. */
+static int session_name(const char *w, size_t n)
+{
+	return word_is(w, n, "set_config") || word_is(w, n, "pg_advisory_lock") ||
+	       word_is(w, n, "pg_advisory_lock_shared") || word_is(w, n, "pg_try_advisory_lock") ||
+	       word_is(w, n, "pg_try_advisory_lock_shared") || word_is(w, n, "dblink_connect") ||
+	       word_is(w, n, "dblink_connect_u") || temp_schema(w, n);
+}
+
 /* An E'' string: a backslash escapes the next character, a quote too. */
 static int escape_string(const char *sql, const char *q)
 {
@@ -108,6 +117,11 @@ static int scan_session(const char *sql, int backslash)
 		const char *past = skip_literal(sql, p, backslash);
 
 		if (past != p) {
+			/* "set_config"(...) or "pg_temp".t name what they name
+			 * unquoted: look inside a quoted identifier */
+			if (c == '"' && past - p >= 2 && past[-1] == '"' &&
+			    session_name(p + 1, (size_t)(past - p) - 2))
+				return 1;
 			p = past;
 		} else if (c == ';') {
 			first = 1;
@@ -136,12 +150,7 @@ static int scan_session(const char *sql, int backslash)
 					return 1;
 			}
 			if (word_is(w, n, "temp") || word_is(w, n, "temporary") ||
-			    word_is(w, n, "hold") || word_is(w, n, "set_config") ||
-			    word_is(w, n, "pg_advisory_lock") ||
-			    word_is(w, n, "pg_advisory_lock_shared") ||
-			    word_is(w, n, "pg_try_advisory_lock") ||
-			    word_is(w, n, "pg_try_advisory_lock_shared") ||
-			    word_is(w, n, "dblink_connect") || temp_schema(w, n))
+			    word_is(w, n, "hold") || session_name(w, n))
 				return 1;
 			prev = w;
 			prevn = n;

@@ -7,7 +7,8 @@
 /* 1 when the text may change session state: SET (not LOCAL, TRANSACTION or
  * CONSTRAINTS), RESET ROLE/SESSION..., PREPARE, DEALLOCATE, DISCARD, LISTEN,
  * DECLARE ... WITH HOLD, CREATE TEMP and objects named in pg_temp, LOAD,
- * session advisory locks, set_config(), and DO (its body is not scanned). */
+ * session advisory locks, set_config(), dblink connections (also by quoted
+ * names), and DO (its body is not scanned). */
 int sql_changes_session(const char *sql);
 
 /* 1 when an error rolls back all that the text did: one statement, not

@@ -168,3 +168,38 @@ Test(semantics, a_column_type_change_under_a_prepared_statement_is_invisible)
 	PQfinish(pg);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+/* Session state through a quoted name is session state all the same: the
+ * agent keeps its backend, and the next agent on one backend sees none. */
+Test(semantics, quoted_names_do_not_hide_session_state)
+{
+	pgb_conn *a, *b;
+	pgb_result *r;
+
+	h_broker_start(&br, (const char *[]){ "--min-pool-size", "1", "--pool-size", "1",
+					       "--max-pool-size", "1", "--acquire-timeout-ms", "500",
+					       NULL });
+	a = h_connect(&br);
+	pgb_clear(h_ok(a, "select \"set_config\"('search_path', 'sem_evil', false)"));
+	r = h_ok(a, "select current_setting('search_path')");
+	cr_expect_str_eq(pgb_getvalue(r, 0, 0), "sem_evil", "the agent lost its own setting");
+	pgb_clear(r);
+	b = h_connect(&br);
+	r = pgb_exec(b, "select current_setting('search_path')");
+	if (pgb_result_ok(r))
+		cr_expect_str_neq(pgb_getvalue(r, 0, 0), "sem_evil",
+				  "another agent got the first one's search_path");
+	else	/* the one backend is the first agent's */
+		cr_expect_str_eq(pgb_sqlstate(r), "PB001");
+	pgb_clear(r);
+	pgb_finish(a);
+	pgb_clear(h_ok(b, "create table \"pg_temp\".sem_scratch (k int)"));
+	pgb_clear(h_ok(b, "insert into sem_scratch values (1)"));
+	pgb_finish(b);
+	a = h_connect(&br);
+	r = h_ok(a, "select to_regclass('pg_temp.sem_scratch') is null");
+	cr_expect_str_eq(pgb_getvalue(r, 0, 0), "t", "another agent's temporary table is visible");
+	pgb_clear(r);
+	pgb_finish(a);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}

@@ -20,6 +20,10 @@ Test(sqlscan, session_changing_statements)
 		"create table pg_temp.scratch (a int)", "select 1 into pg_temp.t",
 		"CREATE FUNCTION PG_TEMP.f() RETURNS int AS 'select 1' LANGUAGE sql",
 		"create view pg_temp_3.v as select 1",
+		/* quoted names are the same names */
+		"select \"set_config\"('search_path', 'x', false)",
+		"select pg_catalog.\"pg_advisory_lock\"(1)", "create table \"pg_temp\".t (a int)",
+		"select dblink_connect_u('c', 'dbname=x')",
 	};
 	static const char *const no[] = {
 		"SELECT 1", "SET LOCAL work_mem = '1MB'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
@@ -27,6 +31,7 @@ Test(sqlscan, session_changing_statements)
 		"UPDATE t SET a = 1", "insert into temps values (1)",
 		"select E'it\\'s set role x'", "select 'C:\\' as dir",
 		"select * from pg_temporary_stuff", "select 'pg_temp.x'",
+		"select \"set_configs\" from t", "select 1 as \"pg_temp x\"",
 	};
 
 	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
