@@ -43,7 +43,7 @@ static void pipe_leave(struct broker *b, struct backend *be);
 static void keep_result(struct backend *be, PGresult *x);
 static int rolled_back(const char *state);
 static int prepared_lost(const struct request *r, const char *state);
-static int ends_transaction(const char *sql);
+static int ends_transaction(const struct request *r);
 static int fixed_at_prepare(const char *state);
 static void stale_forget(struct broker *b, struct request *r);
 static void capacity_result(struct broker *b, PGresult *x);
@@ -338,7 +338,7 @@ static void fail_request(struct broker *b, struct request *r, int in_txn)
 	if (r->agent) {
 		b->st.c.statements++;
 		b->st.c.failed++;
-		if (in_txn && !ends_transaction(r->v.sql))
+		if (in_txn && !ends_transaction(r))
 			agent_respond_error(b, r->agent, r->id, "08006",
 					    "connection to PostgreSQL lost inside a transaction; "
 					    "the transaction was rolled back");
@@ -972,14 +972,16 @@ static void stale_forget(struct broker *b, struct request *r)
 	r->stale_id = 0;
 }
 
-/* COMMIT and its kin: when the connection breaks under one, the
- * transaction may or may not have committed. */
-static int ends_transaction(const char *sql)
+/* COMMIT and its kin, in any statement of r: when the connection breaks
+ * under one, the transaction may or may not have committed. */
+static int ends_transaction(const struct request *r)
 {
-	while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r')
-		sql++;
-	return strncasecmp(sql, "commit", 6) == 0 || strncasecmp(sql, "end", 3) == 0 ||
-	       strncasecmp(sql, "prepare transaction", 19) == 0;
+	if (sql_may_commit(r->v.sql))
+		return 1;
+	for (uint32_t i = 1; i < r->nsub; i++)
+		if (sql_may_commit(r->subs[i].sql))
+			return 1;
+	return 0;
 }
 
 static void statement_done(struct broker *b, struct backend *be)

@@ -169,16 +169,15 @@ int sql_changes_session(const char *sql)
 	return scan_session(sql, 0) || scan_session(sql, 1);
 }
 
-/* One scan for sql_all_or_nothing; backslash as for skip_literal. */
-static int scan_all_or_nothing(const char *sql, int backslash)
+/* One scan; backslash as for skip_literal. 1 when a statement of the text
+ * begins with one of the n words; *stmts: how many statements it holds. */
+static int first_words(const char *sql, int backslash, const char *const *words, size_t n,
+		       int *stmts)
 {
-	static const char *const parts[] = {
-		"call", "do", "begin", "start", "commit", "end", "rollback", "abort",
-		"savepoint", "release", "prepare",
-	};
 	const char *p = sql;
-	int first = 1, stmts = 0;
+	int first = 1;
 
+	*stmts = 0;
 	while (*p) {
 		const char *past = skip_literal(sql, p, backslash);
 
@@ -189,29 +188,44 @@ static int scan_all_or_nothing(const char *sql, int backslash)
 			p++;
 		} else if (is_word((unsigned char)*p)) {
 			const char *w = p;
-			size_t n;
 
 			while (is_word((unsigned char)*p))
 				p++;
-			n = (size_t)(p - w);
 			if (!first)
 				continue;
 			first = 0;
-			if (++stmts > 1)
-				return 0;
-			for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-				if (word_is(w, n, parts[i]))
-					return 0;
+			(*stmts)++;
+			for (size_t i = 0; i < n; i++)
+				if (word_is(w, (size_t)(p - w), words[i]))
+					return 1;
 		} else {
 			p++;
 		}
 	}
-	return 1;
+	return 0;
 }
 
 int sql_all_or_nothing(const char *sql)
 {
-	return scan_all_or_nothing(sql, 0) && scan_all_or_nothing(sql, 1);
+	static const char *const parts[] = {
+		"call", "do", "begin", "start", "commit", "end", "rollback", "abort",
+		"savepoint", "release", "prepare",
+	};
+	const size_t n = sizeof(parts) / sizeof(parts[0]);
+	int stmts;
+
+	for (int backslash = 0; backslash <= 1; backslash++)
+		if (first_words(sql, backslash, parts, n, &stmts) || stmts > 1)
+			return 0;
+	return 1;
+}
+
+int sql_may_commit(const char *sql)
+{
+	static const char *const ends[] = { "commit", "end", "prepare" };
+	int stmts;
+
+	return first_words(sql, 0, ends, 3, &stmts) || first_words(sql, 1, ends, 3, &stmts);
 }
 
 int sql_pipelinable(const char *sql)

@@ -17,6 +17,10 @@ int sql_changes_session(const char *sql);
  * 40001 or 40P01 outside a transaction. */
 int sql_all_or_nothing(const char *sql);
 
+/* 1 when a statement of the text may commit the transaction it runs in:
+ * COMMIT (also COMMIT PREPARED), END, PREPARE TRANSACTION. */
+int sql_may_commit(const char *sql);
+
 /* 1 when the text is one plain statement that cannot leave a transaction
  * open: it starts with SELECT, INSERT, UPDATE, DELETE, WITH, VALUES, TABLE
  * or SHOW, and holds no second statement. Such statements from different

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -201,5 +202,167 @@ Test(semantics, quoted_names_do_not_hide_session_state)
 	cr_expect_str_eq(pgb_getvalue(r, 0, 0), "t", "another agent's temporary table is visible");
 	pgb_clear(r);
 	pgb_finish(a);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* Agents sharing pipelines each get their own answers: neighbours that
+ * fail, time out (57014) or die with a statement in the pipeline change
+ * nothing for the others. */
+#define NAG 4
+
+struct shared {
+	int stop;
+	int done[NAG], bad[NAG], timeouts[NAG];
+	char why[NAG][200];
+};
+
+static struct shared *sh;
+
+static int neighbour(void *arg)
+{
+	int me = (int)(long)arg;
+	pgb_conn *c = pgb_connect(br.dir);
+
+	if (pgb_status(c) != PGB_CONNECTION_OK)
+		return 2;
+	for (int i = 0; !__atomic_load_n(&sh->stop, __ATOMIC_RELAXED); i++) {
+		char v[16], want[32], sql[96];
+		const char *p[1] = { v };
+		const char *state = "";
+		pgb_result *r;
+
+		snprintf(v, sizeof(v), "%d", i);
+		snprintf(want, sizeof(want), "%d", i * 10 + me);
+		if (i % 97 == 50) {
+			r = pgb_exec_params(c, "select pg_sleep(0.5), $1::int", 1, p);
+			state = "57014";
+		} else if (i % 7 == 3) {
+			r = pgb_exec_params(c, "select 1 / ($1::int - $1::int)", 1, p);
+			state = "22012";
+		} else {
+			snprintf(sql, sizeof(sql), "select $1::int * 10 + %d", me);
+			r = pgb_exec_params(c, sql, 1, p);
+		}
+		if (*state ? strcmp(pgb_sqlstate(r), state) != 0 :
+			     !pgb_result_ok(r) || strcmp(pgb_getvalue(r, 0, 0), want) != 0) {
+			sh->bad[me]++;
+			snprintf(sh->why[me], sizeof(sh->why[me]), "round %d: want %s, got %s %s %s",
+				 i, *state ? state : want, pgb_sqlstate(r),
+				 pgb_result_ok(r) && pgb_nfields(r) ? pgb_getvalue(r, 0, 0) : "",
+				 pgb_result_error(r));
+		}
+		if (*state && strcmp(pgb_sqlstate(r), "57014") == 0)
+			sh->timeouts[me]++;
+		pgb_clear(r);
+		__atomic_add_fetch(&sh->done[me], 1, __ATOMIC_RELAXED);
+	}
+	pgb_finish(c);
+	return 0;
+}
+
+/* Runs its statements until it is killed. */
+static int victim(void *arg)
+{
+	pgb_conn *c = pgb_connect(br.dir);
+
+	(void)arg;
+	for (;;)
+		pgb_clear(pgb_exec(c, "select 1 + 1, pg_sleep(0.001)"));
+	return 0;
+}
+
+static int total_done(void)
+{
+	int n = 0;
+
+	for (int i = 0; i < NAG; i++)
+		n += __atomic_load_n(&sh->done[i], __ATOMIC_RELAXED);
+	return n;
+}
+
+static int reached(void *arg)
+{
+	return total_done() >= *(int *)arg;
+}
+
+Test(semantics, neighbours_in_a_pipeline_get_their_own_answers, .timeout = 150)
+{
+	pid_t kids[NAG];
+	int target;
+
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(sh, MAP_FAILED);
+	memset(sh, 0, sizeof(*sh));
+	h_broker_start(&br, (const char *[]){ "--min-pool-size", "2", "--pool-size", "2",
+					       "--max-pool-size", "2", "--statement-timeout-ms",
+					       "200", NULL });
+	for (int i = 0; i < NAG; i++)
+		kids[i] = h_fork(neighbour, (void *)(long)i);
+	for (int k = 0; k < 6; k++) {
+		pid_t v = h_fork(victim, NULL);
+
+		target = total_done() + 300;
+		cr_assert(h_until(reached, &target, 60000), "too slow: %d", total_done());
+		kill(v, SIGKILL);
+		h_wait(v, 10000);
+	}
+	__atomic_store_n(&sh->stop, 1, __ATOMIC_RELAXED);
+	for (int i = 0; i < NAG; i++) {
+		cr_assert_eq(h_wait(kids[i], 30000), 0, "agent %d", i);
+		cr_expect_eq(sh->bad[i], 0, "agent %d: %d wrong answers, e.g. %s", i, sh->bad[i],
+			     sh->why[i]);
+	}
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* The connection breaks while a text that commits runs inside a
+ * transaction: it may have committed, so the agent must hear 08007
+ * (unknown), not 08006 (rolled back), however the COMMIT is written. */
+static int committing(void *arg)
+{
+	return h_backends(arg, &br, "query like '%sem_commit%' and state = 'active'") == 1;
+}
+
+Test(semantics, a_commit_in_flight_is_never_reported_rolled_back)
+{
+	static const char *const texts[] = {
+		"/* sem_commit */ commit",
+		"commit /* sem_commit */",
+		"insert into sem_c values (2); commit /* sem_commit */",
+	};
+	PGconn *pg = h_pg();
+	PGresult *x;
+	pgb_conn *c;
+	char sql[256];
+
+	h_broker_start(&br, NULL);
+	x = PQexec(pg, "drop table if exists sem_c; create table sem_c (k int);"
+		       "create or replace function sem_slow() returns trigger language plpgsql as $$"
+		       "begin perform pg_sleep(30); return null; end $$;"
+		       "create constraint trigger sem_slow after insert on sem_c "
+		       "deferrable initially deferred for each row execute function sem_slow()");
+	cr_assert_eq(PQresultStatus(x), PGRES_COMMAND_OK, "%s", PQerrorMessage(pg));
+	PQclear(x);
+	snprintf(sql, sizeof(sql), "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+		 "where application_name = '%s' and query like '%%sem_commit%%'",
+		 strrchr(br.dir, '/') + 1);
+	c = h_connect(&br);
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		long long id;
+		pgb_result *r;
+
+		pgb_clear(h_ok(c, "begin"));
+		pgb_clear(h_ok(c, "insert into sem_c values (1)"));
+		id = pgb_send(c, texts[i], 0, NULL, 0);
+		cr_assert_gt(id, 0);
+		cr_assert(h_until(committing, pg, 10000), "the COMMIT never ran");
+		cr_assert_eq(h_pg_num(pg, sql), 1);
+		r = pgb_get_result(c, &id);
+		cr_expect_str_eq(pgb_sqlstate(r), "08007", "%s: %s", texts[i], pgb_result_error(r));
+		pgb_clear(r);
+		pgb_clear(pgb_exec(c, "select 1"));	/* the connection is good again */
+	}
+	pgb_finish(c);
+	PQfinish(pg);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }

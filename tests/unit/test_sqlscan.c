@@ -81,3 +81,21 @@ Test(sqlscan, all_or_nothing_statements)
 	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
 		cr_expect_eq(sql_all_or_nothing(no[i]), 0, "%s", no[i]);
 }
+
+Test(sqlscan, statements_that_may_commit)
+{
+	static const char *const yes[] = {
+		"commit", "COMMIT", "end", "commit and chain", "commit prepared 'x'",
+		"prepare transaction 'x'", "/* app */ commit", "insert into t values (1); commit",
+		"-- note\ncommit", ";commit", "select 'a\\'; commit; select '",
+	};
+	static const char *const no[] = {
+		"rollback", "select 'commit'", "select 1 -- ; commit", "update t set ending = 1",
+		"insert into commits values (1)", "select $$; commit$$",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		cr_expect_eq(sql_may_commit(yes[i]), 1, "%s", yes[i]);
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		cr_expect_eq(sql_may_commit(no[i]), 0, "%s", no[i]);
+}
