@@ -366,3 +366,48 @@ Test(semantics, a_commit_in_flight_is_never_reported_rolled_back)
 	PQfinish(pg);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+/* Transaction control inside texts of several statements pins and unpins
+ * as on a connection of one's own; SET LOCAL ends with its transaction. */
+Test(semantics, transactions_opened_and_closed_inside_texts)
+{
+	pgb_conn *a, *b;
+	pgb_result *r;
+
+	h_broker_start(&br, (const char *[]){ "--min-pool-size", "2", "--pool-size", "2",
+					       "--max-pool-size", "2", NULL });
+	a = h_connect(&br);
+	b = h_connect(&br);
+	pgb_clear(h_ok(a, "drop table if exists sem_m; create table sem_m (k int)"));
+	pgb_clear(h_ok(a, "select 1; begin; set local statement_timeout = '4321ms'"));
+	pgb_clear(h_ok(a, "insert into sem_m values (1)"));
+	cr_expect_eq(h_num(b, "select count(*) from sem_m"), 0, "uncommitted work is visible");
+	r = h_ok(a, "select current_setting('statement_timeout')");
+	cr_expect_str_eq(pgb_getvalue(r, 0, 0), "4321ms");
+	pgb_clear(r);
+	r = h_ok(a, "commit; select 2");
+	cr_expect_str_eq(pgb_getvalue(r, 0, 0), "2");
+	pgb_clear(r);
+	cr_expect_eq(h_num(b, "select count(*) from sem_m"), 1);
+	for (int i = 0; i < 4; i++) {
+		r = h_ok(i % 2 ? a : b, "select current_setting('statement_timeout')");
+		cr_expect_str_neq(pgb_getvalue(r, 0, 0), "4321ms", "SET LOCAL outlived COMMIT");
+		pgb_clear(r);
+	}
+	/* a COMMIT of a failed transaction rolls back */
+	pgb_clear(h_ok(a, "begin; insert into sem_m values (2); savepoint s"));
+	r = pgb_exec(a, "insert into sem_m values (1/0)");
+	cr_expect_str_eq(pgb_sqlstate(r), "22012");
+	pgb_clear(r);
+	pgb_clear(h_ok(a, "rollback to savepoint s; insert into sem_m values (3)"));
+	r = pgb_exec(a, "select 1/0");
+	pgb_clear(r);
+	pgb_clear(h_ok(a, "commit"));
+	cr_expect_eq(h_num(b, "select count(*) from sem_m"), 1, "a failed transaction committed");
+	/* one text, a whole transaction */
+	pgb_clear(h_ok(a, "begin; insert into sem_m values (4); commit"));
+	cr_expect_eq(h_num(b, "select count(*) from sem_m where k = 4"), 1);
+	pgb_finish(a);
+	pgb_finish(b);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
