@@ -771,9 +771,6 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 	be->req = r;
 	be->head_ns = b->now_ns;
 	r->be = be;
-	if (!r->attempts)
-		stats_hist_add(&b->st.acquire,
-			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
 	if (r->session && r->agent && !r->agent->session_pinned &&
 	    (!r->agent->pinned || r->agent->pinned == be)) {
 		log_debug("agent %u changes session state: keeping backend %u for its session",
@@ -787,9 +784,12 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 	/* A pipeline costs a little more per statement (extended protocol)
 	 * and pays only when others can join it: start one when busy. */
 	if (r->pipe_ok && be->state != BE_PINNED && b->nbusy + 1 >= b->busy_target) {
-		pipe_start(b, be, r);
+		pipe_start(b, be, r);	/* pipe_send counts its wait */
 		return;
 	}
+	if (!r->attempts)
+		stats_hist_add(&b->st.acquire,
+			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
 	be_set_state(b, be, BE_BUSY);
 	if (r->nsub) {
 		be_start_batch(b, be, r);

@@ -1046,3 +1046,25 @@ Test(stats, failed_batch_counts_once, .timeout = 60)
 	pgb_finish(c);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+/* Every statement waits for a backend once: also the one that starts a
+ * pipeline (many agents on few cores), and the ones that join it. */
+Test(stats, each_statement_counts_one_acquire, .timeout = 90)
+{
+	enum { N = 8, OK = 60 };
+	struct work w = { .ok = OK, .hold_fd = -1, .ready_fd = -1 };
+	struct want_counts want = { .total = N * OK, .failed = 0 };
+	pid_t pids[N];
+	struct jdoc *d;
+
+	h_broker_start(&br, NULL);
+	for (int i = 0; i < N; i++)
+		pids[i] = h_fork(agent_work, &w);
+	wait_all(pids, N, 60000);
+	cr_assert(h_until(counters_are, &want, 5000), "counters never matched: %s", out);
+	d = json_now(NULL);
+	cr_assert_eq(jnum(d, "acquire_ms.count"), N * OK, "%g acquires for %d statements",
+		     jnum(d, "acquire_ms.count"), N * OK);
+	cr_assert_eq(jnum(d, "latency_ms.count"), N * OK);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
