@@ -61,9 +61,16 @@ void stats_hist_delta(const struct stats_hist *now, const struct stats_hist *bef
 {
 	out->count = now->count - before->count;
 	out->sum_us = now->sum_us - before->sum_us;
-	out->max_us = now->max_us;
-	for (unsigned i = 0; i < STATS_BUCKETS; i++)
+	out->max_us = 0;
+	for (unsigned i = 0; i < STATS_BUCKETS; i++) {
 		out->bucket[i] = now->bucket[i] - before->bucket[i];
+		/* now's max may be older than before: the interval's own is
+		 * at most the top of its highest bucket */
+		if (out->bucket[i])
+			out->max_us = stats_bucket_high(i) - 1;
+	}
+	if (out->max_us > now->max_us)
+		out->max_us = now->max_us;
 }
 
 int stats_check(const void *p, size_t len, char *err, size_t errlen)

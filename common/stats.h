@@ -216,7 +216,8 @@ uint64_t stats_bucket_high(unsigned i);
 uint64_t stats_hist_pct(const struct stats_hist *h, double p);
 /* Mean in us, 0 when empty. */
 double stats_hist_avg(const struct stats_hist *h);
-/* out = now - before, bucket by bucket (max is now's). */
+/* out = now - before, bucket by bucket; max is the interval's own, at most
+ * a bucket's width above the true one (now's max when that is lower). */
 void stats_hist_delta(const struct stats_hist *now, const struct stats_hist *before,
 		      struct stats_hist *out);
 

@@ -168,6 +168,34 @@ Test(stats, delta_between_two_histograms)
 	cr_assert_eq(d.bucket[stats_bucket(100)], 0);
 }
 
+/* An interval's percentiles know nothing of an older, slower value: its
+ * max is its own (within a bucket), not the one since start. */
+Test(stats, delta_percentiles_ignore_an_older_maximum)
+{
+	struct stats_hist a = { 0 }, b, d;
+
+	stats_hist_add(&a, 5000000);   /* a 5 s wait at start */
+	b = a;
+	for (int i = 0; i < 10; i++)
+		stats_hist_add(&b, 1000);
+	stats_hist_delta(&b, &a, &d);
+	cr_assert_eq(d.count, 10);
+	cr_assert_leq(stats_hist_pct(&d, 0.99), 1250, "p99 %llu",
+		      (unsigned long long)stats_hist_pct(&d, 0.99));
+	cr_assert_geq(stats_hist_pct(&d, 0.99), 1000);
+	cr_assert_geq(d.max_us, 1000);
+	cr_assert_leq(d.max_us, 1250);
+	/* the newest values include the max: it stays exact */
+	stats_hist_add(&b, 7000000);
+	stats_hist_delta(&b, &a, &d);
+	cr_assert_eq(d.max_us, 7000000);
+	cr_assert_eq(stats_hist_pct(&d, 1.0), 7000000);
+	/* nothing new: nothing to show */
+	stats_hist_delta(&a, &a, &d);
+	cr_assert_eq(d.max_us, 0);
+	cr_assert_eq(stats_hist_pct(&d, 0.99), 0);
+}
+
 /* ---- the segment: checks and the seqlock reader ------------------------ */
 
 struct fake_seg {
