@@ -2,6 +2,7 @@
  * read the same way poolstat reads it, without talking to the broker. */
 #include "pgbroker.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,11 @@ PGB_API int pgb_pool_health(const char *dir, struct pgb_health *h)
 		goto out;
 	rc = stats_read(m.seg, s);
 	stats_map_close(&m);
+	if (rc == -ESRCH) {
+		snprintf(h->error, sizeof(h->error), "no broker at %s: stale stats segment left "
+			 "by pid %d (it died while writing it)", dir, (int)s->d.broker_pid);
+		goto out;
+	}
 	if (rc < 0) {
 		snprintf(h->error, sizeof(h->error), "%s/%s: the broker kept changing it; "
 			 "no consistent snapshot", dir, STATS_FILE);

@@ -208,6 +208,20 @@ static int seq_valid(const uint32_t *seq, uint32_t a)
 	return __atomic_load_n(seq, __ATOMIC_RELAXED) == a;
 }
 
+/* A seqlock that stayed odd: -ESRCH when its writer is gone (killed in the
+ * middle of a write, it never becomes even again), else -EAGAIN. The pid
+ * is the same in every publication, so it reads whole even mid-write. */
+static int seq_stuck(const struct stats_seg *s, struct stats_snap *out)
+{
+	int32_t pid = __atomic_load_n(&s->d.broker_pid, __ATOMIC_RELAXED);
+
+	if (pid > 0 && kill(pid, 0) < 0 && errno == ESRCH) {
+		out->d.broker_pid = pid;
+		return -ESRCH;
+	}
+	return -EAGAIN;
+}
+
 int stats_read(const struct stats_seg *s, struct stats_snap *out)
 {
 	const char *base = (const char *)s;
@@ -218,7 +232,7 @@ int stats_read(const struct stats_seg *s, struct stats_snap *out)
 		uint32_t a = seq_enter(&s->seq);
 
 		if (a & 1)
-			return -EAGAIN;
+			return seq_stuck(s, out);
 		memcpy(&out->d, (const void *)&s->d, sizeof(out->d));
 		if (seq_valid(&s->seq, a))
 			break;
@@ -231,7 +245,7 @@ int stats_read(const struct stats_seg *s, struct stats_snap *out)
 		uint32_t a = seq_enter(&s->hseq), nb, na;
 
 		if (a & 1)
-			return -EAGAIN;
+			return seq_stuck(s, out);
 		memcpy(&out->h, (const void *)&s->h, sizeof(out->h));
 		nb = rows_fit(out->h.nbackends, out->backends ? out->cap_backends : 0,
 			      s->max_backends, s->backends_off, sizeof(struct stats_backend), s->size);

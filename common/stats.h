@@ -262,8 +262,10 @@ void stats_map_close(struct stats_map *m);
 /* Check a segment image of len bytes (what stats_map_open does after mmap). */
 int stats_check(const void *seg, size_t len, char *err, size_t errlen);
 /* Copy a snapshot: d consistent in itself, h and the rows consistent in
- * themselves (h is the last health sample, d may be newer). 0, or -EAGAIN
- * when the writer kept changing it (try again later). */
+ * themselves (h is the last health sample, d may be newer). 0, -EAGAIN
+ * when the writer kept changing it (try again later), or -ESRCH when the
+ * writer died in the middle of a write (a stale segment; out->d.broker_pid
+ * names it). */
 int stats_read(const struct stats_seg *s, struct stats_snap *out);
 /* Is the writer of this snapshot alive? 0 fresh, 1 alive but not publishing
  * for STATS_STALE_MS, -ESRCH when its process is gone (a stale segment). */

@@ -84,6 +84,11 @@ static int load(struct view *v, char *err, size_t errlen)
 	}
 	rc = stats_read(m.seg, &v->s);
 	stats_map_close(&m);
+	if (rc == -ESRCH) {
+		snprintf(err, errlen, "no broker at %s: stale stats segment left by pid %d "
+			 "(it died while writing it)", v->dir, (int)v->s.d.broker_pid);
+		return EXIT_NO_BROKER;
+	}
 	if (rc < 0) {
 		snprintf(err, errlen, "%s/%s: the broker kept changing it; no consistent snapshot",
 			 v->dir, STATS_FILE);

@@ -1068,3 +1068,52 @@ Test(stats, each_statement_counts_one_acquire, .timeout = 90)
 	cr_assert_eq(jnum(d, "latency_ms.count"), N * OK);
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
+
+/* A broker killed in the middle of publishing leaves a seqlock odd for
+ * good: readers call that a stale segment at once, not a busy one. */
+Test(stats, a_segment_left_mid_write_reads_as_no_broker, .timeout = 60)
+{
+	static const char *const modes[] = { "--once", "--json", "--prometheus" };
+	uint64_t be_off = (sizeof(struct stats_seg) + 7) & ~7ull;
+	size_t len = be_off + sizeof(struct stats_backend) + sizeof(struct stats_agent);
+	struct stats_seg *seg = calloc(1, len);
+	char dir[] = "/tmp/pgb-stats-test.XXXXXX", path[256];
+	struct pgb_health ph;
+	pid_t dead = fork();
+	int fd;
+
+	cr_assert_geq(dead, 0);
+	if (dead == 0)
+		_exit(0);
+	cr_assert_eq(waitpid(dead, NULL, 0), dead);
+	cr_assert_not_null(seg);
+	*seg = (struct stats_seg){
+		.magic = STATS_MAGIC, .version = STATS_VERSION, .size = len,
+		.data_size = sizeof(struct stats_data), .health_size = sizeof(struct stats_health),
+		.backend_size = sizeof(struct stats_backend), .agent_size = sizeof(struct stats_agent),
+		.max_backends = 1, .max_agents = 1,
+		.backends_off = be_off, .agents_off = be_off + sizeof(struct stats_backend),
+		.seq = 2, .hseq = 5,   /* killed while writing the health block */
+	};
+	seg->d.broker_pid = dead;
+	seg->d.updated_ms = h_now_ms();
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/%s", dir, STATS_FILE);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, seg, len), (ssize_t)len);
+	close(fd);
+	for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
+		int st = poolstat(modes[k], dir);
+
+		cr_assert_eq(st, 3, "%s: exit %d: %s", modes[k], st, out);
+		cr_assert(strstr(out, "stale stats segment left by pid"), "%s: %s", modes[k], out);
+	}
+	cr_assert(strstr(out, "pgbroker_up 0"), "%s", out);
+	cr_assert_eq(pgb_pool_health(dir, &ph), -1);
+	cr_assert_eq(ph.status, PGB_NO_BROKER);
+	cr_assert(strstr(ph.error, "stale"), "%s", ph.error);
+	unlink(path);
+	rmdir(dir);
+	free(seg);
+}

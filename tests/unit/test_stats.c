@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -318,6 +319,30 @@ Test(stats, reader_gives_up_on_a_writer_that_never_finishes)
 	cr_assert_eq(stats_read(f.seg, &s), -EAGAIN);
 	f.seg->hseq = 4;
 	cr_assert_eq(stats_read(f.seg, &s), 0);
+	free(f.seg);
+}
+
+/* A broker killed in the middle of a write leaves a seqlock odd for good:
+ * that is a stale segment, not a busy one. */
+Test(stats, reader_knows_a_writer_that_died_mid_write)
+{
+	struct fake_seg f = seg_new(1, 1);
+	struct stats_snap s = { 0 };
+	pid_t dead = fork();
+
+	cr_assert_geq(dead, 0);
+	if (dead == 0)
+		_exit(0);
+	cr_assert_eq(waitpid(dead, NULL, 0), dead);
+	f.seg->d.broker_pid = dead;
+	f.seg->seq = 7;
+	cr_assert_eq(stats_read(f.seg, &s), -ESRCH);
+	f.seg->seq = 8;
+	f.seg->hseq = 3;
+	cr_assert_eq(stats_read(f.seg, &s), -ESRCH);
+	/* alive (it is us): only busy */
+	f.seg->d.broker_pid = getpid();
+	cr_assert_eq(stats_read(f.seg, &s), -EAGAIN);
 	free(f.seg);
 }
 
