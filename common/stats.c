@@ -101,8 +101,10 @@ int stats_check(const void *p, size_t len, char *err, size_t errlen)
 			 "(built from different sources?)", s->version);
 		return -EPROTO;
 	}
+	/* Offsets within the file first: then no sum below can wrap around. */
 	end = s->backends_off + (uint64_t)s->max_backends * sizeof(struct stats_backend);
-	if (s->backends_off < sizeof(*s) || s->backends_off % 8 || end > len ||
+	if (s->backends_off > len || s->agents_off > len ||
+	    s->backends_off < sizeof(*s) || s->backends_off % 8 || end > len ||
 	    s->agents_off < end || s->agents_off % 8 ||
 	    s->agents_off + (uint64_t)s->max_agents * sizeof(struct stats_agent) > len) {
 		snprintf(err, errlen, "stats segment with its arrays out of bounds");

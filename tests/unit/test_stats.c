@@ -247,6 +247,13 @@ static void spoil_size(struct stats_seg *s, size_t *len) { (void)s; *len -= 8; }
 static void spoil_rows(struct stats_seg *s, size_t *len) { (void)len; s->agent_size += 8; }
 static void spoil_bounds(struct stats_seg *s, size_t *len) { (void)len; s->max_agents += 1; }
 static void spoil_short(struct stats_seg *s, size_t *len) { (void)s; *len = 6; }
+/* an offset near 2^64: off + rows wraps around to inside the file */
+static void spoil_wrap(struct stats_seg *s, size_t *len)
+{
+	(void)len;
+	s->backends_off = 0 - (uint64_t)UINT32_MAX * sizeof(struct stats_backend) + sizeof(*s) + 8;
+	s->max_backends = UINT32_MAX;
+}
 
 Test(stats, foreign_or_other_version_segments_are_refused_clearly)
 {
@@ -258,6 +265,7 @@ Test(stats, foreign_or_other_version_segments_are_refused_clearly)
 		{ .name = "row size", .spoil = spoil_rows, .says = "another layout" },
 		{ .name = "bounds", .spoil = spoil_bounds, .says = "out of bounds" },
 		{ .name = "short", .spoil = spoil_short, .says = "not a pgbroker stats segment" },
+		{ .name = "wrap", .spoil = spoil_wrap, .says = "out of bounds" },
 	};
 	char err[512];
 
