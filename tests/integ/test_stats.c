@@ -1069,23 +1069,16 @@ Test(stats, each_statement_counts_one_acquire, .timeout = 90)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
-/* A broker killed in the middle of publishing leaves a seqlock odd for
- * good: readers call that a stale segment at once, not a busy one. */
-Test(stats, a_segment_left_mid_write_reads_as_no_broker, .timeout = 60)
+/* A segment of this layout with one backend and one agent row, written
+ * by hand to DIR/pgbroker.stats as if by a broker of pid `pid`. */
+static void write_seg(const char *dir, pid_t pid, uint32_t seq, uint32_t hseq)
 {
-	static const char *const modes[] = { "--once", "--json", "--prometheus" };
 	uint64_t be_off = (sizeof(struct stats_seg) + 7) & ~7ull;
 	size_t len = be_off + sizeof(struct stats_backend) + sizeof(struct stats_agent);
 	struct stats_seg *seg = calloc(1, len);
-	char dir[] = "/tmp/pgb-stats-test.XXXXXX", path[256];
-	struct pgb_health ph;
-	pid_t dead = fork();
+	char path[512];
 	int fd;
 
-	cr_assert_geq(dead, 0);
-	if (dead == 0)
-		_exit(0);
-	cr_assert_eq(waitpid(dead, NULL, 0), dead);
 	cr_assert_not_null(seg);
 	*seg = (struct stats_seg){
 		.magic = STATS_MAGIC, .version = STATS_VERSION, .size = len,
@@ -1093,16 +1086,43 @@ Test(stats, a_segment_left_mid_write_reads_as_no_broker, .timeout = 60)
 		.backend_size = sizeof(struct stats_backend), .agent_size = sizeof(struct stats_agent),
 		.max_backends = 1, .max_agents = 1,
 		.backends_off = be_off, .agents_off = be_off + sizeof(struct stats_backend),
-		.seq = 2, .hseq = 5,   /* killed while writing the health block */
+		.seq = seq, .hseq = hseq,
 	};
-	seg->d.broker_pid = dead;
-	seg->d.updated_ms = h_now_ms();
-	cr_assert_not_null(mkdtemp(dir));
+	seg->d.broker_pid = pid;
+	seg->d.started_ms = seg->d.updated_ms = (int64_t)time(NULL) * 1000;
+	seg->d.pool.max = 10;
 	snprintf(path, sizeof(path), "%s/%s", dir, STATS_FILE);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	cr_assert_geq(fd, 0);
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
 	cr_assert_eq(write(fd, seg, len), (ssize_t)len);
 	close(fd);
+	free(seg);
+}
+
+static void remove_seg(const char *dir)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, STATS_FILE);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* A broker killed in the middle of publishing leaves a seqlock odd for
+ * good: readers call that a stale segment at once, not a busy one. */
+Test(stats, a_segment_left_mid_write_reads_as_no_broker, .timeout = 60)
+{
+	static const char *const modes[] = { "--once", "--json", "--prometheus" };
+	char dir[] = "/tmp/pgb-stats-test.XXXXXX";
+	struct pgb_health ph;
+	pid_t dead = fork();
+
+	cr_assert_geq(dead, 0);
+	if (dead == 0)
+		_exit(0);
+	cr_assert_eq(waitpid(dead, NULL, 0), dead);
+	cr_assert_not_null(mkdtemp(dir));
+	write_seg(dir, dead, 2, 5);   /* killed while writing the health block */
 	for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
 		int st = poolstat(modes[k], dir);
 
@@ -1113,7 +1133,59 @@ Test(stats, a_segment_left_mid_write_reads_as_no_broker, .timeout = 60)
 	cr_assert_eq(pgb_pool_health(dir, &ph), -1);
 	cr_assert_eq(ph.status, PGB_NO_BROKER);
 	cr_assert(strstr(ph.error, "stale"), "%s", ph.error);
-	unlink(path);
-	rmdir(dir);
-	free(seg);
+	remove_seg(dir);
+}
+
+/* Is s well-formed UTF-8 (no overlong forms, surrogates or bytes past
+ * U+10FFFF)? 0, or the offset of the first bad byte plus one. */
+static size_t bad_utf8(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s, *start = p;
+
+	while (*p) {
+		unsigned c = *p, n = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 :
+				     (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : 9;
+		uint32_t cp = n == 0 ? c : n == 1 ? c & 0x1F : n == 2 ? c & 0x0F : c & 0x07;
+
+		if (n == 9)
+			return (size_t)(p - start) + 1;
+		for (unsigned i = 1; i <= n; i++) {
+			if ((p[i] & 0xC0) != 0x80)
+				return (size_t)(p - start) + 1;
+			cp = cp << 6 | (p[i] & 0x3F);
+		}
+		if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+		    (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+			return (size_t)(p - start) + 1;
+		p += n + 1;
+	}
+	return 0;
+}
+
+/* JSON is UTF-8: a run directory named in Latin-1 (a byte that is not
+ * UTF-8) must not make the document invalid. */
+Test(stats, json_of_a_directory_that_is_not_utf8_is_valid_json, .timeout = 60)
+{
+	char dir[] = "/tmp/pgb-stats-caf\xe9-\xc3(-XXXXXX";
+	char dir2[] = "/tmp/pgb-stats-caf\xc3\xa9-XXXXXX";
+	struct jdoc *d;
+	size_t bad;
+	int st;
+
+	cr_assert_not_null(mkdtemp(dir));
+	write_seg(dir, getpid(), 2, 2);   /* "published" by us: alive and fresh */
+	st = poolstat("--json", dir);
+	cr_assert_eq(st, 0, "exit %d: %s", st, out);
+	bad = bad_utf8(out);
+	cr_assert_eq(bad, 0, "byte %zu of the JSON is not UTF-8: %s", bad - 1, out);
+	d = j_parse(out);
+	cr_assert_null(d->err, "%s: %s", d->err, out);
+	cr_assert_not_null(strstr(jstr(d, "dir"), "/tmp/pgb-stats-caf"));
+	remove_seg(dir);
+	/* well-formed UTF-8 passes through as it is */
+	cr_assert_not_null(mkdtemp(dir2));
+	write_seg(dir2, getpid(), 2, 2);
+	cr_assert_eq(poolstat("--json", dir2), 0, "%s", out);
+	cr_assert_not_null(strstr(out, "caf\xc3\xa9-"), "%s", out);
+	remove_seg(dir2);
 }
