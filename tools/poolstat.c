@@ -658,7 +658,7 @@ static void print_prometheus(struct view *v, FILE *f)
 
 /* ---- the live view ---- */
 
-static volatile sig_atomic_t got_stop, got_winch;
+static volatile sig_atomic_t got_stop, got_winch, got_tstp;
 static struct termios saved_tio;
 static int tio_saved;
 
@@ -674,6 +674,30 @@ static void on_winch(int sig)
 	got_winch = 1;
 }
 
+static void on_tstp(int sig)
+{
+	(void)sig;
+	got_tstp = 1;
+}
+
+/* Keys one at a time, unechoed; the alternate screen, cursor hidden,
+ * cleared once: afterwards every frame overwrites in place. */
+static void term_enter(void)
+{
+	static const char enter[] = "\033[?1049h\033[?25l\033[H\033[2J";
+	struct termios tio;
+
+	if (isatty(0) && tcgetattr(0, &saved_tio) == 0) {
+		tio = saved_tio;
+		tio.c_lflag &= (tcflag_t)~(ICANON | ECHO);
+		tio.c_cc[VMIN] = 0;
+		tio.c_cc[VTIME] = 0;
+		tcsetattr(0, TCSANOW, &tio);
+		tio_saved = 1;
+	}
+	(void)!write(1, enter, sizeof(enter) - 1);
+}
+
 static void term_restore(void)
 {
 	static const char leave[] = "\033[?25h\033[?1049l";
@@ -682,6 +706,20 @@ static void term_restore(void)
 		tcsetattr(0, TCSANOW, &saved_tio);
 	tio_saved = 0;
 	(void)!write(1, leave, sizeof(leave) - 1);
+}
+
+/* Ctrl-Z: give the terminal back as it was, stop, and take it again when
+ * continued (the shell restores its own modes meanwhile, not ours). */
+static void term_suspend(void)
+{
+	struct sigaction dfl = { .sa_handler = SIG_DFL }, tstp = { .sa_handler = on_tstp };
+
+	got_tstp = 0;
+	term_restore();
+	sigaction(SIGTSTP, &dfl, NULL);
+	raise(SIGTSTP);		/* returns once continued */
+	sigaction(SIGTSTP, &tstp, NULL);
+	term_enter();
 }
 
 /* Append s to buf cut at `cols` display columns (UTF-8 aware). */
@@ -705,7 +743,6 @@ static size_t cut(char *buf, size_t at, size_t cap, const char *s, int cols)
 static int live(struct view *v, int utf8)
 {
 	struct sigaction sa = { 0 };
-	struct termios tio;
 	static struct screen sc;
 	static char out[MAX_LINES * (LINE_MAX_BYTES + 8) + 64];
 
@@ -715,19 +752,10 @@ static int live(struct view *v, int utf8)
 	sigaction(SIGHUP, &sa, NULL);
 	sa.sa_handler = on_winch;
 	sigaction(SIGWINCH, &sa, NULL);
-	if (isatty(0) && tcgetattr(0, &saved_tio) == 0) {
-		tio = saved_tio;
-		tio.c_lflag &= (tcflag_t)~(ICANON | ECHO);
-		tio.c_cc[VMIN] = 0;
-		tio.c_cc[VTIME] = 0;
-		tcsetattr(0, TCSANOW, &tio);
-		tio_saved = 1;
-	}
+	sa.sa_handler = on_tstp;
+	sigaction(SIGTSTP, &sa, NULL);
+	term_enter();
 	atexit(term_restore);
-	/* Alternate screen, cursor hidden, cleared once; afterwards every
-	 * frame overwrites in place (home, lines with clear-to-end). */
-	fputs("\033[?1049h\033[?25l\033[H\033[2J", stdout);
-	fflush(stdout);
 	while (!got_stop) {
 		struct winsize ws = { 0 };
 		int rows = 24, cols = 80, n, table;
@@ -740,6 +768,8 @@ static int live(struct view *v, int utf8)
 			rows = ws.ws_row;
 			cols = ws.ws_col;
 		}
+		if (got_tstp)
+			term_suspend();
 		if (got_winch) {
 			got_winch = 0;
 			fputs("\033[2J", stdout);

@@ -953,6 +953,65 @@ Test(stats, live_view_in_tmux_shows_the_pool_line_and_q_quits, .timeout = 60)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+/* The pane's tmux format `fmt` (e.g. #{alternate_on}) reads `want`. */
+struct pane_is {
+	const char *fmt, *want;
+};
+
+static int pane_is(void *arg)
+{
+	const struct pane_is *w = arg;
+
+	if (tmux("display-message", "-p", "-t", "pgbtest", w->fmt) != 0)
+		return 0;
+	out[strcspn(out, "\n")] = '\0';
+	return strcmp(out, w->want) == 0;
+}
+
+/* Ctrl-Z in a shell with job control: the live view gives the terminal
+ * back as it found it (main screen, cursor shown), and after fg takes it
+ * again: q quits at once, without Enter. */
+static void tmux_gone(void)
+{
+	if (*tmux_sock)
+		tmux("kill-server", NULL, NULL, NULL, NULL);
+}
+
+Test(stats, live_view_suspends_and_resumes_with_its_terminal, .timeout = 60,
+     .fini = tmux_gone)
+{
+	const char *version[] = { "/usr/bin/env", "tmux", "-V", NULL };
+	const char *has_bash[] = { "/usr/bin/env", "bash", "-c", "true", NULL };
+	struct pane_is main_screen = { "#{alternate_on}#{cursor_flag}", "01" };
+	struct pane_is alt_screen = { "#{alternate_on}", "1" };
+	struct pane_is back_in_bash = { "#{pane_current_command}", "bash" };
+	char cmd[1200], bin[512];
+
+	if (h_run(version, out, sizeof(out)) != 0 || h_run(has_bash, out, sizeof(out)) != 0)
+		cr_skip_test("tmux or bash is not installed");
+	h_broker_start(&br, (const char *const[]){ "--health-interval-ms", "200", NULL });
+	snprintf(tmux_sock, sizeof(tmux_sock), "pgbtest%d", (int)getpid());
+	{
+		const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "new-session", "-d",
+				       "-s", "pgbtest", "-x", "80", "-y", "24",
+				       "bash --norc --noprofile -i", NULL };
+
+		cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux: %s", out);
+	}
+	snprintf(cmd, sizeof(cmd), "%s %s", h_bin("tools/poolstat", bin, sizeof(bin)), br.dir);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", cmd, "Enter"), 0);
+	cr_assert(h_until(screen_shows_pool, NULL, 10000), "the live view never showed:\n%s", out);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "C-z", NULL), 0);
+	cr_assert(h_until(pane_is, &main_screen, 5000),
+		  "suspended, it kept the alternate screen or the hidden cursor: %s", out);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "fg", "Enter"), 0);
+	cr_assert(h_until(pane_is, &alt_screen, 5000), "fg did not bring the live view back");
+	cr_assert(h_until(screen_shows_pool, NULL, 5000), "no frame after fg:\n%s", out);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "q", NULL), 0);
+	cr_assert(h_until(pane_is, &back_in_bash, 5000), "q did not quit after fg: %s", out);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 /* ---- PostgreSQL stops: unhealthy, breaker open (needs the breaker's
  * counters in the segment: enable once breaker_failures/breaker_opened are
  * filled in by the broker). ------------------------------------------------ */
