@@ -770,10 +770,6 @@ static int live(struct view *v, int utf8)
 		}
 		if (got_tstp)
 			term_suspend();
-		if (got_winch) {
-			got_winch = 0;
-			fputs("\033[2J", stdout);
-		}
 		memset(&sc, 0, sizeof(sc));
 		sc.utf8 = utf8;
 		if (load(v, err, sizeof(err)) != 0) {
@@ -787,7 +783,12 @@ static int live(struct view *v, int utf8)
 			render(v, &sc, 1, table > 0 ? table : 0, reasons);
 		}
 		n = sc.n < rows ? sc.n : rows;
-		len += (size_t)snprintf(out + len, sizeof(out) - len, "\033[H");
+		/* After a resize, from a clean screen. In the frame, not through
+		 * stdio: a buffered clear would go out at exit, onto the
+		 * shell's screen. */
+		len += (size_t)snprintf(out + len, sizeof(out) - len, "%s\033[H",
+					got_winch ? "\033[2J" : "");
+		got_winch = 0;
 		for (int i = 0; i < n; i++) {
 			len = cut(out, len, sizeof(out), sc.line[i], cols - 1);
 			len += (size_t)snprintf(out + len, sizeof(out) - len, "\033[K%s",

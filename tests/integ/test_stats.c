@@ -1012,6 +1012,46 @@ Test(stats, live_view_suspends_and_resumes_with_its_terminal, .timeout = 60,
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+static int screen_shows_marker(void *arg)
+{
+	return tmux("capture-pane", "-p", "-t", "pgbtest", NULL) == 0 && strstr(out, arg);
+}
+
+/* A resize redraws the live view from a clean screen, and leaves the
+ * shell's screen as it was once q quits. */
+Test(stats, live_view_resized_then_quit_keeps_the_shell_screen, .timeout = 60,
+     .fini = tmux_gone)
+{
+	const char *version[] = { "/usr/bin/env", "tmux", "-V", NULL };
+	const char *has_bash[] = { "/usr/bin/env", "bash", "-c", "true", NULL };
+	struct pane_is back_in_bash = { "#{pane_current_command}", "bash" };
+	char cmd[1200], bin[512];
+
+	if (h_run(version, out, sizeof(out)) != 0 || h_run(has_bash, out, sizeof(out)) != 0)
+		cr_skip_test("tmux or bash is not installed");
+	h_broker_start(&br, (const char *const[]){ "--health-interval-ms", "200", NULL });
+	snprintf(tmux_sock, sizeof(tmux_sock), "pgbtest%d", (int)getpid());
+	{
+		const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "new-session", "-d",
+				       "-s", "pgbtest", "-x", "80", "-y", "24",
+				       "bash --norc --noprofile -i", NULL };
+
+		cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux: %s", out);
+	}
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "echo SHELL-SAID-THIS", "Enter"), 0);
+	cr_assert(h_until(screen_shows_marker, "\nSHELL-SAID-THIS", 5000), "%s", out);
+	snprintf(cmd, sizeof(cmd), "%s %s", h_bin("tools/poolstat", bin, sizeof(bin)), br.dir);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", cmd, "Enter"), 0);
+	cr_assert(h_until(screen_shows_pool, NULL, 10000), "the live view never showed:\n%s", out);
+	cr_assert_eq(tmux("resize-window", "-t", "pgbtest", "-x", "100"), 0);
+	cr_assert(h_until(screen_shows_pool, NULL, 5000), "no frame after the resize:\n%s", out);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "q", NULL), 0);
+	cr_assert(h_until(pane_is, &back_in_bash, 5000), "q did not quit: %s", out);
+	cr_assert(h_until(screen_shows_marker, "\nSHELL-SAID-THIS", 5000),
+		  "the shell's screen was wiped:\n%s", out);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 /* ---- PostgreSQL stops: unhealthy, breaker open (needs the breaker's
  * counters in the segment: enable once breaker_failures/breaker_opened are
  * filled in by the broker). ------------------------------------------------ */
