@@ -121,7 +121,8 @@ int stats_map_open(const char *dir, struct stats_map *m, char *err, size_t errle
 
 	memset(m, 0, sizeof(*m));
 	snprintf(m->path, sizeof(m->path), "%s/%s", dir, STATS_FILE);
-	fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO there must not wait for a writer (fstat refuses it). */
+	fd = open(m->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0) {
 		rc = -errno;
 		if (rc == -ENOENT || rc == -ENOTDIR)

@@ -722,6 +722,26 @@ Test(stats, poolstat_on_a_missing_dir_or_a_foreign_file_exits_3, .timeout = 60)
 	rmdir(dir);
 }
 
+/* A FIFO where the segment should be: refused at once, not waited on for
+ * a writer that never comes. */
+Test(stats, poolstat_on_a_fifo_exits_3_at_once, .timeout = 30)
+{
+	char dir[] = "/tmp/pgb-stats-test.XXXXXX", path[256];
+	struct pgb_health ph;
+	int st;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/%s", dir, STATS_FILE);
+	cr_assert_eq(mkfifo(path, 0644), 0);
+	st = poolstat("--once", dir);
+	cr_assert_eq(st, 3, "exit %d: %s", st, out);
+	cr_assert(strstr(out, "not a pgbroker stats segment"), "%s", out);
+	cr_assert_eq(pgb_pool_health(dir, &ph), -1);
+	cr_assert(strstr(ph.error, "not a pgbroker stats segment"), "%s", ph.error);
+	unlink(path);
+	rmdir(dir);
+}
+
 static int says_no_broker(void *arg)
 {
 	(void)arg;
