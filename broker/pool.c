@@ -113,6 +113,23 @@ static struct backend *free_slot(struct broker *b)
 	return NULL;
 }
 
+/* When be is retired, from its age and max_connection_lifetime_ms: at
+ * connect and again for every open backend when a reload changes it. */
+static void be_set_retire(struct broker *b, struct backend *be)
+{
+	int64_t life = (int64_t)b->cfg.max_connection_lifetime_ms * MS;
+	struct backoff jit = { .base_ms = life / 10 / MS, .cap_ms = life / 10 / MS,
+			       .jitter_pct = 100, .rng = b->rng };
+
+	be->retire_ns = INT64_MAX;
+	if (!life)
+		return;
+	/* Spread retirements over the last tenth of the lifetime so that
+	 * backends opened together are not all closed together. */
+	be->retire_ns = be->created_ns + life - backoff_delay_ms(&jit, 1) * MS;
+	b->rng = jit.rng;
+}
+
 static void connect_one(struct broker *b)
 {
 	static const char *const keys[] = {
@@ -153,17 +170,7 @@ static void connect_one(struct broker *b)
 	be->cfg_gen = b->cfg_gen;
 	be->created_ns = b->now_ns;
 	be->validated_ns = b->now_ns;
-	be->retire_ns = INT64_MAX;
-	if (b->cfg.max_connection_lifetime_ms > 0) {
-		/* Spread retirements over the last tenth of the lifetime so that
-		 * backends opened together are not all closed together. */
-		int64_t life = (int64_t)b->cfg.max_connection_lifetime_ms * MS;
-		struct backoff jit = { .base_ms = life / 10 / MS, .cap_ms = life / 10 / MS,
-				       .jitter_pct = 100, .rng = b->rng };
-
-		be->retire_ns = b->now_ns + life - backoff_delay_ms(&jit, 1) * MS;
-		b->rng = jit.rng;
-	}
+	be_set_retire(b, be);
 	be->parked = 0;
 	be->discard = 0;
 	be->dirty = 0;
@@ -1710,8 +1717,10 @@ void pool_cancel_all(struct broker *b)
 }
 
 /* After a reload: the breaker takes its new limits (keeping its state);
+ * a new max_connection_lifetime_ms counts from each open backend's start;
  * backends opened with other session settings, or beyond a smaller
- * max_pool_size, are closed now when idle, else when they are released. */
+ * max_pool_size, are closed now when idle, else when they are released.
+ * An idle backend now past its lifetime goes at the next pool_timers. */
 void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 {
 	struct list *pos, *tmp;
@@ -1723,6 +1732,10 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 	    old->idle_in_transaction_timeout_ms != b->cfg.idle_in_transaction_timeout_ms ||
 	    old->keepalive_initial_delay_ms != b->cfg.keepalive_initial_delay_ms)
 		b->cfg_gen++;
+	if (old->max_connection_lifetime_ms != b->cfg.max_connection_lifetime_ms)
+		for (uint32_t i = 0; i < b->nslots; i++)
+			if (b->backends[i].state != BE_FREE)
+				be_set_retire(b, &b->backends[i]);
 	list_for_each_safe(pos, tmp, &b->idle) {
 		struct backend *be = list_entry(pos, struct backend, link);
 

@@ -289,6 +289,38 @@ Test(ops, sighup_with_a_bad_file_keeps_the_configuration)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+static int stat_at_least(void *arg)
+{
+	const struct want *w = arg;
+
+	poolstat_json();
+	return json_num(w->obj, w->key) >= w->val;
+}
+
+/* A new max_connection_lifetime_ms counts for the backends already open,
+ * not only for those opened after the reload. */
+Test(ops, sighup_applies_a_new_connection_lifetime_to_open_backends)
+{
+	struct want retired = { "closed", "lifetime", 1 };
+	struct want reloaded = { "broker", "reloads", 1 };
+	long long before;
+	pgb_conn *c;
+
+	start_with_conf("pool_size = 1\nmin_pool_size = 1\nmax_pool_size = 1\n"
+			"max_connection_lifetime_ms = 0\n", NULL);
+	c = h_connect(&br);
+	before = h_num(c, "select pg_backend_pid()");
+	write_file(conf, "pool_size = 1\nmin_pool_size = 1\nmax_pool_size = 1\n"
+		   "max_connection_lifetime_ms = 300\n");
+	kill(br.pid, SIGHUP);
+	cr_assert(h_until(stat_is, &reloaded, 10000), "no reload:\n%s", statout);
+	cr_assert(h_until(stat_at_least, &retired, 10000),
+		  "the open backend was never retired:\n%s", statout);
+	cr_expect_neq(h_num(c, "select pg_backend_pid()"), before);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 /* ---- SIGTERM drains ------------------------------------------------------ */
 
 struct txn_agent {
