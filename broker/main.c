@@ -99,6 +99,8 @@ static void reload(struct broker *b)
 	b->st.c.reloads++;
 	log_info("reloaded %s: %s", b->cfg.config_file[0] ? b->cfg.config_file : "(no file)",
 		 *changes ? changes : "nothing changed");
+	if (config_advise(&b->cfg, err, sizeof(err)))
+		log_warn("%s", err);
 	notify_ready("reloaded");
 }
 
@@ -344,10 +346,14 @@ int main(int argc, char **argv)
 		PQconninfoFree(o);
 	}
 	if (b->cfg.want_check) {
+		if (config_advise(&b->cfg, err, sizeof(err)))
+			fprintf(stderr, "pgbroker: warning: %s\n", err);
 		config_print(&b->cfg, stdout);
 		return 0;
 	}
 	log_open(b->cfg.log_level, b->cfg.syslog);
+	if (config_advise(&b->cfg, err, sizeof(err)))
+		log_warn("%s", err);
 	b->argc = argc;
 	b->argv = argv;
 	raise_fd_limit(b);

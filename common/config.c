@@ -665,6 +665,24 @@ int config_validate(const struct pgb_config *cfg, char *err, size_t errlen)
 	return check_dir(cfg->dir, err, errlen);
 }
 
+int config_advise(const struct pgb_config *cfg, char *buf, size_t len)
+{
+	errbuf_set(buf, len, "%s", "");
+	/* pool_timers fails a waiter once it waited acquire_timeout_ms;
+	 * pool_grow passes pool_size only for one that waited
+	 * reserve_timeout_ms. */
+	if (cfg->max_pool_size > cfg->pool_size &&
+	    cfg->reserve_timeout_ms >= cfg->acquire_timeout_ms) {
+		errbuf_set(buf, len,
+			"max_pool_size (%d) is never reached: statements give up after "
+			"acquire_timeout_ms (%d) before the pool may grow past pool_size (%d) "
+			"after reserve_timeout_ms (%d)", cfg->max_pool_size,
+			cfg->acquire_timeout_ms, cfg->pool_size, cfg->reserve_timeout_ms);
+		return 1;
+	}
+	return 0;
+}
+
 /* Flags that are commands rather than keys. */
 enum opt_kind { OPT_KEY, OPT_HELP, OPT_VERSION, OPT_CHECK, OPT_READY_FD, OPT_CONFIG };
 

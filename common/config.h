@@ -78,6 +78,11 @@ int config_load_env(struct pgb_config *cfg, char *err, size_t errlen);
 /* Cross-key checks (min <= size <= max, ...). */
 int config_validate(const struct pgb_config *cfg, char *err, size_t errlen);
 
+/* Settings valid one by one that do not work together as meant (a
+ * max_pool_size the pool never grows to): 1 with the reason in buf, for a
+ * warning, else 0 and "". */
+int config_advise(const struct pgb_config *cfg, char *buf, size_t len);
+
 /* The whole precedence chain for the daemon: defaults, --config FILE,
  * environment, then the flags in argv (--key value, --key=value, --dir,
  * --dsn, --help, --check-config, --ready-fd). Returns 0, or -1 with err. */

@@ -603,6 +603,12 @@ Test(ops, a_config_file_with_a_typo_is_refused_with_its_line)
 	st = h_run(argv, out, sizeof(out));
 	cr_assert_eq(st, 0, "%s", out);
 	cr_assert(strstr(out, "shutdown_timeout_ms = 100"), "%s", out);
+
+	/* Valid, but the pool could never use its reserve: a warning. */
+	write_file(path, "acquire_timeout_ms = 2000\n");
+	st = h_run(argv, out, sizeof(out));
+	cr_assert_eq(st, 0, "%s", out);
+	cr_assert(strstr(out, "warning: max_pool_size (50) is never reached"), "%s", out);
 	unlink(path);
 }
 

@@ -915,6 +915,43 @@ Test(config, validate_cross_key_rules)
 	}
 }
 
+/* Valid one by one, but max_pool_size cannot be reached when a statement
+ * gives up (acquire_timeout_ms) before the pool may grow past pool_size
+ * (reserve_timeout_ms): said, not refused. */
+Test(config, advise_on_an_unreachable_max_pool_size)
+{
+	static const struct {
+		int size, max, reserve, acquire;
+		int want;
+	} cases[] = {
+		{ 25, 50, 5000, 30000, 0 },
+		{ 25, 50, 5000, 5001, 0 },
+		{ 25, 50, 5000, 5000, 1 },
+		{ 25, 50, 5000, 2000, 1 },
+		{ 50, 50, 5000, 2000, 0 },	/* no reserve to reach */
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct pgb_config cfg;
+		char msg[ERRLEN] = "";
+
+		config_defaults(&cfg);
+		cfg.pool_size = cases[i].size;
+		cfg.max_pool_size = cases[i].max;
+		cfg.reserve_timeout_ms = cases[i].reserve;
+		cfg.acquire_timeout_ms = cases[i].acquire;
+		cr_assert_eq(config_validate(&cfg, msg, sizeof(msg)), 0, "case %zu: %s", i, msg);
+		cr_expect_eq(config_advise(&cfg, msg, sizeof(msg)), cases[i].want, "case %zu: %s",
+			     i, msg);
+		if (cases[i].want)
+			cr_expect(strstr(msg, "max_pool_size (50) is never reached") &&
+				  strstr(msg, "reserve_timeout_ms") && strstr(msg, "acquire_timeout_ms"),
+				  "case %zu: %s", i, msg);
+		else
+			cr_expect_str_eq(msg, "", "case %zu", i);
+	}
+}
+
 Test(config, validate_ranges_of_struct_set_directly)
 {
 	struct pgb_config cfg;
