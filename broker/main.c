@@ -399,7 +399,10 @@ int main(int argc, char **argv)
 	if (b->cfg.ready_fd >= 0) {
 		if (write(b->cfg.ready_fd, "ready\n", 6) != 6)
 			log_warn("cannot write to --ready-fd %d", b->cfg.ready_fd);
-		close(b->cfg.ready_fd);
+		/* Not a standard stream: fd 2 is the log, and a closed one would
+		 * be reused by a socket that log lines then go into. */
+		if (b->cfg.ready_fd > STDERR_FILENO)
+			close(b->cfg.ready_fd);
 	}
 	notify_ready("serving");
 	rc = run(b);

@@ -321,6 +321,47 @@ Test(ops, sighup_applies_a_new_connection_lifetime_to_open_backends)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+static int file_has(void *arg)
+{
+	const char *const *pn = arg;
+
+	return strstr(read_file(pn[0], logbuf, sizeof(logbuf)), pn[1]) != NULL;
+}
+
+/* --ready-fd 2: "ready" goes to stderr, which must stay the log (a closed
+ * fd 2 would be reused, and log lines written into whatever got it). */
+Test(ops, ready_fd_on_stderr_keeps_the_log)
+{
+	char bin[512], dir[64], log[96], dsn[1024];
+	const char *ready[] = { log, "ready\n" }, *stopped[] = { log, "INFO: stopped" };
+	pgb_conn *c;
+	pid_t pid;
+
+	h_mkdtemp(dir, sizeof(dir), "pgb-ops");
+	snprintf(log, sizeof(log), "%s/broker.log", dir);
+	snprintf(dsn, sizeof(dsn), "%s application_name=%s", h_dsn(), strrchr(dir, '/') + 1);
+	h_bin("broker/pgbroker", bin, sizeof(bin));
+	pid = fork();
+	cr_assert_neq(pid, -1);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+		dup2(fd, 2);
+		close(fd);
+		execl(bin, bin, "--dir", dir, "--dsn", dsn, "--min-pool-size", "1",
+		      "--ready-fd", "2", (char *)NULL);
+		_exit(127);
+	}
+	br.pid = pid;
+	cr_assert(h_until(file_has, ready, 15000), "no ready line:\n%s", logbuf);
+	snprintf(br.dir, sizeof(br.dir), "%s", dir);
+	c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 5"), 5);
+	pgb_finish(c);
+	cr_assert_eq(h_broker_stop(&br), 0);
+	cr_assert(file_has(stopped), "the log lost its last lines:\n%s", logbuf);
+}
+
 /* ---- SIGTERM drains ------------------------------------------------------ */
 
 struct txn_agent {
