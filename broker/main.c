@@ -224,17 +224,31 @@ static int setup_ring(struct broker *b)
 	return 0;
 }
 
-static int setup_signals(struct broker *b)
+static void handled_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+}
+
+/* Blocked from the start of main: a SIGHUP (a reload right after a
+ * Type=simple start) or SIGTERM before the signalfd exists waits for it
+ * instead of killing the broker. */
+static void block_signals(void)
 {
 	sigset_t set;
 
 	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return -errno;
+	handled_signals(&set);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+}
+
+static int setup_signals(struct broker *b)
+{
+	sigset_t set;
+
+	handled_signals(&set);
 	b->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (b->signal_fd < 0)
 		return -errno;
@@ -321,6 +335,7 @@ int main(int argc, char **argv)
 	char err[512];
 	int rc;
 
+	block_signals();
 	if (config_load(&b->cfg, argc, argv, err, sizeof(err)) < 0) {
 		fprintf(stderr, "pgbroker: %s\n", err);
 		return 2;
