@@ -754,7 +754,12 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 	if (eq) {
 		o->value = eq + 1;
 	} else if (o->kind == OPT_KEY && o->key->kind == KIND_BOOL) {
-		o->value = "on";	/* --syslog */
+		long long b;
+
+		/* --syslog, --syslog off (there are no positional arguments) */
+		o->value = "on";
+		if (*i + 1 < argc && parse_int_value(o->key, argv[*i + 1], &b) == 0)
+			o->value = argv[++*i];
 	} else if (*i + 1 < argc) {
 		o->value = argv[++*i];
 	} else {

@@ -714,6 +714,9 @@ Test(config, booleans_and_version)
 	char err[ERRLEN] = "";
 	const char *bare[] = { "--syslog", "--pool-size", "30", NULL };
 	const char *off[] = { "--syslog=off", NULL };
+	/* as --help shows it: --syslog [on|off] */
+	const char *off2[] = { "--syslog", "off", "--pool-size", "31", NULL };
+	const char *on2[] = { "--pool-size", "32", "--syslog", "yes", NULL };
 	const char *version[] = { "--pool-size", "junk", "--version", NULL };
 	const char *v2[] = { "-V", NULL };
 	static const char *const yes[] = { "on", "true", "YES", "1" };
@@ -724,6 +727,12 @@ Test(config, booleans_and_version)
 	cr_expect_eq(cfg.pool_size, 30);
 	cr_assert_eq(load_args(&cfg, err, off), 0, "%s", err);
 	cr_expect_eq(cfg.syslog, 0);
+	cr_assert_eq(load_args(&cfg, err, off2), 0, "%s", err);
+	cr_expect_eq(cfg.syslog, 0);
+	cr_expect_eq(cfg.pool_size, 31);
+	cr_assert_eq(load_args(&cfg, err, on2), 0, "%s", err);
+	cr_expect_eq(cfg.syslog, 1);
+	cr_expect_eq(cfg.pool_size, 32);
 	for (size_t i = 0; i < 4; i++) {
 		cr_assert_eq(config_set(&cfg, "syslog", yes[i], err, sizeof(err)), 0, "%s", err);
 		cr_expect_eq(cfg.syslog, 1, "%s", yes[i]);
