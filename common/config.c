@@ -44,6 +44,7 @@ struct key_def {
 	long long def;
 	const char *def_str;	/* KIND_STR */
 	long long min, max;
+	int zero_ok;		/* 0 (none, never) is allowed besides min..max */
 	const char *arg;	/* KIND_STR: what the value is, for the usage text */
 	const char *help;
 };
@@ -53,6 +54,11 @@ struct key_def {
 #define INT_KEY(f, e, k, d, lo, hi, h) \
 	{ .name = #f, .env = e, .kind = k, .off = CFG_OFF(f), .def = d, \
 	  .min = lo, .max = hi, .help = h }
+
+/* 0 or lo..hi: a small value would break, 0 turns the feature off */
+#define INT_KEY_OR_0(f, e, k, d, lo, hi, h) \
+	{ .name = #f, .env = e, .kind = k, .off = CFG_OFF(f), .def = d, \
+	  .min = lo, .max = hi, .zero_ok = 1, .help = h }
 
 /* hi: longest value in bytes, below the buffer size */
 #define STR_KEY(f, e, a, d, hi, h) \
@@ -103,8 +109,10 @@ static const struct key_def keys[] = {
 	INT_KEY(validation_interval_ms, "PGBROKER_VALIDATION_INTERVAL_MS", KIND_MS,
 		30000, 0, MS_MAX,
 		"ping backends idle longer than this, before they are used again (0 = never)"),
-	INT_KEY(max_connection_lifetime_ms, "PGBROKER_MAX_CONNECTION_LIFETIME_MS", KIND_MS,
-		3600000, 0, MS_MAX,
+	/* Shorter than a connect, a backend would be closed before it served
+	 * anything, and the pool would only reconnect. */
+	INT_KEY_OR_0(max_connection_lifetime_ms, "PGBROKER_MAX_CONNECTION_LIFETIME_MS", KIND_MS,
+		3600000, 1000, MS_MAX,
 		"close a backend this old once it is idle (0 = never)"),
 	INT_KEY(channel_size_kb, "PGBROKER_CHANNEL_SIZE_KB", KIND_KB_POW2, 256, 16, 65536,
 		"size of each agent ring"),
@@ -276,6 +284,14 @@ static int is_pow2(long long v)
 /* "allowed: ..." text of one key, for errors and the usage text. */
 static void describe_allowed(const struct key_def *k, char *buf, size_t len)
 {
+	if (k->zero_ok) {
+		size_t n = (size_t)snprintf(buf, len, "0, or ");
+
+		if (n >= len)
+			return;
+		buf += n;
+		len -= n;
+	}
 	switch (k->kind) {
 	case KIND_COUNT:
 		snprintf(buf, len, "integer %lld..%lld", k->min, k->max);
@@ -337,7 +353,7 @@ static int parse_int_value(const struct key_def *k, const char *value, long long
 		return -1;
 	}
 	if (parse_num(value, strlen(value), &v) == 0) {
-		if (v < k->min || v > k->max)
+		if ((v < k->min || v > k->max) && !(v == 0 && k->zero_ok))
 			return -1;
 		if (k->kind == KIND_KB_POW2 && !is_pow2(v))
 			return -1;
@@ -609,7 +625,7 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 		return -1;
 	}
 	v = int_get(cfg, k);
-	if (v >= k->min && v <= k->max &&
+	if (((v >= k->min && v <= k->max) || (v == 0 && k->zero_ok)) &&
 	    (k->kind != KIND_KB_POW2 || is_pow2(v)))
 		return 0;
 	describe_allowed(k, allowed, sizeof(allowed));

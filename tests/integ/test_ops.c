@@ -311,7 +311,7 @@ Test(ops, sighup_applies_a_new_connection_lifetime_to_open_backends)
 	c = h_connect(&br);
 	before = h_num(c, "select pg_backend_pid()");
 	write_file(conf, "pool_size = 1\nmin_pool_size = 1\nmax_pool_size = 1\n"
-		   "max_connection_lifetime_ms = 300\n");
+		   "max_connection_lifetime_ms = 1000\n");
 	kill(br.pid, SIGHUP);
 	cr_assert(h_until(stat_is, &reloaded, 10000), "no reload:\n%s", statout);
 	cr_assert(h_until(stat_at_least, &retired, 10000),

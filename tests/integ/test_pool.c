@@ -281,7 +281,7 @@ static int replaced(void *arg)
 Test(pool, idle_backends_retire_at_their_lifetime, .timeout = 60)
 {
 	const char *args[] = { "--min-pool-size", "1", "--pool-size", "1", "--max-pool-size", "1",
-			       "--validation-interval-ms", "0", "--max-connection-lifetime-ms", "800",
+			       "--validation-interval-ms", "0", "--max-connection-lifetime-ms", "1000",
 			       NULL };
 	struct retire s = { .pg = h_pg() };
 	struct shrink one = { .pg = s.pg, .want = 1 };

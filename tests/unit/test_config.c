@@ -229,6 +229,8 @@ static const struct {
 	{ "log_level", "debug", offsetof(struct pgb_config, log_level), 3 },
 	{ "max_connection_lifetime_ms", "0",
 	  offsetof(struct pgb_config, max_connection_lifetime_ms), 0 },
+	{ "max_connection_lifetime_ms", "1000",
+	  offsetof(struct pgb_config, max_connection_lifetime_ms), 1000 },
 	{ "validation_interval_ms", "0",
 	  offsetof(struct pgb_config, validation_interval_ms), 0 },
 };
@@ -271,6 +273,10 @@ static char huge[20000];
 static const struct {
 	const char *key, *value;
 } bad_values[] = {
+	/* shorter than a connect: every new backend would be closed before
+	 * it served anything */
+	{ "max_connection_lifetime_ms", "999" },
+	{ "max_connection_lifetime_ms", "1" },
 	{ "pool_size", "99999999999999999999" },
 	{ "pool_size", "9223372036854775808" },
 	{ "pool_size", "18446744073709551621" },	/* 2^64 + 5 wraps to 5 */
@@ -349,6 +355,22 @@ Test(config, set_bad_values_refused_with_key_value_and_allowed)
 		cr_expect_not_null(strstr(err, "invalid value \""), "%s", err);
 		cr_expect_not_null(strstr(err, "(allowed: "), "%s", err);
 	}
+}
+
+Test(config, zero_or_a_range)
+{
+	struct pgb_config cfg;
+	char err[ERRLEN] = "";
+
+	config_defaults(&cfg);
+	cr_expect_eq(config_set(&cfg, "max_connection_lifetime_ms", "500", err, sizeof(err)), -1);
+	cr_expect_str_eq(err, "max_connection_lifetime_ms: invalid value \"500\" (allowed: 0, "
+			 "or integer 1000..604800000, milliseconds)");
+	cfg.max_connection_lifetime_ms = 500;
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect(strstr(err, "max_connection_lifetime_ms (500) out of range"), "%s", err);
+	cfg.max_connection_lifetime_ms = 0;
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
 }
 
 Test(config, error_message_format)
