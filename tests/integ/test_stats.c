@@ -916,6 +916,23 @@ static int session_gone(void *arg)
 	return tmux("has-session", "-t", "pgbtest", NULL, NULL) != 0;
 }
 
+/* The raw pane output (path in arg) holds at least two frames. */
+static int two_frames(void *arg)
+{
+	char buf[65536];
+	int fd = open(arg, O_RDONLY), frames = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	for (char *f = buf; (f = strstr(f, "\033[H")); f++)
+		frames++;
+	return frames >= 2;
+}
+
 Test(stats, live_view_in_tmux_shows_the_pool_line_and_q_quits, .timeout = 60)
 {
 	char cmd[1200], bin[512], raw[300], pipe_cmd[400], *frame;
@@ -942,7 +959,7 @@ Test(stats, live_view_in_tmux_shows_the_pool_line_and_q_quits, .timeout = 60)
 	}
 	cr_assert(h_until(screen_shows_pool, NULL, 10000), "the live view never showed:\n%s", out);
 	/* it keeps refreshing: wait for a second frame */
-	usleep(2200 * 1000);
+	cr_assert(h_until(two_frames, raw, 10000), "the live view drew only one frame");
 	cr_assert_eq(tmux("capture-pane", "-p", "-t", "pgbtest", NULL), 0);
 	cr_assert(strstr(out, "pool: total "), "%s", out);
 	{
