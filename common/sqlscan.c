@@ -228,6 +228,16 @@ int sql_may_commit(const char *sql)
 	return first_words(sql, 0, ends, 3, &stmts) || first_words(sql, 1, ends, 3, &stmts);
 }
 
+int sql_txn_control(const char *sql)
+{
+	static const char *const words[] = { "begin", "start", "commit", "end", "rollback",
+					     "abort" };
+	const size_t n = sizeof(words) / sizeof(words[0]);
+	int stmts;
+
+	return first_words(sql, 0, words, n, &stmts) || first_words(sql, 1, words, n, &stmts);
+}
+
 int sql_pipelinable(const char *sql)
 {
 	static const char *const ok[] = { "select", "insert", "update", "delete", "with",

@@ -21,6 +21,10 @@ int sql_all_or_nothing(const char *sql);
  * COMMIT (also COMMIT PREPARED), END, PREPARE TRANSACTION. */
 int sql_may_commit(const char *sql);
 
+/* 1 when a statement of the text begins or ends a transaction: BEGIN,
+ * START TRANSACTION, COMMIT, END, ROLLBACK (also TO SAVEPOINT), ABORT. */
+int sql_txn_control(const char *sql);
+
 /* 1 when the text is one plain statement that cannot leave a transaction
  * open: it starts with SELECT, INSERT, UPDATE, DELETE, WITH, VALUES, TABLE
  * or SHOW, and holds no second statement. Such statements from different

@@ -47,6 +47,21 @@ Test(async, batch_is_atomic_and_names_the_failing_statement)
 	for (int i = 0; i < 3; i++)
 		pgb_clear(res[i]);
 
+	/* one transaction of its own: a COMMIT inside would apply half of it */
+	struct pgb_stmt split[] = {
+		{ .sql = "insert into t_batch values (7)" },
+		{ .sql = "/* done */ COMMIT" },
+		{ .sql = "insert into t_batch values (1)" },
+	};
+	cr_assert_eq(pgb_batch(c, split, 3, res), -1);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_str_eq(pgb_sqlstate(res[i]), PGB_SQLSTATE_BAD_REQUEST, "statement %d", i);
+		cr_assert(strstr(pgb_result_error(res[i]), "statement 1 begins or ends a transaction"),
+			  "%s", pgb_result_error(res[i]));
+		pgb_clear(res[i]);
+	}
+	cr_assert_eq(h_num(c, "select count(*) from t_batch where k = 7"), 0, "the batch ran");
+
 	cr_assert_eq(pgb_batch(c, bad, 4, res), -1);
 	cr_assert_str_eq(pgb_sqlstate(res[2]), "23505");
 	for (int i = 0; i < 4; i++) {

@@ -99,3 +99,22 @@ Test(sqlscan, statements_that_may_commit)
 	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
 		cr_expect_eq(sql_may_commit(no[i]), 0, "%s", no[i]);
 }
+
+Test(sqlscan, transaction_control)
+{
+	static const char *const yes[] = {
+		"begin", "BEGIN ISOLATION LEVEL SERIALIZABLE", "start transaction", "commit",
+		"end", "rollback", "abort", "rollback to savepoint s", "/* x */ begin",
+		"select 1; commit", "  Rollback",
+	};
+	static const char *const no[] = {
+		"select 'begin'", "savepoint s", "release s", "update t set ended = true",
+		"insert into rollbacks values (1)", "select 1 -- ; commit", "prepare p as select 1",
+		"call p()", "do $$ begin commit; end $$",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		cr_expect_eq(sql_txn_control(yes[i]), 1, "%s", yes[i]);
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		cr_expect_eq(sql_txn_control(no[i]), 0, "%s", no[i]);
+}
