@@ -115,6 +115,8 @@ static void on_signal(struct broker *b)
 			begin_shutdown(b, STOP_FAST, "SIGINT");
 		else if (si.ssi_signo == SIGHUP && !b->stopping)
 			reload(b);
+		else if (si.ssi_signo == SIGHUP)
+			log_info("SIGHUP while shutting down: configuration not reloaded");
 	}
 	arm_signal(b);
 }
@@ -403,8 +405,9 @@ int main(int argc, char **argv)
 		remove_own_files(b);
 		return 1;
 	}
-	if (pool_init(b) < 0) {
-		log_error("out of memory");
+	rc = pool_init(b);
+	if (rc < 0) {
+		log_error("cannot set up the pool: %s", strerror(-rc));
 		stats_close(b);
 		remove_own_files(b);
 		return 1;
