@@ -291,25 +291,30 @@ static void connect_done(struct broker *b, struct backend *be)
 	be_release(b, be);
 }
 
+/* Warn when max_pool_size cannot fit the server's room, as last counted. */
+static void capacity_check(struct broker *b)
+{
+	int64_t room = (int64_t)b->st.server_max_connections - b->st.server_reserved_connections -
+		       b->st.server_other_connections;
+
+	if (b->st.server_checked_ms && room < b->cfg.max_pool_size)
+		log_warn("max_pool_size=%d cannot fit: the server allows %u connections, %u "
+			 "reserved for superusers, %u held by other clients: room for %lld",
+			 b->cfg.max_pool_size, b->st.server_max_connections,
+			 b->st.server_reserved_connections, b->st.server_other_connections,
+			 (long long)(room > 0 ? room : 0));
+}
+
 /* The capacity query's answer: record it and warn when the pool cannot fit. */
 static void capacity_result(struct broker *b, PGresult *x)
 {
-	int64_t room;
-
 	if (PQresultStatus(x) != PGRES_TUPLES_OK || PQntuples(x) != 1 || PQnfields(x) != 3)
 		return;
 	b->st.server_max_connections = (uint32_t)atoi(PQgetvalue(x, 0, 0));
 	b->st.server_reserved_connections = (uint32_t)atoi(PQgetvalue(x, 0, 1));
 	b->st.server_other_connections = (uint32_t)atoi(PQgetvalue(x, 0, 2));
 	b->st.server_checked_ms = wall_ms();
-	room = (int64_t)b->st.server_max_connections - b->st.server_reserved_connections -
-	       b->st.server_other_connections;
-	if (room < b->cfg.max_pool_size)
-		log_warn("max_pool_size=%d cannot fit: the server allows %u connections, %u "
-			 "reserved for superusers, %u held by other clients: room for %lld",
-			 b->cfg.max_pool_size, b->st.server_max_connections,
-			 b->st.server_reserved_connections, b->st.server_other_connections,
-			 (long long)(room > 0 ? room : 0));
+	capacity_check(b);
 }
 
 static void on_connect_poll(struct broker *b, struct backend *be)
@@ -1732,6 +1737,8 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 	    old->idle_in_transaction_timeout_ms != b->cfg.idle_in_transaction_timeout_ms ||
 	    old->keepalive_initial_delay_ms != b->cfg.keepalive_initial_delay_ms)
 		b->cfg_gen++;
+	if (b->cfg.max_pool_size > old->max_pool_size)
+		capacity_check(b);
 	if (old->max_connection_lifetime_ms != b->cfg.max_connection_lifetime_ms)
 		for (uint32_t i = 0; i < b->nslots; i++)
 			if (b->backends[i].state != BE_FREE)

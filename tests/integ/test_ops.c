@@ -321,6 +321,25 @@ Test(ops, sighup_applies_a_new_connection_lifetime_to_open_backends)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+/* A reload that raises max_pool_size past the server's room says so, as
+ * the start does (the test server allows 300 connections). */
+Test(ops, sighup_raising_max_pool_size_past_the_server_warns)
+{
+	struct want counted = { "server", "max_connections", 300 };
+	struct want reloaded = { "broker", "reloads", 1 };
+
+	/* 200 fits; a reload may raise it up to twice that */
+	start_with_conf("pool_size = 2\nmin_pool_size = 1\nmax_pool_size = 200\n", NULL);
+	cr_assert(h_until(stat_is, &counted, 10000), "the server's room was never counted:\n%s",
+		  statout);
+	cr_assert(!log_has("cannot fit"), "%s", logbuf);
+	write_file(conf, "pool_size = 2\nmin_pool_size = 1\nmax_pool_size = 400\n");
+	kill(br.pid, SIGHUP);
+	cr_assert(h_until(stat_is, &reloaded, 10000), "no reload:\n%s", statout);
+	cr_assert(h_until(log_has, "max_pool_size=400 cannot fit", 5000), "no warning:\n%s", logbuf);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 static int file_has(void *arg)
 {
 	const char *const *pn = arg;
