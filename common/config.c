@@ -117,7 +117,7 @@ static const struct key_def keys[] = {
 	INT_KEY(channel_size_kb, "PGBROKER_CHANNEL_SIZE_KB", KIND_KB_POW2, 256, 16, 65536,
 		"size of each agent ring"),
 	INT_KEY(max_request_kb, "PGBROKER_MAX_REQUEST_KB", KIND_KB, 65536, 64, 1048576,
-		"largest statement plus parameters accepted"),
+		"largest statement plus parameters accepted, and the most one agent may have queued"),
 	INT_KEY(max_agents, "PGBROKER_MAX_AGENTS", KIND_COUNT, 4096, 1, 65536,
 		"agents registered at once"),
 	INT_KEY(max_inflight_per_agent, "PGBROKER_MAX_INFLIGHT_PER_AGENT", KIND_COUNT,
