@@ -551,12 +551,14 @@ static void settle_backends(const struct ctx *cx)
 }
 
 /* pgbench's tables at scale 10, made with SQL (no pgbench binary needed),
- * like `pgbench -i -s 10`: load, then primary keys, then vacuum analyze.
- * Reused when they are already there at this scale; tables of another
- * scale are never dropped (they may be someone's). */
+ * like `pgbench -i -s 10`: load, then primary keys, in one transaction (an
+ * interrupted set-up leaves nothing behind), then vacuum analyze. Reused
+ * when they are already there at this scale with their primary keys;
+ * other tables of these names are never dropped (they may be someone's). */
 static int setup_pgbench_tables(void)
 {
 	static const char *const create[] = {
+		"begin",
 		"create table pgbench_branches(bid int not null, bbalance int, filler char(88)) "
 		"with (fillfactor = 100)",
 		"create table pgbench_tellers(tid int not null, bid int, tbalance int, "
@@ -574,6 +576,7 @@ static int setup_pgbench_tables(void)
 		"alter table pgbench_branches add primary key (bid)",
 		"alter table pgbench_tellers add primary key (tid)",
 		"alter table pgbench_accounts add primary key (aid)",
+		"commit",
 		"vacuum analyze pgbench_branches, pgbench_tellers, pgbench_accounts, pgbench_history",
 	};
 	long long have = mon_int("select count(*) from pg_class where relkind = 'r' and relname "
@@ -584,20 +587,36 @@ static int setup_pgbench_tables(void)
 	if (have < 0)
 		return -1;
 	if (have == 4) {
-		if (mon_int("select count(*) from pgbench_branches") == NBRANCHES &&
-		    mon_int("select count(*) from pgbench_tellers") == NTELLERS &&
-		    mon_int("select coalesce(max(aid), 0) from pgbench_accounts") == NACCOUNTS)
-			return 0;
+		if (mon_int("select count(*) from pgbench_branches") != NBRANCHES ||
+		    mon_int("select count(*) from pgbench_tellers") != NTELLERS ||
+		    mon_int("select coalesce(max(aid), 0) from pgbench_accounts") != NACCOUNTS) {
+			msg("pgbench tables exist but not at scale %d: drop them or use another "
+			    "database (--dsn)", SCALE);
+			return -1;
+		}
+		/* Without them every point read scans a million rows. */
+		if (mon_int("select count(*) from pg_constraint where contype = 'p' and conrelid in "
+			    "('pgbench_branches'::regclass, 'pgbench_tellers'::regclass, "
+			    "'pgbench_accounts'::regclass)") != 3) {
+			msg("pgbench tables exist at scale %d but without their primary keys: drop "
+			    "them or use another database (--dsn)", SCALE);
+			return -1;
+		}
+		return 0;
 	}
 	if (have != 0) {
-		msg("pgbench tables exist but not at scale %d: drop them or use another "
-		    "database (--dsn)", SCALE);
+		msg("pgbench tables exist but not all four of them: drop them or use another "
+		    "database (--dsn)");
 		return -1;
 	}
 	msg("creating pgbench tables, scale %d (%d accounts)", SCALE, NACCOUNTS);
-	for (size_t i = 0; i < sizeof(create) / sizeof(create[0]); i++)
-		if (g_stop || mon_exec(create[i]) < 0)
+	for (size_t i = 0; i < sizeof(create) / sizeof(create[0]); i++) {
+		if (g_stop || mon_exec(create[i]) < 0) {
+			if (PQtransactionStatus(g.mon) != PQTRANS_IDLE)
+				(void)mon_exec("rollback");
 			return -1;
+		}
+	}
 	msg("pgbench tables ready in %.1f s", now_s() - t0);
 	return 0;
 }
