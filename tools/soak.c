@@ -6,9 +6,10 @@
  * broker's RSS (/proc/PID/status) and its backends (pg_stat_activity).
  *
  * Fails (exit 1) on: any wrong answer, an error other than the expected
- * ones, the broker dying, more backends than --max-backends, or broker RSS
- * after the warm-up growing more than max(10 %, 16 MiB) above its warm-up
- * peak. Prints a summary either way.
+ * ones, an agent dying other than by our SIGKILL, the broker dying, more
+ * backends than --max-backends, or broker RSS after the warm-up growing
+ * more than max(10 %, 16 MiB) above its warm-up peak. Prints a summary
+ * either way.
  *
  *   tools/soak --dir DIR --broker-pid PID --dsn DSN --app NAME
  *              [--seconds 600] [--agents 40] [--max-backends 10] */
@@ -68,6 +69,22 @@ static void failed(pgb_result *r, const char *what)
 	}
 }
 
+/* The one value of a one-row answer is want. */
+static int one_value(const pgb_result *r, const char *want)
+{
+	const char *v = pgb_ntuples(r) == 1 ? pgb_getvalue(r, 0, 0) : NULL;
+
+	return v && strcmp(v, want) == 0;
+}
+
+/* First value of an answer, for a message. */
+static const char *first_value(const pgb_result *r)
+{
+	const char *v = pgb_getvalue(r, 0, 0);
+
+	return v ? v : "(no row)";
+}
+
 static unsigned rnd(unsigned *s)
 {
 	*s = *s * 1103515245u + 12345u;
@@ -106,8 +123,8 @@ static int agent(int dropper, unsigned seed)
 			snprintf(want, sizeof(want), "%lld", (long long)k * 7);
 			if (!pgb_result_ok(r))
 				failed(r, "point read");
-			else if (pgb_ntuples(r) != 1 || strcmp(pgb_getvalue(r, 0, 0), want) != 0)
-				wrong("point read", pgb_getvalue(r, 0, 0));
+			else if (!one_value(r, want))
+				wrong("point read", first_value(r));
 		} else if (op < 70) {
 			/* an answer unique to this agent and this statement */
 			snprintf(a, sizeof(a), "%d", getpid());
@@ -116,8 +133,8 @@ static int agent(int dropper, unsigned seed)
 			r = pgb_exec_params(c, "select $1::text || ':' || $2::text", 2, v);
 			if (!pgb_result_ok(r))
 				failed(r, "unique");
-			else if (strcmp(pgb_getvalue(r, 0, 0), want) != 0)
-				wrong("unique answer crossed", pgb_getvalue(r, 0, 0));
+			else if (!one_value(r, want))
+				wrong("unique answer crossed", first_value(r));
 		} else if (op < 85) {
 			/* a medium result, every row checked */
 			int n = 100 + (int)(rnd(&seed) % 3000);
@@ -129,7 +146,7 @@ static int agent(int dropper, unsigned seed)
 					       "from generate_series(1, $1::int) i", 2, v);
 			if (!pgb_result_ok(r)) {
 				failed(r, "rows");
-			} else if (pgb_ntuples(r) != n) {
+			} else if (pgb_ntuples(r) != n || pgb_nfields(r) != 3) {
 				wrong("row count", pgb_cmd_status(r));
 			} else {
 				for (int i = 0; i < n; i++) {
@@ -156,8 +173,8 @@ static int agent(int dropper, unsigned seed)
 						       "where k = $1 returning v", 1, v);
 				if (!pgb_result_ok(r))
 					failed(r, "update");
-				else if (strcmp(pgb_getvalue(r, 0, 0), want) != 0)
-					wrong("update", pgb_getvalue(r, 0, 0));
+				else if (!one_value(r, want))
+					wrong("update", first_value(r));
 				pgb_clear(r);
 				r = pgb_exec(c, rnd(&seed) % 4 ? "commit" : "rollback");
 				if (!pgb_result_ok(r))
@@ -199,6 +216,23 @@ static long long pg_num(PGconn *pg, const char *sql)
 		fprintf(stderr, "soak: %s: %s", sql, PQerrorMessage(pg));
 	PQclear(r);
 	return v;
+}
+
+/* An agent that ended other than by leaving (exit 0) or by our SIGKILL
+ * crashed: that is a failure, not something to respawn quietly. */
+static void check_exit(pid_t pid, int st)
+{
+	char d[64];
+
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		return;
+	if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+		return;
+	if (WIFSIGNALED(st))
+		snprintf(d, sizeof(d), "pid %d killed by signal %d", (int)pid, WTERMSIG(st));
+	else
+		snprintf(d, sizeof(d), "pid %d exit status %d", (int)pid, WEXITSTATUS(st));
+	wrong("agent died", d);
 }
 
 /* 15 % of the agent slots are droppers: they leave in the middle of a result. */
@@ -277,6 +311,7 @@ int main(int argc, char **argv)
 		while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
 			for (int i = 0; i < nagents; i++) {
 				if (kids[i] == p) {
+					check_exit(p, st);
 					kids[i] = spawn(i, nagents, rnd(&seed));
 					break;
 				}
@@ -334,7 +369,12 @@ int main(int argc, char **argv)
 		while (left && now_ms() < deadline) {
 			left = 0;
 			for (int i = 0; i < nagents; i++) {
-				if (kids[i] > 0 && waitpid(kids[i], NULL, WNOHANG) != 0)
+				int st;
+				pid_t p = kids[i] > 0 ? waitpid(kids[i], &st, WNOHANG) : 0;
+
+				if (p == kids[i])
+					check_exit(p, st);
+				if (p != 0)
 					kids[i] = 0;
 				if (kids[i] > 0)
 					left = 1;
