@@ -1524,15 +1524,37 @@ static void machine_info(struct bench_machine *m, const struct ctx *cx)
 	strftime(m->date, sizeof(m->date), "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* The postmaster: the parent of our own backend, when /proc shows it. */
+/* Is pid a PostgreSQL process (its command name, which the process title
+ * does not change)? */
+static bool is_postgres(int pid)
+{
+	char path[64], comm[32] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (!fgets(comm, sizeof(comm), f))
+		comm[0] = '\0';
+	fclose(f);
+	chomp(comm);
+	return !strcmp(comm, "postgres") || !strcmp(comm, "postmaster");
+}
+
+/* The postmaster: the parent of our own backend, when /proc shows it. A
+ * server on another host or in another PID namespace (a container) names
+ * a pid that is some other process here, or none. */
 static int find_postmaster(void)
 {
 	long long me = mon_int("select pg_backend_pid()");
 	uint64_t t, ct;
 	int ppid;
 
-	if (me <= 0 || proc_stat((int)me, &ppid, &t, &ct) < 0 || pid_ticks(ppid) < 0) {
-		msg("PostgreSQL's processes are not visible in /proc: its CPU time is not reported");
+	if (me <= 0 || me > INT_MAX || !is_postgres((int)me) ||
+	    proc_stat((int)me, &ppid, &t, &ct) < 0 || !is_postgres(ppid) || pid_ticks(ppid) < 0) {
+		msg("PostgreSQL's processes are not visible in /proc (another host, or a "
+		    "container?): its CPU time is not reported");
 		return -1;
 	}
 	return ppid;
