@@ -413,6 +413,22 @@ Test(poolbench, json_keys)
 	free(s);
 }
 
+/* A note cut in the middle of a character, or in Latin-1 (an error message
+ * from a server whose client encoding is not UTF-8), must not make the
+ * file invalid JSON: such bytes become U+FFFD. */
+Test(poolbench, json_is_utf8)
+{
+	struct bench_result r[16];
+	int n = sample(r);
+	char *s;
+
+	snprintf(r[0].note, sizeof(r[0].note), "Schl\xfcssel \xc3\xbc \xe2\x80");
+	s = capture('j', r, n);
+	cr_assert_not_null(strstr(s, "\"note\": \"Schl\\ufffdssel \xc3\xbc \\ufffd\\ufffd\""),
+			   "%s", s);
+	free(s);
+}
+
 static int count(const char *s, const char *what)
 {
 	int n = 0;
