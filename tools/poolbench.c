@@ -1385,7 +1385,8 @@ static int run_one(const struct ctx *cx, int mode, int workload, int nagents,
 		if (now_s() >= t_end || sleep_until(next < t_end ? next : t_end) < 0)
 			break;
 	}
-	if (g_stop)
+	/* A backend count that failed ends the sampling, not the window. */
+	if (g_stop || sleep_until(t_end) < 0)
 		goto interrupted;
 	cpu_snap_take(&c1, cx->pm_pid, g.pooler);
 	if (c1.t - c0.t < 0.9 * o->duration_s || c1.t - c0.t > 1.1 * o->duration_s)
