@@ -326,6 +326,18 @@ static const struct bench_result *find_run(const struct bench_result *r, int n, 
 	return NULL;
 }
 
+/* The run of mode m that goes with r[i]: the latest one before it at the
+ * same workload and agent count (an agent count given twice makes two
+ * steps), or NULL when there is none or it failed. */
+static const struct bench_result *step_run(const struct bench_result *r, int i, int mode)
+{
+	for (int j = i - 1; j >= 0; j--)
+		if (r[j].mode == mode && r[j].workload == r[i].workload &&
+		    r[j].agents == r[i].agents)
+			return r[j].failed ? NULL : &r[j];
+	return NULL;
+}
+
 int bench_ratios(const struct bench_result *r, int n, struct bench_ratio_row *out, int max)
 {
 	int rows = 0;
@@ -336,8 +348,8 @@ int bench_ratios(const struct bench_result *r, int n, struct bench_ratio_row *ou
 
 		if (b->mode != BENCH_BROKER || b->failed)
 			continue;
-		d = find_run(r, n, BENCH_DIRECT, b->workload, b->agents);
-		p = find_run(r, n, BENCH_PGBOUNCER, b->workload, b->agents);
+		d = step_run(r, i, BENCH_DIRECT);
+		p = step_run(r, i, BENCH_PGBOUNCER);
 		if (!d && !p)
 			continue;
 		row = &out[rows++];

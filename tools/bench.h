@@ -94,7 +94,9 @@ struct bench_ratio_row {
 	double vs_bouncer_rate, vs_bouncer_p50, vs_bouncer_p99;
 };
 /* Rows for each (workload, agents) that has a broker result, in the order
- * of the results. Returns the number of rows written (at most max). */
+ * of the results; each broker run against the direct and pgbouncer runs
+ * of its own step (the latest before it). Returns the number of rows
+ * written (at most max). */
 int bench_ratios(const struct bench_result *r, int n, struct bench_ratio_row *out, int max);
 
 /* Where and when the runs were made. */

@@ -331,6 +331,28 @@ Test(poolbench, ratio_rows)
 	cr_assert_float_eq(rows[0].vs_bouncer_rate, 1.2, 1e-12);
 }
 
+/* An agent count given twice (to see how much runs vary): each broker run
+ * is set against the runs made just before it, not against the first ones. */
+Test(poolbench, ratio_rows_of_repeated_steps)
+{
+	struct bench_result r[4];
+	struct bench_ratio_row rows[4];
+
+	r[0] = run(BENCH_DIRECT, BENCH_SELECT1, 10, 20000, 100, 200);
+	r[1] = run(BENCH_BROKER, BENCH_SELECT1, 10, 20000, 100, 200);
+	r[2] = run(BENCH_DIRECT, BENCH_SELECT1, 10, 10000, 200, 800);
+	r[3] = run(BENCH_BROKER, BENCH_SELECT1, 10, 20000, 100, 200);
+	cr_assert_eq(bench_ratios(r, 4, rows, 4), 2);
+	cr_assert_float_eq(rows[0].vs_direct_rate, 1.0, 1e-12);
+	cr_assert_float_eq(rows[1].vs_direct_rate, 2.0, 1e-12);
+	cr_assert_float_eq(rows[1].vs_direct_p50, 0.5, 1e-12);
+	cr_assert_float_eq(rows[1].vs_direct_p99, 0.25, 1e-12);
+
+	/* The direct run of the second step failed: no ratio, not the first one's. */
+	r[2].failed = 1;
+	cr_assert_eq(bench_ratios(r, 4, rows, 4), 1);
+}
+
 /* What a writer produced, as a string (free it). */
 static char *capture(int kind, const struct bench_result *r, int n)
 {
