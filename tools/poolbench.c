@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -1116,11 +1117,19 @@ static uint64_t cpu_us(void)
 	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+/* The measured window, on CLOCK_MONOTONIC: set by poolbench before it
+ * lets the agents go, in memory it shares with them, so that every agent
+ * counts the window poolbench reads the CPU figures over, however late the
+ * scheduler wakes it. */
+struct bench_window {
+	uint64_t meas_us, end_us;
+};
+
 struct agent_args {
 	int mode, workload;
 	const char *target;       /* conninfo, or the broker's run directory */
 	int ready_w, go_r, report_w, done_r;
-	double warmup_s, duration_s;
+	const struct bench_window *win;
 	pid_t parent;
 };
 
@@ -1167,8 +1176,9 @@ static void agent_main(const struct agent_args *x)
 		_exit(1);
 	while (read(x->go_r, &byte, 1) < 0 && errno == EINTR)
 		;
-	t_meas = now_us() + (uint64_t)(x->warmup_s * 1e6);
-	t_end = t_meas + (uint64_t)(x->duration_s * 1e6);
+	/* Written before the go pipe was closed; the EOF orders it. */
+	t_meas = x->win->meas_us;
+	t_end = x->win->end_us;
 	while (up) {
 		uint64_t start = now_us(), end;
 		bool ok;
@@ -1253,6 +1263,7 @@ static int run_one(const struct ctx *cx, int mode, int workload, int nagents,
 	double t0, t_meas, t_end, cpu_agents = 0;
 	struct stats_hist hist = { 0 };
 	struct agent_args args;
+	struct bench_window *win = MAP_FAILED;
 	size_t buflen = 0;
 	long long max_backends = 0;
 	bool in_flight = false;
@@ -1286,16 +1297,15 @@ static int run_one(const struct ctx *cx, int mode, int workload, int nagents,
 
 	buf = malloc(sizeof(struct agent_report) * 8);
 	g.agents = calloc((size_t)nagents, sizeof(pid_t));
-	if (!buf || !g.agents || pipe2(ready, O_CLOEXEC) < 0 || pipe2(go, O_CLOEXEC) < 0 ||
-	    pipe2(report, O_CLOEXEC) < 0 || pipe2(done, O_CLOEXEC) < 0) {
+	win = mmap(NULL, sizeof(*win), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (!buf || !g.agents || win == MAP_FAILED || pipe2(ready, O_CLOEXEC) < 0 ||
+	    pipe2(go, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0 || pipe2(done, O_CLOEXEC) < 0) {
 		fail_run(res, "out of memory or descriptors");
 		goto out;
 	}
 	args = (struct agent_args){ .mode = mode, .workload = workload, .target = target,
 				    .ready_w = ready[1], .go_r = go[0], .report_w = report[1],
-				    .done_r = done[0],
-				    .warmup_s = o->warmup_s, .duration_s = o->duration_s,
-				    .parent = getpid() };
+				    .done_r = done[0], .win = win, .parent = getpid() };
 	fflush(NULL);
 	for (int i = 0; i < nagents; i++) {
 		pid_t pid = fork();
@@ -1352,11 +1362,12 @@ static int run_one(const struct ctx *cx, int mode, int workload, int nagents,
 	max_backends = mon_int(BACKENDS_SQL) - cx->baseline;
 
 	/* Go: every agent's read of the go pipe returns EOF at once. */
-	t0 = now_s();
+	win->meas_us = now_us() + (uint64_t)(o->warmup_s * 1e6);
+	win->end_us = win->meas_us + (uint64_t)(o->duration_s * 1e6);
+	t_meas = (double)win->meas_us / 1e6;
+	t_end = (double)win->end_us / 1e6;
 	close(go[1]);
 	go[1] = -1;
-	t_meas = t0 + o->warmup_s;
-	t_end = t_meas + o->duration_s;
 	if (sleep_until(t_meas) < 0)
 		goto interrupted;
 	cpu_snap_take(&c0, cx->pm_pid, g.pooler);
@@ -1464,6 +1475,8 @@ out:
 		if (done[i] >= 0)
 			close(done[i]);
 	}
+	if (win != MAP_FAILED)
+		munmap(win, sizeof(*win));
 	free(buf);
 	return rc;
 }
