@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "stats.h"
 #include "version.h"
 
@@ -370,57 +371,6 @@ static void render(struct view *v, struct screen *sc, int live, int rows, int re
 }
 
 /* ---- --json ---- */
-
-/* Bytes of the well-formed UTF-8 character at s (no overlong form, no
- * surrogate, nothing past U+10FFFF), 0 when it is not one. */
-static int utf8_len(const unsigned char *s)
-{
-	unsigned n = s[0] >= 0xF0 ? 3 : s[0] >= 0xE0 ? 2 : s[0] >= 0xC2 ? 1 : 0;
-	uint32_t cp = s[0] & (0x3F >> n);
-
-	if (s[0] < 0xC2 || s[0] > 0xF4)
-		return 0;
-	for (unsigned i = 1; i <= n; i++) {
-		if ((s[i] & 0xC0) != 0x80)
-			return 0;
-		cp = cp << 6 | (s[i] & 0x3F);
-	}
-	if ((n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-	    (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
-		return 0;
-	return (int)n + 1;
-}
-
-/* A JSON string. JSON is UTF-8: a byte that is not (a directory named in
- * Latin-1) becomes U+FFFD. */
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	while (*s) {
-		unsigned char c = (unsigned char)*s;
-		int n;
-
-		if (c >= 0x80) {
-			n = utf8_len((const unsigned char *)s);
-			if (n)
-				fwrite(s, 1, (size_t)n, f);
-			else
-				fputs("\\ufffd", f);
-			s += n ? n : 1;
-			continue;
-		}
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c == '\n')
-			fputs("\\n", f);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-		s++;
-	}
-	fputc('"', f);
-}
 
 static void json_time(FILE *f, int64_t t_ms)
 {
