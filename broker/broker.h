@@ -57,7 +57,6 @@ struct request {
 	int64_t due_ns;           /* on the delayed list: when to run again */
 	int session;              /* the text may change session state */
 	int pipe_ok;              /* may share a backend's pipeline (sql_pipelinable) */
-	int all_or_nothing;       /* an error rolls back all of it (sql_all_or_nothing) */
 	uint32_t prep_id;         /* ran as this backend's prepared statement */
 	int prep_sent;            /* ...whose Prepare went out with it */
 	int prep_failed;          /* ...and failed: the server has no such statement */

@@ -984,6 +984,18 @@ static void stale_forget(struct broker *b, struct request *r)
 	r->stale_id = 0;
 }
 
+/* An error undid all of r (sql_all_or_nothing for each statement). Asked
+ * only when a retry is in question, not for every statement. */
+static int all_or_nothing(const struct request *r)
+{
+	if (!sql_all_or_nothing(r->v.sql))
+		return 0;
+	for (uint32_t i = 1; i < r->nsub; i++)
+		if (!sql_all_or_nothing(r->subs[i].sql))
+			return 0;
+	return 1;
+}
+
 /* COMMIT and its kin, in any statement of r: when the connection breaks
  * under one, the transaction may or may not have committed. */
 static int ends_transaction(const struct request *r)
@@ -1041,7 +1053,7 @@ static void statement_done(struct broker *b, struct backend *be)
 		 * (CALL, DO, a COMMIT between statements): that part would run
 		 * twice. */
 		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && rolled_back(state) &&
-		    r->all_or_nothing && !be->unsupported && request_retry(b, r, state)) {
+		    !be->unsupported && all_or_nothing(r) && request_retry(b, r, state)) {
 			retry = 1;
 		} else {
 			b->st.c.statements++;
@@ -1324,9 +1336,6 @@ void pool_submit(struct broker *b, struct request *r)
 		for (uint32_t i = 1; i < r->nsub && !r->session; i++)
 			r->session = sql_changes_session(r->subs[i].sql);
 		r->pipe_ok = !r->session && !r->nsub && sql_pipelinable(r->v.sql);
-		r->all_or_nothing = sql_all_or_nothing(r->v.sql);
-		for (uint32_t i = 1; i < r->nsub && r->all_or_nothing; i++)
-			r->all_or_nothing = sql_all_or_nothing(r->subs[i].sql);
 	}
 	/* The agent's statements run in its transaction or session. Not an
 	 * independent one sent before that began and back now for a retry:
