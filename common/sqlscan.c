@@ -163,10 +163,17 @@ static int scan_session(const char *sql, int backslash)
 }
 
 /* Whether a backslash ends a '' string depends on the session
- * (standard_conforming_strings): a SET that either reading finds counts. */
+ * (standard_conforming_strings), so a text is read both ways; without a
+ * backslash the two readings are the same and one scan does. */
+static int two_readings(const char *sql)
+{
+	return strchr(sql, '\\') != NULL;
+}
+
+/* A SET that either reading finds counts. */
 int sql_changes_session(const char *sql)
 {
-	return scan_session(sql, 0) || scan_session(sql, 1);
+	return scan_session(sql, 0) || (two_readings(sql) && scan_session(sql, 1));
 }
 
 /* One scan; backslash as for skip_literal. 1 when a statement of the text
@@ -205,19 +212,33 @@ static int first_words(const char *sql, int backslash, const char *const *words,
 	return 0;
 }
 
+/* first_words under either reading; *stmts: the most statements either
+ * found. */
+static int first_words_either(const char *sql, const char *const *words, size_t n, int *stmts)
+{
+	int more = 0;
+
+	if (first_words(sql, 0, words, n, stmts))
+		return 1;
+	if (!two_readings(sql))
+		return 0;
+	if (first_words(sql, 1, words, n, &more))
+		return 1;
+	if (more > *stmts)
+		*stmts = more;
+	return 0;
+}
+
 int sql_all_or_nothing(const char *sql)
 {
 	static const char *const parts[] = {
 		"call", "do", "begin", "start", "commit", "end", "rollback", "abort",
 		"savepoint", "release", "prepare",
 	};
-	const size_t n = sizeof(parts) / sizeof(parts[0]);
 	int stmts;
 
-	for (int backslash = 0; backslash <= 1; backslash++)
-		if (first_words(sql, backslash, parts, n, &stmts) || stmts > 1)
-			return 0;
-	return 1;
+	return !first_words_either(sql, parts, sizeof(parts) / sizeof(parts[0]), &stmts) &&
+	       stmts <= 1;
 }
 
 int sql_may_commit(const char *sql)
@@ -225,17 +246,16 @@ int sql_may_commit(const char *sql)
 	static const char *const ends[] = { "commit", "end", "prepare" };
 	int stmts;
 
-	return first_words(sql, 0, ends, 3, &stmts) || first_words(sql, 1, ends, 3, &stmts);
+	return first_words_either(sql, ends, sizeof(ends) / sizeof(ends[0]), &stmts);
 }
 
 int sql_txn_control(const char *sql)
 {
 	static const char *const words[] = { "begin", "start", "commit", "end", "rollback",
 					     "abort" };
-	const size_t n = sizeof(words) / sizeof(words[0]);
 	int stmts;
 
-	return first_words(sql, 0, words, n, &stmts) || first_words(sql, 1, words, n, &stmts);
+	return first_words_either(sql, words, sizeof(words) / sizeof(words[0]), &stmts);
 }
 
 int sql_pipelinable(const char *sql)
