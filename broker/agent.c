@@ -972,6 +972,14 @@ void agent_timers(struct broker *b, int64_t *next_ns)
 	struct list *pos, *tmp;
 	int64_t send_timeout = (int64_t)b->cfg.send_timeout_ms * 1000000;
 
+	/* Out of descriptors, accepting paused: try again now? */
+	if (b->accept_retry_ns && b->now_ns >= b->accept_retry_ns) {
+		b->accept_retry_ns = 0;
+		if (!b->stopping)
+			agent_accept_arm(b);
+	} else if (b->accept_retry_ns && b->accept_retry_ns < *next_ns) {
+		*next_ns = b->accept_retry_ns;
+	}
 	while (!list_empty(&b->hello)) {
 		struct agent *a = list_entry(b->hello.next, struct agent, hello_link);
 

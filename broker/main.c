@@ -269,13 +269,6 @@ static int run(struct broker *b)
 		b->now_ns = clock_ns();
 		next = b->now_ns + MAX_WAIT_NS;
 		agent_run_ready(b);
-		if (b->accept_retry_ns && b->now_ns >= b->accept_retry_ns) {
-			b->accept_retry_ns = 0;
-			if (!b->stopping)
-				agent_accept_arm(b);
-		} else if (b->accept_retry_ns && b->accept_retry_ns < next) {
-			next = b->accept_retry_ns;
-		}
 		pool_timers(b, &next);
 		agent_timers(b, &next);
 		health_timers(b, &next);
