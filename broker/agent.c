@@ -794,8 +794,7 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res)
 {
 	struct response *rs;
-	ExecStatusType st = PQresultStatus(res);
-	int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
+	int ok = result_ok(res);
 
 	rs = calloc(1, sizeof(*rs));
 	if (!rs) {

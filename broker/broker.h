@@ -280,6 +280,7 @@ struct agent *agent_by_tag(struct broker *b, uint64_t tag);
 void request_free(struct request *r);
 
 /* pool.c */
+int result_ok(const PGresult *x);
 int pool_init(struct broker *b);
 void pool_submit(struct broker *b, struct request *r);
 void pool_on_poll(struct broker *b, struct backend *be, int res);

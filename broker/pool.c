@@ -649,9 +649,7 @@ static void pipe_done(struct broker *b, struct backend *be)
 	struct request *r = be->req;
 	PGresult *res = be->res;
 	struct agent *a = r->agent;
-	int ok = res && (PQresultStatus(res) == PGRES_COMMAND_OK ||
-			 PQresultStatus(res) == PGRES_TUPLES_OK ||
-			 PQresultStatus(res) == PGRES_EMPTY_QUERY);
+	int ok = result_ok(res);
 	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	int retry = 0;
 
@@ -892,7 +890,8 @@ static int batch_result(struct backend *be, struct request *r, PGresult *x)
 	return 0;
 }
 
-static int result_ok(const PGresult *x)
+/* The statement succeeded (a NULL result did not). */
+int result_ok(const PGresult *x)
 {
 	ExecStatusType st = x ? PQresultStatus(x) : PGRES_FATAL_ERROR;
 
@@ -1026,9 +1025,7 @@ static void statement_done(struct broker *b, struct backend *be)
 	be->res = NULL;
 	be->req = NULL;
 	if (r) {
-		int ok = res && (PQresultStatus(res) == PGRES_COMMAND_OK ||
-				 PQresultStatus(res) == PGRES_TUPLES_OK ||
-				 PQresultStatus(res) == PGRES_EMPTY_QUERY);
+		int ok = result_ok(res);
 		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
 		r->be = NULL;
