@@ -682,30 +682,35 @@ static int flight_add(pgb_conn *c, uint32_t id)
 }
 
 /* The final response for id arrived: count it. */
-static void flight_done(pgb_conn *c, uint32_t id, const pgb_result *r)
-{
-	for (uint32_t i = 0; i < c->nflights; i++) {
-		if (c->flights[i].id != id)
-			continue;
-		uint64_t rtt = (uint64_t)(now_ns() - c->flights[i].t0);
-
-		c->stats.total++;
-		if (!pgb_result_ok(r))
-			c->stats.failed++;
-		c->rtt_sum_ns += rtt;
-		if (rtt / 1000 > c->stats.max_rtt_us)
-			c->stats.max_rtt_us = rtt / 1000;
-		c->flights[i] = c->flights[--c->nflights];
-		return;
-	}
-}
-
-static int flight_known(const pgb_conn *c, uint32_t id)
+/* Where id is among the flights, -1 when it is not in flight. */
+static int flight_find(const pgb_conn *c, uint32_t id)
 {
 	for (uint32_t i = 0; i < c->nflights; i++)
 		if (c->flights[i].id == id)
-			return 1;
-	return 0;
+			return (int)i;
+	return -1;
+}
+
+static void flight_drop(pgb_conn *c, int i)
+{
+	c->flights[i] = c->flights[--c->nflights];
+}
+
+static void flight_done(pgb_conn *c, uint32_t id, const pgb_result *r)
+{
+	int i = flight_find(c, id);
+	uint64_t rtt;
+
+	if (i < 0)
+		return;
+	rtt = (uint64_t)(now_ns() - c->flights[i].t0);
+	c->stats.total++;
+	if (!pgb_result_ok(r))
+		c->stats.failed++;
+	c->rtt_sum_ns += rtt;
+	if (rtt / 1000 > c->stats.max_rtt_us)
+		c->stats.max_rtt_us = rtt / 1000;
+	flight_drop(c, i);
 }
 
 static int is_final(const pgb_result *r)
@@ -792,7 +797,7 @@ static pgb_result *wait_result(pgb_conn *c, int any, uint32_t id, int block, uin
 			*got = id;
 			if (any && c->nflights)
 				*got = c->flights[0].id;
-			sent = flight_known(c, *got);
+			sent = flight_find(c, *got) >= 0;
 			if (sent && !inherited(c))
 				/* It reached the broker, which may have run it. */
 				r = local_error(PGB_SQLSTATE_BROKER_GONE,
@@ -887,11 +892,10 @@ static uint32_t send_request(pgb_conn *c, const char *sql, int nparams,
 	if (rc < 0) {
 		/* Not necessarily the last one: responses taken in meanwhile
 		 * moved the flights around. */
-		for (uint32_t i = 0; i < c->nflights; i++)
-			if (c->flights[i].id == id) {
-				c->flights[i] = c->flights[--c->nflights];
-				break;
-			}
+		int i = flight_find(c, id);
+
+		if (i >= 0)
+			flight_drop(c, i);
 		if (rc == -EPIPE)
 			*err = gone_error(c);
 		else if (c->status != PGB_CONNECTION_OK)
@@ -983,12 +987,13 @@ PGB_API pgb_result *pgb_try_result(pgb_conn *c, long long *id)
 {
 	pgb_result *r;
 	uint64_t n;
-	int signalled;
+	int signalled, was_armed;
 
 	if (!c || c->status != PGB_CONNECTION_OK)
 		return next_result(c, id, 0);
 	/* Clear the eventfd first, then look: a result published after the
 	 * look finds fd_armed set and signals the fd again. */
+	was_armed = __atomic_load_n(&c->chan->fd_armed, __ATOMIC_RELAXED);
 	signalled = read(c->efd, &n, sizeof(n)) == (ssize_t)sizeof(n);
 	r = next_result(c, id, 0);
 	if (r)
@@ -996,9 +1001,10 @@ PGB_API pgb_result *pgb_try_result(pgb_conn *c, long long *id)
 	__atomic_store_n(&c->chan->fd_armed, 1, __ATOMIC_SEQ_CST);
 	if (ring_has_data(&c->resp))
 		return next_result(c, id, 0);
-	/* Not woken by the eventfd: perhaps by the socket's hang-up. Then
-	 * what is in flight gets its answer now (PB003), not never. */
-	if (!signalled && broker_gone(c)) {
+	/* Armed since the last call and still not signalled: perhaps woken
+	 * by the socket's hang-up. Then what is in flight gets its answer now
+	 * (PB003), not never. (Only then: the check costs a system call.) */
+	if (was_armed && !signalled && broker_gone(c)) {
 		mark_gone(c);
 		return next_result(c, id, 0);
 	}
