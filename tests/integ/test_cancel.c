@@ -71,8 +71,10 @@ static void relay_client(struct relay *rl, int cfd)
 		_exit(0);
 	if (((uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 | (uint32_t)head[6] << 8 |
 	     head[7]) == CANCEL_CODE) {
+		long long until = h_now_ms() + 60000;	/* bounded: the test's own limit */
+
 		__atomic_add_fetch(&rl->cancels, 1, __ATOMIC_SEQ_CST);
-		while (!__atomic_load_n(&rl->release, __ATOMIC_SEQ_CST))
+		while (!__atomic_load_n(&rl->release, __ATOMIC_SEQ_CST) && h_now_ms() < until)
 			usleep(5000);
 		__atomic_add_fetch(&rl->answered, 1, __ATOMIC_SEQ_CST);
 		_exit(0);	/* closing is the postmaster's answer */
