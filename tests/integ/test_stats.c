@@ -1005,36 +1005,42 @@ static int pane_is(void *arg)
 	return strcmp(out, w->want) == 0;
 }
 
-/* Ctrl-Z in a shell with job control: the live view gives the terminal
- * back as it found it (main screen, cursor shown), and after fg takes it
- * again: q quits at once, without Enter. */
+/* The test's private tmux server goes, whatever the test's end. */
 static void tmux_gone(void)
 {
 	if (*tmux_sock)
 		tmux("kill-server", NULL, NULL, NULL, NULL);
 }
 
-Test(stats, live_view_suspends_and_resumes_with_its_terminal, .timeout = 60,
-     .fini = tmux_gone)
+/* A broker, and an interactive bash in a private 80x24 tmux session
+ * "pgbtest"; skips the test without tmux or bash. */
+static void bash_in_tmux(void)
 {
 	const char *version[] = { "/usr/bin/env", "tmux", "-V", NULL };
 	const char *has_bash[] = { "/usr/bin/env", "bash", "-c", "true", NULL };
-	struct pane_is main_screen = { "#{alternate_on}#{cursor_flag}", "01" };
-	struct pane_is alt_screen = { "#{alternate_on}", "1" };
-	struct pane_is back_in_bash = { "#{pane_current_command}", "bash" };
-	char cmd[1200], bin[512];
+	const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "new-session", "-d",
+			       "-s", "pgbtest", "-x", "80", "-y", "24",
+			       "bash --norc --noprofile -i", NULL };
 
 	if (h_run(version, out, sizeof(out)) != 0 || h_run(has_bash, out, sizeof(out)) != 0)
 		cr_skip_test("tmux or bash is not installed");
 	h_broker_start(&br, (const char *const[]){ "--health-interval-ms", "200", NULL });
 	snprintf(tmux_sock, sizeof(tmux_sock), "pgbtest%d", (int)getpid());
-	{
-		const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "new-session", "-d",
-				       "-s", "pgbtest", "-x", "80", "-y", "24",
-				       "bash --norc --noprofile -i", NULL };
+	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux: %s", out);
+}
 
-		cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux: %s", out);
-	}
+/* Ctrl-Z in a shell with job control: the live view gives the terminal
+ * back as it found it (main screen, cursor shown), and after fg takes it
+ * again: q quits at once, without Enter. */
+Test(stats, live_view_suspends_and_resumes_with_its_terminal, .timeout = 60,
+     .fini = tmux_gone)
+{
+	struct pane_is main_screen = { "#{alternate_on}#{cursor_flag}", "01" };
+	struct pane_is alt_screen = { "#{alternate_on}", "1" };
+	struct pane_is back_in_bash = { "#{pane_current_command}", "bash" };
+	char cmd[1200], bin[512];
+
+	bash_in_tmux();
 	snprintf(cmd, sizeof(cmd), "%s %s", h_bin("tools/poolstat", bin, sizeof(bin)), br.dir);
 	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", cmd, "Enter"), 0);
 	cr_assert(h_until(screen_shows_pool, NULL, 10000), "the live view never showed:\n%s", out);
@@ -1059,22 +1065,10 @@ static int screen_shows_marker(void *arg)
 Test(stats, live_view_resized_then_quit_keeps_the_shell_screen, .timeout = 60,
      .fini = tmux_gone)
 {
-	const char *version[] = { "/usr/bin/env", "tmux", "-V", NULL };
-	const char *has_bash[] = { "/usr/bin/env", "bash", "-c", "true", NULL };
 	struct pane_is back_in_bash = { "#{pane_current_command}", "bash" };
 	char cmd[1200], bin[512];
 
-	if (h_run(version, out, sizeof(out)) != 0 || h_run(has_bash, out, sizeof(out)) != 0)
-		cr_skip_test("tmux or bash is not installed");
-	h_broker_start(&br, (const char *const[]){ "--health-interval-ms", "200", NULL });
-	snprintf(tmux_sock, sizeof(tmux_sock), "pgbtest%d", (int)getpid());
-	{
-		const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "new-session", "-d",
-				       "-s", "pgbtest", "-x", "80", "-y", "24",
-				       "bash --norc --noprofile -i", NULL };
-
-		cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux: %s", out);
-	}
+	bash_in_tmux();
 	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "echo SHELL-SAID-THIS", "Enter"), 0);
 	cr_assert(h_until(screen_shows_marker, "\nSHELL-SAID-THIS", 5000), "%s", out);
 	snprintf(cmd, sizeof(cmd), "%s %s", h_bin("tools/poolstat", bin, sizeof(bin)), br.dir);
