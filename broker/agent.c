@@ -141,11 +141,7 @@ int agent_listen(struct broker *b)
 
 void agent_accept_arm(struct broker *b)
 {
-	struct io_uring_sqe *sqe = uring_sqe(b);
-
-	io_uring_prep_multishot_accept(sqe, b->listen_fd, NULL, NULL,
-				       SOCK_CLOEXEC | SOCK_NONBLOCK);
-	io_uring_sqe_set_data64(sqe, tag_make(TAG_ACCEPT, 0, 0));
+	loop_accept(b->loop, b->listen_fd, tag_make(TAG_ACCEPT, 0, 0));
 }
 
 static int gid_allowed(const struct broker *b, gid_t gid)
@@ -182,7 +178,7 @@ static int peer_allowed(const struct broker *b, int fd, const struct ucred *cr)
 
 static void send_reply(int fd, const struct reg_reply *rep, const int *fds, int nfds)
 {
-	char cbuf[CMSG_SPACE(2 * sizeof(int))] = { 0 };
+	char cbuf[CMSG_SPACE(3 * sizeof(int))] = { 0 };
 	struct iovec iov = { (void *)rep, sizeof(*rep) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 
@@ -245,6 +241,7 @@ void agent_accept(struct broker *b, int fd)
 	list_init(&a->queue);
 	list_init(&a->active);
 	a->efd = -1;
+	a->bell_fd = -1;
 	list_init(&a->responses);
 	list_init(&a->wake_link);
 	list_init(&a->ready_link);
@@ -253,7 +250,7 @@ void agent_accept(struct broker *b, int fd)
 	list_add_tail(&b->hello, &a->hello_link);
 	b->agents[a->slot] = a;
 	b->nagents++;
-	uring_poll(b, fd, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
+	loop_poll(b->loop, fd, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
 }
 
 /* The channel: a sealed memfd, so the agent can neither shrink it under
@@ -315,7 +312,8 @@ static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struc
 	 * broker_armed was clear, and then its notify rang no bell. */
 	if (a->blocked_since_ns && ring_space(&a->resp) > a->blocked_space)
 		return 1;
-	uring_futex_wait(b, &a->chan->broker_bell, v, tag_make(TAG_BELL, a->slot, a->gen));
+	loop_bell_wait(b->loop, &a->chan->broker_bell, v, a->bell_fd,
+		       tag_make(TAG_BELL, a->slot, a->gen));
 	a->bell_armed = 1;
 	return 0;
 }
@@ -333,7 +331,7 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	}
 	n = recv(a->sock, &h, sizeof(h), MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-		uring_poll(b, a->sock, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
+		loop_poll(b->loop, a->sock, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
 		return;
 	}
 	if (n != (ssize_t)sizeof(h) || h.magic != REG_MAGIC) {
@@ -353,7 +351,9 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 		return;
 	}
 	a->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (a->efd < 0) {
+	if (a->efd >= 0 && b->loop->bell == CHAN_BELL_EVENTFD)
+		a->bell_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (a->efd < 0 || (b->loop->bell == CHAN_BELL_EVENTFD && a->bell_fd < 0)) {
 		close(fd);
 		refuse(dup(a->sock), -errno, "broker could not create an eventfd");
 		agent_fail(b, a, "eventfd creation failed");
@@ -362,14 +362,14 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	rep.ring_size = a->chan->ring_size;
 	rep.chan_size = a->chan_size;
 	rep.agent_id = a->slot;
-	rep.nfds = 2;
-	send_reply(a->sock, &rep, (int[]){ fd, a->efd }, 2);
+	rep.nfds = a->bell_fd >= 0 ? 3 : 2;
+	send_reply(a->sock, &rep, (int[]){ fd, a->efd, a->bell_fd }, (int)rep.nfds);
 	close(fd);
 	list_del(&a->hello_link);
 	a->state = AG_READY;
 	b->st.c.agents_registered++;
 	log_debug("agent %u registered: pid %d uid %d", a->slot, (int)a->pid, (int)a->uid);
-	uring_poll(b, a->sock, POLLIN | POLLRDHUP, tag_make(TAG_HUP, a->slot, a->gen));
+	loop_poll(b->loop, a->sock, POLLIN | POLLRDHUP, tag_make(TAG_HUP, a->slot, a->gen));
 	/* The agent may have written before the bell was armed. */
 	agent_service(b, a, 1);
 }
@@ -383,7 +383,8 @@ void agent_wake(struct broker *b, struct agent *a)
 }
 
 /* Once per loop pass: wake the agents we produced for that sleep. The
- * FUTEX_WAKEs ride in the same io_uring submit as everything else. */
+ * FUTEX_WAKEs ride in the loop's next submit (io_uring) or are made at
+ * once (epoll). */
 void agent_run_wakes(struct broker *b)
 {
 	struct list *pos;
@@ -395,11 +396,11 @@ void agent_run_wakes(struct broker *b)
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 		if (__atomic_load_n(&a->chan->agent_sleeping, __ATOMIC_RELAXED)) {
 			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
-			uring_futex_wake(b, &a->chan->agent_bell);
+			loop_futex_wake(b->loop, &a->chan->agent_bell);
 		}
 		if (__atomic_load_n(&a->chan->fd_armed, __ATOMIC_RELAXED) &&
 		    __atomic_exchange_n(&a->chan->fd_armed, 0, __ATOMIC_SEQ_CST))
-			uring_eventfd_signal(b, a->efd);
+			loop_eventfd_signal(b->loop, a->efd);
 	}
 }
 
@@ -931,14 +932,17 @@ static void agent_free(struct broker *b, struct agent *a)
 	list_del(&a->ready_link);
 	list_del(&a->blocked_link);
 	free(a->in_blob);
-	if (a->bell_armed)
-		uring_cancel(b, tag_make(TAG_BELL, a->slot, a->gen));
-	uring_cancel(b, tag_make(TAG_HUP, a->slot, a->gen));
-	uring_cancel(b, tag_make(TAG_HELLO, a->slot, a->gen));
+	/* An armed bell, or (epoll) the bell eventfd the agent also holds. */
+	if (a->bell_armed || a->bell_fd >= 0)
+		loop_cancel(b->loop, a->bell_fd, tag_make(TAG_BELL, a->slot, a->gen));
+	loop_cancel(b->loop, a->sock, tag_make(TAG_HUP, a->slot, a->gen));
+	loop_cancel(b->loop, a->sock, tag_make(TAG_HELLO, a->slot, a->gen));
 	if (a->chan)
 		munmap(a->chan, a->chan_size);
 	if (a->efd >= 0)
 		close(a->efd);
+	if (a->bell_fd >= 0)
+		close(a->bell_fd);
 	close(a->sock);
 	b->agents[a->slot] = NULL;
 	b->free_slots[b->nfree++] = a->slot;

@@ -2,7 +2,6 @@
 #ifndef PGB_BROKER_H
 #define PGB_BROKER_H
 
-#include <liburing.h>
 #include <libpq-fe.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -11,11 +10,12 @@
 #include "chan.h"
 #include "config.h"
 #include "list.h"
+#include "loop.h"
 #include "proto.h"
 #include "stats.h"
 #include "stmtcache.h"
 
-/* io_uring user_data: kind | slot | generation (see tag_make). */
+/* A loop completion's tag: kind | slot | generation (see tag_make). */
 enum tag_kind {
 	TAG_NONE = 0,
 	TAG_ACCEPT,
@@ -25,7 +25,6 @@ enum tag_kind {
 	TAG_BELL,       /* agent channel futex wait */
 	TAG_BACKEND,    /* libpq socket poll */
 	TAG_CANCEL,     /* a cancel thread finished */
-	TAG_IGNORE,     /* wakes, cancels: nothing to do on completion */
 };
 
 static inline uint64_t tag_make(enum tag_kind k, uint32_t slot, uint32_t gen)
@@ -119,6 +118,7 @@ struct agent {
 	uint32_t nactive;
 	uint64_t nbytes;          /* request bytes held in queue and active */
 	int efd;                  /* eventfd for pgb_socket, signalled when fd_armed */
+	int bell_fd;              /* eventfd the agent rings (CHAN_BELL_EVENTFD), else -1 */
 	struct backend *pinned;   /* backend holding this agent's transaction */
 	int txn_lost;             /* pinned backend died: next statement is told */
 	int txn_open;             /* its session is inside a transaction: RESP_IN_TXN */
@@ -187,7 +187,7 @@ struct backend {
 
 struct broker {
 	struct pgb_config cfg;
-	struct io_uring ring;
+	struct loop *loop;        /* loop.h: io_uring or epoll */
 	int listen_fd, lock_fd, signal_fd;
 	int64_t accept_retry_ns;  /* out of descriptors: accept again at this time */
 	int accept_failing;       /* said so once in the log */
@@ -236,6 +236,7 @@ struct broker {
 	struct health_mon *health; /* health.c: sampling state */
 	int st_dirty;
 	int64_t now_ns;
+	int now_stale;            /* a loop wait ran since now_ns was read */
 };
 
 /* log.c */
@@ -247,14 +248,6 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_warn(...)  do { if (log_level >= LV_WARN) log_msg(LV_WARN, __VA_ARGS__); } while (0)
 #define log_info(...)  do { if (log_level >= LV_INFO) log_msg(LV_INFO, __VA_ARGS__); } while (0)
 #define log_debug(...) do { if (log_level >= LV_DEBUG) log_msg(LV_DEBUG, __VA_ARGS__); } while (0)
-
-/* uring.c */
-struct io_uring_sqe *uring_sqe(struct broker *b);
-void uring_poll(struct broker *b, int fd, unsigned events, uint64_t tag);
-void uring_cancel(struct broker *b, uint64_t tag);
-void uring_futex_wait(struct broker *b, uint32_t *word, uint32_t val, uint64_t tag);
-void uring_futex_wake(struct broker *b, uint32_t *word);
-void uring_eventfd_signal(struct broker *b, int fd);
 
 /* agent.c */
 int agent_listen(struct broker *b);

@@ -1,5 +1,6 @@
-/* pgbroker: one io_uring loop waits on the registration socket, agent
- * doorbells and hang-ups, libpq sockets, signals and the next timer. */
+/* pgbroker: one event loop (io_uring or epoll, loop.h) waits on the
+ * registration socket, agent doorbells and hang-ups, libpq sockets, signals
+ * and the next timer. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -21,7 +22,7 @@
 
 static void arm_signal(struct broker *b)
 {
-	uring_poll(b, b->signal_fd, POLLIN, tag_make(TAG_SIGNAL, 0, 0));
+	loop_poll(b->loop, b->signal_fd, POLLIN, tag_make(TAG_SIGNAL, 0, 0));
 }
 
 /* SIGTERM drains: statements already accepted and open transactions may
@@ -121,26 +122,32 @@ static void on_signal(struct broker *b)
 	arm_signal(b);
 }
 
-static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
+/* One completion from the loop: res is revents, an accepted fd or -errno. */
+static void on_event(void *arg, uint64_t tag, int res, int more)
 {
-	uint64_t tag = io_uring_cqe_get_data64(cqe);
+	struct broker *b = arg;
 	struct agent *a;
 	struct backend *be;
 
+	if (b->now_stale) {	/* the first completion after a wait */
+		b->now_ns = clock_ns();
+		b->now_stale = 0;
+	}
+
 	switch (TAG_KIND(tag)) {
 	case TAG_ACCEPT:
-		if (cqe->res >= 0) {
+		if (res >= 0) {
 			b->accept_failing = 0;
-			agent_accept(b, cqe->res);
-		} else if (cqe->res != -ECANCELED && !b->accept_failing) {
-			log_warn("accept: %s", strerror(-cqe->res));
+			agent_accept(b, res);
+		} else if (res != -ECANCELED && !b->accept_failing) {
+			log_warn("accept: %s", strerror(-res));
 		}
-		if ((cqe->flags & IORING_CQE_F_MORE) || b->stopping)
+		if (more || b->stopping)
 			break;
 		/* Out of descriptors the connection stays queued and the next
 		 * accept fails at once: wait for some to be freed, not spin. */
-		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOBUFS ||
-		    cqe->res == -ENOMEM) {
+		if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS ||
+		    res == -ENOMEM) {
 			if (!b->accept_failing)
 				log_warn("not accepting agents for now: retrying every %lld ms",
 					 ACCEPT_PAUSE_NS / 1000000);
@@ -155,7 +162,7 @@ static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
 		break;
 	case TAG_HELLO:
 		if ((a = agent_by_tag(b, tag)) && a->state == AG_HELLO)
-			agent_on_hello(b, a, cqe->res);
+			agent_on_hello(b, a, res);
 		break;
 	case TAG_HUP:
 		if ((a = agent_by_tag(b, tag)))
@@ -170,19 +177,21 @@ static void handle_cqe(struct broker *b, struct io_uring_cqe *cqe)
 		break;
 	case TAG_BACKEND:
 		if ((be = pool_by_tag(b, tag)))
-			pool_on_poll(b, be, cqe->res);
+			pool_on_poll(b, be, res);
 		break;
 	default:
 		break;
 	}
 }
 
-/* Each agent costs the broker two descriptors (socket, eventfd): lift the
- * soft limit to the hard one and say so when max_agents cannot fit. */
+/* Each agent costs the broker two descriptors (socket, eventfd), three on
+ * epoll (its bell): lift the soft limit to the hard one and say so when
+ * max_agents cannot fit. */
 static void raise_fd_limit(const struct broker *b)
 {
 	struct rlimit rl;
-	rlim_t need = 2 * (rlim_t)b->cfg.max_agents + (rlim_t)b->cfg.max_pool_size + 64;
+	rlim_t per_agent = b->loop->bell == CHAN_BELL_EVENTFD ? 3 : 2;
+	rlim_t need = per_agent * (rlim_t)b->cfg.max_agents + (rlim_t)b->cfg.max_pool_size + 64;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
@@ -196,33 +205,16 @@ static void raise_fd_limit(const struct broker *b)
 			 (unsigned long long)need, b->cfg.max_agents);
 }
 
-static int setup_ring(struct broker *b)
+static int setup_loop(struct broker *b)
 {
-	struct io_uring_params p = { 0 };
-	unsigned entries = 1024;
-	int rc;
+	char why[512];
+	int rc = loop_open(LOOP_AUTO, &b->loop, why, sizeof(why));
 
-	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-	p.cq_entries = 16384;
-	rc = io_uring_queue_init_params(entries, &b->ring, &p);
 	if (rc < 0) {
-		memset(&p, 0, sizeof(p));
-		p.flags = IORING_SETUP_CQSIZE;
-		p.cq_entries = 16384;
-		rc = io_uring_queue_init_params(entries, &b->ring, &p);
-	}
-	if (rc < 0) {
-		log_error("io_uring setup failed: %s", strerror(-rc));
+		log_error("no usable event loop: %s", why);
 		return rc;
 	}
-	struct io_uring_probe *probe = io_uring_get_probe_ring(&b->ring);
-	int ok = probe && io_uring_opcode_supported(probe, 51 /* FUTEX_WAIT */);
-
-	io_uring_free_probe(probe);
-	if (!ok) {
-		log_error("this kernel's io_uring lacks FUTEX_WAIT (Linux 6.7 or later is needed)");
-		return -ENOSYS;
-	}
+	log_info("%s", why);
 	return 0;
 }
 
@@ -261,9 +253,6 @@ static int setup_signals(struct broker *b)
 static int run(struct broker *b)
 {
 	for (;;) {
-		struct io_uring_cqe *cqe;
-		struct __kernel_timespec ts;
-		unsigned head, n = 0;
 		int64_t next;
 
 		b->now_ns = clock_ns();
@@ -292,19 +281,12 @@ static int run(struct broker *b)
 		next -= b->now_ns;
 		if (next < 0)
 			next = 0;
-		ts.tv_sec = next / 1000000000LL;
-		ts.tv_nsec = next % 1000000000LL;
-		int rc = io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
-		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
-			log_error("io_uring wait: %s", strerror(-rc));
+		b->now_stale = 1;
+		int rc = loop_wait(b->loop, next, on_event, b);
+		if (rc < 0) {
+			log_error("%s wait: %s", b->loop->name, strerror(-rc));
 			return -1;
 		}
-		b->now_ns = clock_ns();
-		io_uring_for_each_cqe(&b->ring, head, cqe) {
-			handle_cqe(b, cqe);
-			n++;
-		}
-		io_uring_cq_advance(&b->ring, n);
 	}
 }
 
@@ -366,7 +348,6 @@ int main(int argc, char **argv)
 		log_warn("%s", err);
 	b->argc = argc;
 	b->argv = argv;
-	raise_fd_limit(b);
 	b->listen_fd = b->lock_fd = b->signal_fd = -1;
 	list_init(&b->hello);
 	list_init(&b->wake);
@@ -382,8 +363,9 @@ int main(int argc, char **argv)
 	for (int i = b->cfg.max_agents - 1; i >= 0; i--)
 		b->free_slots[b->nfree++] = (uint32_t)i;
 	b->now_ns = clock_ns();
-	if (setup_ring(b) < 0 || setup_signals(b) < 0)
+	if (setup_loop(b) < 0 || setup_signals(b) < 0)
 		return 1;
+	raise_fd_limit(b);
 	if (agent_listen(b) < 0) {
 		remove_own_files(b);
 		return 1;
@@ -417,13 +399,13 @@ int main(int argc, char **argv)
 	}
 	notify_ready("serving");
 	rc = run(b);
-	io_uring_submit(&b->ring);	/* the last pass's wake-ups */
+	loop_flush(b->loop);	/* the last pass's wake-ups */
 	/* Unlink first: from here on nobody new finds this broker. */
 	unlink(b->sock_path);
 	agent_close_all(b);
 	pool_close_all(b);
 	stats_close(b);
-	io_uring_queue_exit(&b->ring);
+	loop_close(b->loop);
 	unlink(b->lock_path);
 	close(b->lock_fd);
 	if (b->made_dir)

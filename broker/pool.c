@@ -87,10 +87,11 @@ static void be_arm(struct broker *b, struct backend *be, int events)
 	if (be->poll_events == events)
 		return;
 	if (be->poll_events)
-		uring_cancel(b, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
+		loop_cancel(b->loop, be->fd, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
 	be->poll_seq++;
 	be->poll_events = events;
-	uring_poll(b, be->fd, (unsigned)events, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
+	loop_poll(b->loop, be->fd, (unsigned)events,
+		  tag_make(TAG_BACKEND, be->slot, be->poll_seq));
 }
 
 static void notice_quiet(void *arg, const char *msg)
@@ -395,7 +396,7 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		be->owner = NULL;
 	}
 	if (be->poll_events)
-		uring_cancel(b, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
+		loop_cancel(b->loop, be->fd, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
 	be->poll_events = 0;
 	be->poll_seq++;
 	be_set_state(b, be, BE_FREE);
@@ -1435,7 +1436,7 @@ void pool_on_cancel(struct broker *b)
 	uint64_t n;
 
 	(void)!read(b->cancel_efd, &n, sizeof(n));
-	uring_poll(b, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
+	loop_poll(b->loop, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
 	/* The pool is small (max_pool_size): look for parked backends. */
 	for (uint32_t i = 0; i < b->nslots; i++) {
 		struct backend *be = &b->backends[i];
@@ -1673,7 +1674,7 @@ int pool_init(struct broker *b)
 	b->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (b->cancel_efd < 0)
 		return -errno;
-	uring_poll(b, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
+	loop_poll(b->loop, b->cancel_efd, POLLIN, tag_make(TAG_CANCEL, 0, 0));
 	pool_grow(b);
 	return 0;
 }

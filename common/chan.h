@@ -27,11 +27,17 @@ struct reg_reply {
 	uint32_t ring_size;
 	uint64_t chan_size;
 	uint32_t agent_id;     /* slot number, for display */
-	uint32_t nfds;         /* fds passed: the channel memfd, then the eventfd */
+	uint32_t nfds;         /* fds passed: the channel memfd, the eventfd, and
+				  with CHAN_BELL_EVENTFD the bell eventfd */
 	char message[108];     /* why, when status != 0 */
 };
 
 enum broker_state { BROKER_RUNNING = 0, BROKER_CLOSING = 1 };
+
+/* The doorbell the broker listens to (chan_shm.bell_kind): its io_uring
+ * loop waits on the broker_bell futex word, its epoll loop on an eventfd
+ * passed at registration. */
+enum chan_bell { CHAN_BELL_FUTEX = 0, CHAN_BELL_EVENTFD = 1 };
 
 struct chan_shm {
 	uint32_t magic;
@@ -42,9 +48,10 @@ struct chan_shm {
 	struct ring_ctl req;     /* agent produces, broker consumes */
 	struct ring_ctl resp;    /* broker produces, agent consumes */
 
-	/* The broker waits (io_uring FUTEX_WAIT) on broker_bell while
-	 * broker_armed is set; an agent that made progress bumps the bell and
-	 * wakes it only then. Symmetrically the agent sleeps on agent_bell with
+	/* The broker waits on broker_bell while broker_armed is set; an agent
+	 * that made progress bumps the bell and wakes it only then: with
+	 * FUTEX_WAKE (bell_kind CHAN_BELL_FUTEX, io_uring FUTEX_WAIT), or by
+	 * writing 1 to the bell eventfd (CHAN_BELL_EVENTFD, the epoll loop). Symmetrically the agent sleeps on agent_bell with
 	 * agent_sleeping set. The flags are hints: a wrong value costs a wake-up
 	 * or a timeout slice, never correctness. */
 	_Alignas(64) uint32_t broker_bell;
