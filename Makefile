@@ -60,7 +60,7 @@ INTEG_BIN := tests/integ/integ_tests
 
 ALL := broker/pgbroker client/libpgbroker.a client/libpgbroker.so $(TOOLS)
 
-.PHONY: all deps test unit integ demo bench install uninstall check-install clean check-deps
+.PHONY: all deps test unit integ demo bench install uninstall check-install check-docs clean check-deps
 all: $(ALL)
 
 # Objects are rebuilt whenever the flags change (SANITIZE=1 after a plain build).
@@ -136,6 +136,7 @@ test: deps
 	./$(UNIT_BIN) --jobs 2
 	sh tools/run-integ.sh ./$(INTEG_BIN)
 	$(CHECK_INSTALL_ENV) PGB_MAKE='$(MAKE)' sh tools/check-install.sh
+	$(CHECK_INSTALL_ENV) sh tools/check-docs.sh
 
 # Install into a temporary DESTDIR and check the result: files, the library's
 # exports, man pages, agents built with pkg-config alone against the installed
@@ -145,6 +146,11 @@ test: deps
 CHECK_INSTALL_ENV = CC='$(CC)' PGB_AGENT_CFLAGS='$(if $(SANITIZE),-fsanitize=$(SANITIZE))'
 check-install: all
 	$(CHECK_INSTALL_ENV) PGB_MAKE='$(MAKE)' sh tools/check-install.sh
+
+# Every code block of README.md and docs/*.md as written: C compiles, shell
+# parses with real flags, the README's walk-through by hand runs.
+check-docs: all
+	$(CHECK_INSTALL_ENV) sh tools/check-docs.sh
 
 unit: $(UNIT_BIN)
 	./$(UNIT_BIN)

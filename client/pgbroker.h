@@ -155,7 +155,7 @@ enum {
 	PGB_RAN_YES = 3,         /* completed (classes 00, 01, 02 are not failures) */
 };
 
-/* 1 if a failure with this SQLSTATE may go away by itself (README table). */
+/* 1 if a failure with this SQLSTATE may go away by itself (docs/sqlstates.md). */
 int pgb_sqlstate_is_transient(const char *sqlstate);
 /* PGB_RAN_*: was the failed statement applied? Unknown codes: PGB_RAN_UNKNOWN. */
 int pgb_sqlstate_ran(const char *sqlstate);

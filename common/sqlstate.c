@@ -1,5 +1,5 @@
-/* SQLSTATE classification; see sqlstate.h. The README's "SQLSTATE
- * classification" table is this table, row for row (a unit test checks). */
+/* SQLSTATE classification; see sqlstate.h. The "SQLSTATE classification"
+ * table of docs/sqlstates.md is this table, row for row (a unit test checks). */
 #include "sqlstate.h"
 
 #include <stdio.h>

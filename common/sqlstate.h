@@ -46,11 +46,11 @@ int sqlstate_retry_safe(const char *code);
 /* 40001 and 40P01: PostgreSQL rolled the whole transaction back to break a
  * conflict; running the transaction again is the documented remedy. */
 int sqlstate_txn_retryable(const char *code);
-/* The whole table, in README order (for tests and the README generator). */
+/* The whole table, in the order of docs/sqlstates.md (for tests and the docs). */
 const struct sqlstate_info *sqlstate_table(size_t *n);
 /* "no", "rolled back", "unknown", "yes". */
 const char *sqlstate_ran_name(enum sqlstate_ran ran);
-/* The entry as a row of the README's Markdown table (SQLSTATE | name |
+/* The entry as a row of docs/sqlstates.md's Markdown table (SQLSTATE | name |
  * transient | ran | meaning); returns what snprintf returns. */
 int sqlstate_markdown_row(const struct sqlstate_info *si, char *buf, size_t n);
 

@@ -1,6 +1,6 @@
 /* Unit tests for common/sqlstate.c: the codes that matter, the class
  * fallbacks, the pseudo-entries for libpq failures, malformed input, the
- * table's own consistency, and that the README shows the table as it is. */
+ * table's own consistency, and that docs/sqlstates.md shows the table as it is. */
 #include <criterion/criterion.h>
 
 #include <stdio.h>
@@ -259,27 +259,27 @@ static char *slurp(const char *path)
 	return buf;
 }
 
-/* The README's "SQLSTATE classification" table must be this table. A
- * mismatch prints the row as it should read. */
-Test(sqlstate, readme_shows_the_table)
+/* docs/sqlstates.md's "SQLSTATE classification" table must be this table.
+ * A mismatch prints the row as it should read. */
+Test(sqlstate, docs_show_the_table)
 {
 	const char *root = getenv("PGB_ROOT");
 	char path[1024], row[1024];
 	const struct sqlstate_info *t;
-	char *readme;
+	char *doc;
 	size_t n;
 
-	snprintf(path, sizeof(path), "%s/README.md", root && *root ? root : ".");
-	readme = slurp(path);
-	if (!readme)
-		readme = slurp("../../README.md");
-	if (!readme)
-		cr_skip_test("README.md not found (run from the repository root or set PGB_ROOT)");
-	cr_assert_not_null(strstr(readme, "SQLSTATE classification"));
+	snprintf(path, sizeof(path), "%s/docs/sqlstates.md", root && *root ? root : ".");
+	doc = slurp(path);
+	if (!doc)
+		doc = slurp("../../docs/sqlstates.md");
+	if (!doc)
+		cr_skip_test("docs/sqlstates.md not found (run from the repository root or set PGB_ROOT)");
+	cr_assert_not_null(strstr(doc, "SQLSTATE classification"));
 	t = sqlstate_table(&n);
 	for (size_t i = 0; i < n; i++) {
 		sqlstate_markdown_row(&t[i], row, sizeof(row));
-		cr_expect_not_null(strstr(readme, row), "README.md lacks the row\n%s", row);
+		cr_expect_not_null(strstr(doc, row), "docs/sqlstates.md lacks the row\n%s", row);
 	}
-	free(readme);
+	free(doc);
 }
