@@ -28,6 +28,7 @@ static void response_free(struct response *rs)
 {
 	if (rs->res)
 		PQclear(rs->res);
+	free(rs->diag);
 	free(rs);
 }
 
@@ -759,6 +760,56 @@ static const char *pg_fname(void *ctx, uint32_t col)
 	return PQfname(ctx, (int)col);
 }
 
+static void pg_ftype(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod)
+{
+	*oid = PQftype(ctx, (int)col);
+	*typmod = PQfmod(ctx, (int)col);
+}
+
+static const char *pg_diag(void *ctx, int code)
+{
+	return PQresultErrorField(ctx, code);
+}
+
+/* The error fields a failed result carries, packed for the response (the
+ * success path never comes here). 0, or -ENOMEM. */
+static int pack_diag(struct response *rs, PGresult *res)
+{
+	static const char codes[] = "SVCMDHPpqWstcdnFLR";
+	uint32_t need = resp_diag_pack(NULL, 0, codes, pg_diag, res);
+
+	if (need == 0)
+		return 0;
+	rs->diag = malloc(need);
+	if (!rs->diag)
+		return -ENOMEM;
+	resp_diag_pack(rs->diag, need, codes, pg_diag, res);
+	rs->src.diag = rs->diag;
+	rs->src.diag_len = need;
+	return 0;
+}
+
+/* PostgreSQL's status as the response states it. */
+static uint32_t resp_status_of(const PGresult *res)
+{
+	switch (res ? PQresultStatus(res) : PGRES_FATAL_ERROR) {
+	case PGRES_EMPTY_QUERY:
+		return RESP_EMPTY_QUERY;
+	case PGRES_COMMAND_OK:
+		return RESP_COMMAND_OK;
+	case PGRES_TUPLES_OK:
+	case PGRES_SINGLE_TUPLE:
+		return RESP_TUPLES_OK;
+	case PGRES_COPY_OUT:
+		return RESP_COPY_OUT;
+	case PGRES_COPY_IN:
+	case PGRES_COPY_BOTH:
+		return RESP_COPY_IN;
+	default:
+		return RESP_FATAL_ERROR;
+	}
+}
+
 static void respond(struct broker *b, struct agent *a, struct response *rs)
 {
 	if (a->resp_more)
@@ -785,6 +836,7 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 	va_end(ap);
 	rs->id = id;
 	snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s", sqlstate);
+	rs->src.head.status = RESP_FATAL_ERROR;
 	rs->src.err = rs->msg;
 	rs->src.cmd = "";
 	resp_measure(&rs->src);
@@ -806,12 +858,18 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 	rs->id = id;
 	rs->res = res;
 	rs->src.head.ok = ok;
+	rs->src.head.status = ok ? resp_status_of(res) : RESP_FATAL_ERROR;
 	if (!ok) {
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
 		snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s",
 			 state ? state : "XX000");
 		a->errors++;
+		if (pack_diag(rs, res) < 0) {
+			response_free(rs);
+			agent_fail(b, a, "out of memory for a response");
+			return;
+		}
 	}
 	rs->src.head.ntuples = (uint32_t)PQntuples(res);
 	rs->src.head.nfields = (uint32_t)PQnfields(res);
@@ -820,10 +878,10 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 	rs->src.cmd = PQcmdStatus(res);
 	rs->src.ctx = res;
 	rs->src.fname = pg_fname;
+	rs->src.ftype = pg_ftype;
 	rs->src.value = pg_value;
 	if (resp_measure(&rs->src) == 0) {
-		PQclear(res);
-		free(rs);
+		response_free(rs);
 		agent_respond_error(b, a, id, "PB004", "result too large to deliver (over 2 GiB)");
 		return;
 	}

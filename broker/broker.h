@@ -79,6 +79,7 @@ struct response {
 	struct resp_src src;
 	struct resp_cursor cur;
 	char msg[256];            /* broker's own error text */
+	char *diag;               /* packed error fields of a failed res, or NULL */
 	char sqlstate[8];
 };
 

@@ -1216,6 +1216,59 @@ PGB_API const char *pgb_cmd_status(const pgb_result *r)
 	return r ? r->v.cmd : "";
 }
 
+PGB_API pgb_exec_status pgb_result_status(const pgb_result *r)
+{
+	/* Local errors and copies of errors leave status 0: ok decides. */
+	if (!r || !r->v.head.ok)
+		return PGB_FATAL_ERROR;
+	return (pgb_exec_status)r->v.head.status;
+}
+
+PGB_API unsigned int pgb_ftype(const pgb_result *r, int col)
+{
+	uint32_t oid;
+	int32_t mod;
+
+	if (!r || col < 0 || (uint32_t)col >= r->v.head.nfields)
+		return 0;
+	resp_col_desc(r->fnames[col], &oid, &mod);
+	return oid;
+}
+
+PGB_API int pgb_fmod(const pgb_result *r, int col)
+{
+	uint32_t oid;
+	int32_t mod;
+
+	if (!r || col < 0 || (uint32_t)col >= r->v.head.nfields)
+		return -1;
+	resp_col_desc(r->fnames[col], &oid, &mod);
+	return mod;
+}
+
+PGB_API const char *pgb_result_error_field(const pgb_result *r, int field)
+{
+	const char *s;
+
+	if (!r || r->v.head.ok)
+		return NULL;
+	s = resp_diag_find(r->v.diag, r->v.diag_len, field);
+	if (s || r->v.diag_len)
+		return s;
+	/* No fields: the broker's own error, or one made here. */
+	switch (field) {
+	case PGB_DIAG_SEVERITY:
+	case PGB_DIAG_SEVERITY_NONLOCALIZED:
+		return "ERROR";
+	case PGB_DIAG_SQLSTATE:
+		return r->v.head.sqlstate;
+	case PGB_DIAG_MESSAGE_PRIMARY:
+		return r->v.err;
+	default:
+		return NULL;
+	}
+}
+
 PGB_API void pgb_clear(pgb_result *r)
 {
 	if (!r)

@@ -80,6 +80,48 @@ const char *pgb_cmd_status(const pgb_result *r);
 /* Free a result (NULL is fine). */
 void pgb_clear(pgb_result *r);
 
+/* What a result is (libpq's ExecStatusType numbers, as PQresultStatus). */
+typedef enum {
+	PGB_EMPTY_QUERY = 0,  /* the statement text was empty */
+	PGB_COMMAND_OK = 1,   /* a command that returns no rows succeeded */
+	PGB_TUPLES_OK = 2,    /* a query succeeded: rows (maybe none) and columns */
+	PGB_COPY_OUT = 3,     /* COPY TO STDOUT started */
+	PGB_COPY_IN = 4,      /* COPY FROM STDIN started */
+	PGB_FATAL_ERROR = 7,  /* it failed: PostgreSQL's error or the broker's (PB...) */
+} pgb_exec_status;
+/* The result's status; PGB_FATAL_ERROR for NULL and for every failure. */
+pgb_exec_status pgb_result_status(const pgb_result *r);
+/* Column col's data type OID (as PQftype: 23 int4, 25 text, ...); 0 when
+ * col is out of range. */
+unsigned int pgb_ftype(const pgb_result *r, int col);
+/* Column col's type modifier (as PQfmod: -1 when none or out of range). */
+int pgb_fmod(const pgb_result *r, int col);
+
+/* Error field codes for pgb_result_error_field: libpq's PG_DIAG_* letters. */
+#define PGB_DIAG_SEVERITY 'S'              /* ERROR, FATAL, ... (localized) */
+#define PGB_DIAG_SEVERITY_NONLOCALIZED 'V' /* ERROR, FATAL, ... */
+#define PGB_DIAG_SQLSTATE 'C'
+#define PGB_DIAG_MESSAGE_PRIMARY 'M'
+#define PGB_DIAG_MESSAGE_DETAIL 'D'
+#define PGB_DIAG_MESSAGE_HINT 'H'
+#define PGB_DIAG_STATEMENT_POSITION 'P'    /* 1-based character index, as text */
+#define PGB_DIAG_INTERNAL_POSITION 'p'
+#define PGB_DIAG_INTERNAL_QUERY 'q'
+#define PGB_DIAG_CONTEXT 'W'
+#define PGB_DIAG_SCHEMA_NAME 's'
+#define PGB_DIAG_TABLE_NAME 't'
+#define PGB_DIAG_COLUMN_NAME 'c'
+#define PGB_DIAG_DATATYPE_NAME 'd'
+#define PGB_DIAG_CONSTRAINT_NAME 'n'
+#define PGB_DIAG_SOURCE_FILE 'F'
+#define PGB_DIAG_SOURCE_LINE 'L'
+#define PGB_DIAG_SOURCE_FUNCTION 'R'
+/* One field of a failed result's error, as PQresultErrorField: NULL when
+ * the result succeeded or the error has no such field. A broker's own
+ * error (class PB) has severity "ERROR", its SQLSTATE and its message as
+ * primary message, nothing else. Valid until pgb_clear. */
+const char *pgb_result_error_field(const pgb_result *r, int field);
+
 /* --- Batch, parallel and asynchronous statements --- */
 
 /* One statement of a batch or a parallel call. */

@@ -9,7 +9,7 @@
 #include "ring.h"
 
 #define CHAN_MAGIC   0x43424750u /* "PGBC" */
-#define CHAN_VERSION 1u
+#define CHAN_VERSION 2u /* 2: results carry status, column types, error fields */
 #define CHAN_HDR_SIZE 4096u
 
 /* Registration handshake over the unix socket. */

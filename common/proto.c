@@ -212,50 +212,145 @@ int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const c
 
 /* --- responses --- */
 
-static const char *item_text(const struct resp_src *src, uint64_t item, uint32_t *len)
+/* Items: 0 the head, 1 err, 2 cmd, 3 error fields, then the columns, then
+ * the values. */
+#define ITEM_DIAG 3u
+#define ITEM_COLS 4u
+/* PostgreSQL's fields are far shorter; this bounds what 64 codes can add. */
+#define RESP_DIAG_FIELD_MAX (1u << 24)
+
+uint32_t resp_diag_pack(char *buf, uint32_t cap, const char *codes,
+			const char *(*get)(void *ctx, int code), void *ctx)
+{
+	uint32_t need = 0;
+
+	for (const char *c = codes; *c; c++) {
+		const char *s = get(ctx, *c);
+		size_t len;
+
+		if (!s)
+			continue;
+		len = strlen(s);
+		if (len > RESP_DIAG_FIELD_MAX)
+			len = RESP_DIAG_FIELD_MAX; /* cut: the sum never wraps */
+		if (buf && need + len + 2 <= cap) {
+			buf[need] = *c;
+			memcpy(buf + need + 1, s, len);
+			buf[need + 1 + len] = '\0';
+		}
+		need += (uint32_t)len + 2;
+	}
+	return need;
+}
+
+/* len bytes of packed fields: each a code byte (not NUL), text, NUL. */
+static int diag_check(const char *d, uint32_t len)
+{
+	const char *end = d + len;
+
+	while (d < end) {
+		const char *nul;
+
+		if (*d == '\0' || !(nul = memchr(d + 1, '\0', (size_t)(end - d - 1))))
+			return -1;
+		d = nul + 1;
+	}
+	return 0;
+}
+
+const char *resp_diag_find(const char *diag, uint32_t len, int code)
+{
+	const char *end = diag + len;
+
+	while (diag && diag < end) {
+		if (*diag == code)
+			return diag + 1;
+		diag += strlen(diag + 1) + 2;
+	}
+	return NULL;
+}
+
+/* One item as up to four pieces: its length word (or the whole head), a
+ * column descriptor, its bytes, the NUL. pre and desc live here. */
+struct item {
+	const uint8_t *part[4];
+	uint32_t size[4];
+	uint32_t n;
+	uint8_t pre[4];
+	uint8_t desc[RESP_COL_DESC];
+};
+
+static void item_put(struct item *it, const void *p, uint32_t size)
+{
+	it->part[it->n] = p;
+	it->size[it->n++] = size;
+}
+
+static void item_get(const struct resp_src *src, uint64_t item, struct item *it)
 {
 	uint64_t nf = src->head.nfields;
 	const char *s;
+	uint32_t len, desc = 0;
 
-	if (item == 1 || item == 2) {
+	it->n = 0;
+	if (item == 0) {
+		item_put(it, &src->head, sizeof(src->head));
+		return;
+	}
+	if (item < ITEM_DIAG) {
 		s = item == 1 ? src->err : src->cmd;
 		s = s ? s : "";
-		*len = (uint32_t)strlen(s);
-		return s;
+		len = (uint32_t)strlen(s);
+	} else if (item == ITEM_DIAG) {
+		s = src->diag ? src->diag : "";
+		len = src->diag ? src->diag_len : 0;
+	} else if (item - ITEM_COLS < nf) {
+		uint32_t col = (uint32_t)(item - ITEM_COLS), oid = 0;
+		int32_t mod = -1;
+
+		s = src->fname(src->ctx, col);
+		len = (uint32_t)strlen(s);
+		if (src->ftype)
+			src->ftype(src->ctx, col, &oid, &mod);
+		memcpy(it->desc, &oid, 4);
+		memcpy(it->desc + 4, &mod, 4);
+		desc = RESP_COL_DESC;
+	} else {
+		item -= ITEM_COLS + nf;
+		s = src->value(src->ctx, (uint32_t)(item / nf), (uint32_t)(item % nf), &len);
 	}
-	item -= 3;
-	if (item < nf) {
-		s = src->fname(src->ctx, (uint32_t)item);
-		*len = (uint32_t)strlen(s);
-		return s;
+	if (!s) {
+		memcpy(it->pre, &(uint32_t){ RESP_NULL }, 4);
+		item_put(it, it->pre, 4);
+		return;
 	}
-	item -= nf;
-	return src->value(src->ctx, (uint32_t)(item / nf), (uint32_t)(item % nf), len);
+	len += desc;
+	memcpy(it->pre, &len, 4);
+	item_put(it, it->pre, 4);
+	if (desc)
+		item_put(it, it->desc, desc);
+	item_put(it, s, len - desc);
+	item_put(it, "", 1);
 }
 
 static uint64_t item_count(const struct resp_src *src)
 {
-	return 3 + (uint64_t)src->head.nfields * (1 + (uint64_t)src->head.ntuples);
-}
-
-static uint64_t item_size(const char *s, uint32_t len)
-{
-	return s ? 4ull + len + 1 : 4;
+	return ITEM_COLS + (uint64_t)src->head.nfields * (1 + (uint64_t)src->head.ntuples);
 }
 
 uint64_t resp_measure(struct resp_src *src)
 {
 	uint64_t total = sizeof(struct resp_head);
 	uint64_t items;
+	struct item it;
 
 	if (src->head.nfields == 0)
 		src->head.ntuples = 0;
 	items = item_count(src);
 	for (uint64_t i = 1; i < items; i++) {
-		uint32_t len;
-		const char *s = item_text(src, i, &len);
-
-		total += item_size(s, len);
+		item_get(src, i, &it);
+		for (uint32_t k = 0; k < it.n; k++)
+			total += it.size[k];
 		if (total >= MAX_BLOB)
 			return src->head.total = 0;
 	}
@@ -267,46 +362,29 @@ uint32_t resp_emit(struct resp_cursor *cur, const struct resp_src *src,
 {
 	uint64_t items = item_count(src);
 	uint32_t put = 0;
+	struct item it;
 
 	while (put < max && cur->item < items) {
-		uint8_t pre[4];
-		const uint8_t *parts[3];
-		uint32_t sizes[3], nparts, len = 0;
+		uint32_t whole = 0;
 
-		if (cur->item == 0) {
-			parts[0] = (const uint8_t *)&src->head;
-			sizes[0] = sizeof(src->head);
-			nparts = 1;
-		} else {
-			const char *s = item_text(src, cur->item, &len);
-
-			memcpy(pre, s ? &len : &(uint32_t){ RESP_NULL }, 4);
-			parts[0] = pre;
-			sizes[0] = 4;
-			parts[1] = (const uint8_t *)s;
-			sizes[1] = s ? len : 0;
-			parts[2] = (const uint8_t *)"";
-			sizes[2] = s ? 1 : 0;
-			nparts = 3;
-		}
+		item_get(src, cur->item, &it);
 		/* Skip what earlier calls already emitted of this item. */
 		uint32_t skip = cur->off;
-		for (uint32_t i = 0; i < nparts && put < max; i++) {
-			if (skip >= sizes[i]) {
-				skip -= sizes[i];
+		for (uint32_t i = 0; i < it.n && put < max; i++) {
+			if (skip >= it.size[i]) {
+				skip -= it.size[i];
 				continue;
 			}
-			uint32_t n = sizes[i] - skip;
+			uint32_t n = it.size[i] - skip;
 			if (n > max - put)
 				n = max - put;
-			ring_write(r, off + put, parts[i] + skip, n);
+			ring_write(r, off + put, it.part[i] + skip, n);
 			put += n;
 			cur->off += n;
 			skip = 0;
 		}
-		uint32_t whole = 0;
-		for (uint32_t i = 0; i < nparts; i++)
-			whole += sizes[i];
+		for (uint32_t i = 0; i < it.n; i++)
+			whole += it.size[i];
 		if (cur->off == whole) {
 			cur->item++;
 			cur->off = 0;
@@ -316,16 +394,21 @@ uint32_t resp_emit(struct resp_cursor *cur, const struct resp_src *src,
 	return put;
 }
 
+static int status_known(uint32_t st)
+{
+	return st <= RESP_COPY_IN || st == RESP_FATAL_ERROR;
+}
+
 int resp_parse_head(const uint8_t *buf, uint64_t n, struct resp_head *h)
 {
 	if (n < sizeof(*h))
 		return -1;
 	memcpy(h, buf, sizeof(*h));
-	if (h->total != n || (h->nfields == 0 && h->ntuples != 0))
+	if (h->total != n || (h->nfields == 0 && h->ntuples != 0) || !status_known(h->status))
 		return -1;
 	/* every item takes at least 4 bytes; the count fits in 64 bits, the
 	 * count times 4 may not, so divide n instead */
-	if (3 + (uint64_t)h->nfields * (1 + (uint64_t)h->ntuples) > n / 4)
+	if (ITEM_COLS + (uint64_t)h->nfields * (1 + (uint64_t)h->ntuples) > n / 4)
 		return -1;
 	h->sqlstate[7] = '\0';
 	return 0;
@@ -359,11 +442,16 @@ int resp_parse(const uint8_t *buf, uint64_t n, struct resp_view *v,
 	if (resp_parse_head(buf, n, &v->head) < 0)
 		return -1;
 	if (take_item(buf, n, &at, &v->err, &len) < 0 || !v->err ||
-	    take_item(buf, n, &at, &v->cmd, &len) < 0 || !v->cmd)
+	    take_item(buf, n, &at, &v->cmd, &len) < 0 || !v->cmd ||
+	    take_item(buf, n, &at, &v->diag, &v->diag_len) < 0 || !v->diag ||
+	    diag_check(v->diag, v->diag_len) < 0)
 		return -1;
-	for (uint32_t i = 0; i < v->head.nfields; i++)
-		if (take_item(buf, n, &at, &fnames[i], &len) < 0 || !fnames[i])
+	for (uint32_t i = 0; i < v->head.nfields; i++) {
+		if (take_item(buf, n, &at, &fnames[i], &len) < 0 || !fnames[i] ||
+		    len < RESP_COL_DESC)
 			return -1;
+		fnames[i] += RESP_COL_DESC;
+	}
 	cells = (uint64_t)v->head.ntuples * v->head.nfields;
 	for (uint64_t i = 0; i < cells; i++) {
 		if (take_item(buf, n, &at, &vals[i], &lens[i]) < 0)

@@ -71,12 +71,29 @@ int batch_count(const uint8_t *buf, uint64_t n, uint32_t *count, const char **wh
 int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const char **why);
 
 /* Response blob: resp_head, then items "u32 len, bytes, NUL" (len
- * 0xffffffff = NULL, no bytes): error message, command status, nfields
- * field names, ntuples * nfields values in row order. */
+ * 0xffffffff = NULL, no bytes): error message, command status, error fields,
+ * nfields column items, ntuples * nfields values in row order.
+ * - error fields: PostgreSQL's diagnostics packed as in its ErrorResponse,
+ *   one "<code letter>text NUL" per field (code letters are libpq's
+ *   PG_DIAG_*); empty when the statement succeeded or the broker failed it.
+ * - a column item: its descriptor (u32 type OID, i32 typmod, the host's byte
+ *   order; RESP_COL_DESC bytes) followed by its name.
+ * The channel's version (CHAN_VERSION) names this layout. */
 #define RESP_NULL 0xffffffffu
 #define RESP_MORE 1u   /* resp_head.flags: more responses follow for this id (batch) */
 #define RESP_IN_TXN 2u /* ...: the agent's session was inside a transaction when
 			  this response was queued (its backend is pinned) */
+#define RESP_COL_DESC 8u
+
+/* resp_head.status: libpq's ExecStatusType numbers (the public PGB_* ones). */
+enum resp_status {
+	RESP_EMPTY_QUERY = 0,
+	RESP_COMMAND_OK = 1,
+	RESP_TUPLES_OK = 2,
+	RESP_COPY_OUT = 3,
+	RESP_COPY_IN = 4,
+	RESP_FATAL_ERROR = 7,
+};
 
 struct resp_head {
 	uint64_t total;       /* bytes of the whole blob */
@@ -86,6 +103,8 @@ struct resp_head {
 	uint32_t nfields;
 	uint32_t flags;
 	char sqlstate[8];     /* five characters and a NUL; "" when ok */
+	uint32_t status;      /* enum resp_status */
+	uint32_t reserved;    /* 0 */
 };
 
 /* Where a response's content comes from: a PGresult in the broker, plain
@@ -94,11 +113,25 @@ struct resp_src {
 	struct resp_head head;   /* total is filled by resp_measure */
 	const char *err;
 	const char *cmd;
+	const char *diag;        /* packed error fields (see above); NULL: none */
+	uint32_t diag_len;       /* bytes of diag, without the item's own NUL */
 	void *ctx;
 	const char *(*fname)(void *ctx, uint32_t col);
+	/* a column's type OID and typmod; NULL: 0 and -1 for every column */
+	void (*ftype)(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod);
 	/* value of a cell and its length; NULL for SQL NULL */
 	const char *(*value)(void *ctx, uint32_t row, uint32_t col, uint32_t *len);
 };
+
+/* Pack error fields into buf (cap bytes) as the error-fields item wants
+ * them: for each code in codes with a value from get (NULL: absent), the
+ * code, the text and a NUL. Returns the bytes needed (call with cap 0 to
+ * size buf); writes only when they fit. */
+uint32_t resp_diag_pack(char *buf, uint32_t cap, const char *codes,
+			const char *(*get)(void *ctx, int code), void *ctx);
+/* Field code of a packed error-fields item (checked by resp_parse), or
+ * NULL when absent. */
+const char *resp_diag_find(const char *diag, uint32_t len, int code);
 
 /* Streaming position inside a response being written. */
 struct resp_cursor {
@@ -119,11 +152,22 @@ struct resp_view {
 	struct resp_head head;
 	const char *err;
 	const char *cmd;
+	const char *diag;   /* the error fields item (checked), diag_len bytes */
+	uint32_t diag_len;
 };
 /* Check a whole response blob and fill fnames[nfields], vals[ntuples*nfields],
- * lens[...] (arrays sized from resp_parse_head). 0 ok, -1 corrupt. */
+ * lens[...] (arrays sized from resp_parse_head). 0 ok, -1 corrupt.
+ * fnames[i] points at the name, just after the column's descriptor: read
+ * that with resp_col_desc. */
 int resp_parse_head(const uint8_t *buf, uint64_t n, struct resp_head *h);
 int resp_parse(const uint8_t *buf, uint64_t n, struct resp_view *v,
 	       const char **fnames, const char **vals, uint32_t *lens);
+
+/* The type OID and typmod of the column whose name resp_parse gave. */
+static inline void resp_col_desc(const char *fname, uint32_t *oid, int32_t *typmod)
+{
+	__builtin_memcpy(oid, fname - RESP_COL_DESC, 4);
+	__builtin_memcpy(typmod, fname - RESP_COL_DESC + 4, 4);
+}
 
 #endif

@@ -252,6 +252,17 @@ static void fuzz_response(const uint8_t *in, size_t n)
 		CHECK(fnames && vals && lens);
 		if (resp_parse(blob, n, &v, fnames, vals, lens) == 0) {
 			CHECK(strlen(v.err) < n && strlen(v.cmd) < n);
+			/* what the client's accessors read */
+			for (int code = 1; code < 128; code++) {
+				const char *f = resp_diag_find(v.diag, v.diag_len, code);
+				CHECK(!f || (f > v.diag && f + strlen(f) < v.diag + v.diag_len));
+			}
+			for (uint32_t i = 0; i < h.nfields; i++) {
+				uint32_t oid;
+				int32_t mod;
+				resp_col_desc(fnames[i], &oid, &mod);
+				CHECK((const uint8_t *)fnames[i] - RESP_COL_DESC >= blob);
+			}
 			for (uint64_t i = 0; i < cells; i++)
 				if (vals[i])
 					CHECK(vals[i][lens[i]] == '\0');
@@ -324,6 +335,16 @@ static const char *seed_fname(void *ctx, uint32_t col)
 	return col == 0 ? "k" : "v";
 }
 
+static void seed_ftype(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod)
+{
+	(void)ctx;
+	*oid = col == 0 ? 23 : 25;
+	*typmod = -1;
+}
+
+static const char seed_diag[] = "SERROR\0VERROR\0C42P01\0Mrelation does not exist\0P15\0"
+				"ttbl\0sschema";
+
 static const char *seed_value(void *ctx, uint32_t row, uint32_t col, uint32_t *len)
 {
 	static const char *const cells[] = { "1", "one", "2", NULL };
@@ -394,11 +415,14 @@ int main(int argc, char **argv)
 		struct ring r;
 		uint8_t *data = calloc(1, 4096);
 		struct resp_src src[3] = {
-			{ .head = { .ok = 0, .sqlstate = "42P01" }, .err = "relation does not exist",
-			  .cmd = "" },
-			{ .head = { .ok = 1, .cmd_tuples = 3 }, .err = "", .cmd = "INSERT 0 3" },
-			{ .head = { .ok = 1, .ntuples = 2, .nfields = 2 }, .err = "", .cmd = "SELECT 2",
-			  .fname = seed_fname, .value = seed_value },
+			{ .head = { .ok = 0, .sqlstate = "42P01", .status = RESP_FATAL_ERROR },
+			  .err = "relation does not exist", .cmd = "", .diag = seed_diag,
+			  .diag_len = sizeof(seed_diag) },
+			{ .head = { .ok = 1, .cmd_tuples = 3, .status = RESP_COMMAND_OK }, .err = "",
+			  .cmd = "INSERT 0 3" },
+			{ .head = { .ok = 1, .ntuples = 2, .nfields = 2, .status = RESP_TUPLES_OK },
+			  .err = "", .cmd = "SELECT 2", .fname = seed_fname, .ftype = seed_ftype,
+			  .value = seed_value },
 		};
 
 		for (int i = 0; i < 3; i++) {

@@ -455,7 +455,30 @@ struct table {
 	const char *const *cells;
 	const uint32_t *lens;
 	unsigned value_calls;
+	const char *diag;       /* packed error fields, or NULL */
+	uint32_t diag_len;
 };
+
+/* Column c's type: a distinct OID and typmod per column, with the high bits
+ * set so that byte order and sign are exercised. */
+static uint32_t tab_oid(uint32_t col)
+{
+	return 0x80000017u + col * 0x01010101u;
+}
+
+static int32_t tab_mod(uint32_t col)
+{
+	return col == 0 ? -1 : (int32_t)(col * 65536 + 4);
+}
+
+static void tab_ftype(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod)
+{
+	const struct table *t = ctx;
+
+	cr_assert_lt(col, t->nfields, "ftype(%u) out of range", col);
+	*oid = tab_oid(col);
+	*typmod = tab_mod(col);
+}
 
 static const char *tab_fname(void *ctx, uint32_t col)
 {
@@ -492,8 +515,13 @@ static struct resp_src make_src(struct table *t, const char *err, const char *cm
 		.cmd = cmd,
 		.ctx = t,
 		.fname = tab_fname,
+		.ftype = tab_ftype,
 		.value = tab_value,
+		.diag = t->diag,
+		.diag_len = t->diag_len,
 	};
+
+	s.head.status = err ? RESP_FATAL_ERROR : t->nfields ? RESP_TUPLES_OK : RESP_COMMAND_OK;
 	return s;
 }
 
@@ -504,8 +532,9 @@ static uint64_t expected_total(const struct table *t, const char *err, const cha
 
 	n += 4 + strlen(err ? err : "") + 1;
 	n += 4 + strlen(cmd ? cmd : "") + 1;
+	n += 4 + t->diag_len + 1;
 	for (uint32_t c = 0; c < t->nfields; c++)
-		n += 4 + strlen(t->names[c]) + 1;
+		n += 4 + 8 + strlen(t->names[c]) + 1;
 	for (uint32_t i = 0; i < t->nfields * t->ntuples; i++)
 		n += t->cells[i] ? 4 + cell_len(t, i) + 1 : 4;
 	return n;
@@ -634,13 +663,23 @@ static void expect_parsed(const uint8_t *blob, uint64_t n, const struct resp_src
 	cr_assert_eq(v.head.ok, src->head.ok);
 	cr_assert_eq(v.head.cmd_tuples, src->head.cmd_tuples);
 	cr_assert_eq(v.head.flags, src->head.flags);
+	cr_assert_eq(v.head.status, src->head.status);
+	cr_assert_eq(v.diag_len, t->diag_len);
+	cr_assert_eq(memcmp(v.diag, t->diag ? t->diag : "", t->diag_len + !t->diag), 0);
 	cr_assert_eq(v.head.ntuples, h.ntuples);
 	cr_assert_eq(v.head.nfields, h.nfields);
 	cr_assert_str_eq(v.head.sqlstate, src->head.sqlstate);
 	cr_assert_str_eq(v.err, src->err ? src->err : "");
 	cr_assert_str_eq(v.cmd, src->cmd ? src->cmd : "");
-	for (uint32_t c = 0; c < h.nfields; c++)
+	for (uint32_t c = 0; c < h.nfields; c++) {
+		uint32_t oid;
+		int32_t mod;
+
 		cr_assert_str_eq(fnames[c], t->names[c], "field %u", c);
+		resp_col_desc(fnames[c], &oid, &mod);
+		cr_assert_eq(oid, tab_oid(c), "field %u oid %#x", c, oid);
+		cr_assert_eq(mod, tab_mod(c), "field %u typmod %d", c, mod);
+	}
 	for (uint64_t i = 0; i < cells; i++) {
 		if (!t->cells[i]) {
 			cr_assert_null(vals[i], "cell %llu should be NULL", (unsigned long long)i);
@@ -770,7 +809,9 @@ Test(proto, resp_emit_zero_and_tiny_steps)
 
 Test(proto, resp_error_only)
 {
-	struct table t = { .nfields = 0, .ntuples = 5 }; /* rows without fields */
+	static const char diag[] = "SERROR\0C42601\0Msyntax error at or near \"SELEC\"\0P8";
+	struct table t = { .nfields = 0, .ntuples = 5, /* rows without fields */
+			   .diag = diag, .diag_len = sizeof(diag) };
 	struct resp_src src = make_src(&t, "syntax error at or near \"SELEC\"", NULL);
 
 	memcpy(src.head.sqlstate, "42601", 6);
@@ -795,6 +836,14 @@ Test(proto, resp_error_only)
 	cr_assert_str_eq(v.head.sqlstate, "42601");
 	cr_assert_str_eq(v.err, "syntax error at or near \"SELEC\"");
 	cr_assert_str_eq(v.cmd, "");
+	cr_assert_eq(v.head.status, RESP_FATAL_ERROR);
+	cr_assert_eq(v.diag_len, sizeof(diag));
+	cr_assert_str_eq(resp_diag_find(v.diag, v.diag_len, 'S'), "ERROR");
+	cr_assert_str_eq(resp_diag_find(v.diag, v.diag_len, 'C'), "42601");
+	cr_assert_str_eq(resp_diag_find(v.diag, v.diag_len, 'M'), src.err);
+	cr_assert_str_eq(resp_diag_find(v.diag, v.diag_len, 'P'), "8");
+	cr_assert_null(resp_diag_find(v.diag, v.diag_len, 'D'));
+	cr_assert_null(resp_diag_find(v.diag, v.diag_len, 0));
 	free(blob);
 }
 
@@ -957,7 +1006,7 @@ Test(proto, resp_parse_rejects)
 	cr_assert_eq(parse_checked(b, n + 8), -1, "trailing bytes");
 
 	/* every item: length past the end, length one too long, missing NUL */
-	unsigned nitems = 2 + t.nfields * (1 + t.ntuples);
+	unsigned nitems = 3 + t.nfields * (1 + t.ntuples);
 	for (unsigned k = 0; k < nitems; k++) {
 		size_t at = item_at(good, k);
 		uint32_t len;
@@ -978,14 +1027,39 @@ Test(proto, resp_parse_rejects)
 		set_u32(b, at, len + 1);
 		cr_assert_eq(parse_checked(b, n), -1, "item %u: length +1", k);
 		/* the same blob with this item made NULL, everything else intact:
-		 * fine for a value, refused for err, cmd and field names */
+		 * fine for a value, refused for err, cmd, error fields and columns */
 		uint64_t m = n - len - 1;
 		memcpy(b, good, at);
 		set_u32(b, at, RESP_NULL);
 		memcpy(b + at + 4, good + at + 4 + len + 1, n - (at + 4 + len + 1));
 		set_total(b, m);
-		cr_assert_eq(parse_checked(b, m), k < 2 + t.nfields ? -1 : 0, "item %u: NULL", k);
+		cr_assert_eq(parse_checked(b, m), k < 3 + t.nfields ? -1 : 0, "item %u: NULL", k);
 	}
+	/* a column item shorter than its descriptor: each length 0..7, the
+	 * item's bytes kept and its NUL moved to match */
+	for (uint32_t short_len = 0; short_len < RESP_COL_DESC; short_len++) {
+		size_t at = item_at(good, 3);
+		uint32_t len;
+
+		memcpy(&len, good + at, 4);
+		RESET();
+		set_u32(b, at, short_len);
+		b[at + 4 + short_len] = '\0';
+		memmove(b + at + 4 + short_len + 1, good + at + 4 + len + 1,
+			n - (at + 4 + len + 1));
+		uint64_t m = n - (len - short_len);
+		set_total(b, m);
+		cr_assert_eq(parse_checked(b, m), -1, "column item of %u bytes", short_len);
+	}
+	/* statuses: the known ones pass, the others are refused */
+	for (uint32_t st = 0; st < 12; st++) {
+		RESET();
+		set_u32(b, offsetof(struct resp_head, status), st);
+		cr_assert_eq(parse_checked(b, n), st <= 4 || st == 7 ? 0 : -1, "status %u", st);
+	}
+	RESET();
+	set_u32(b, offsetof(struct resp_head, status), 0xFFFFFFFFu);
+	cr_assert_eq(parse_checked(b, n), -1, "status -1");
 
 	/* counts that do not match the items */
 	RESET();
@@ -1042,9 +1116,9 @@ Test(proto, resp_parse_head_huge_counts)
 
 Test(proto, resp_parse_head_terminates_sqlstate)
 {
-	/* head, then empty err and cmd: "u32 0, NUL" twice */
-	struct resp_head in = { .total = sizeof(struct resp_head) + 10 }, h;
-	uint8_t blob[sizeof(struct resp_head) + 10] = { 0 };
+	/* head, then empty err, cmd and error fields: "u32 0, NUL" thrice */
+	struct resp_head in = { .total = sizeof(struct resp_head) + 15 }, h;
+	uint8_t blob[sizeof(struct resp_head) + 15] = { 0 };
 
 	memcpy(in.sqlstate, "ABCDEFGH", 8);
 	memcpy(blob, &in, sizeof(in));
@@ -1080,4 +1154,57 @@ Test(proto, resp_parse_random_corruption)
 	free(good);
 	cr_assert_gt(ok, 50, "ok %u", ok);
 	cr_assert_gt(bad, 1000, "bad %u", bad);
+}
+
+/* Error fields: packed from a getter, found again, and malformed ones refused. */
+static const char *diag_get(void *ctx, int code)
+{
+	const char *const *f = ctx;
+
+	return f[code & 0x7f];
+}
+
+Test(proto, resp_diag_pack_find_and_reject)
+{
+	const char *f[128] = { 0 };
+	char buf[256];
+
+	f['S'] = "ERROR";
+	f['C'] = "23505";
+	f['D'] = "Key (id)=(1) already exists.";
+	f['n'] = "t_pkey";
+	f['t'] = "";
+	uint32_t need = resp_diag_pack(NULL, 0, "SCMDtn", diag_get, f);
+	cr_assert_eq(need, 2 + 5 + 2 + 5 + 2 + strlen(f['D']) + 2 + 6 + 2 + 0);
+	cr_assert_eq(resp_diag_pack(buf, need - 1, "SCMDtn", diag_get, f), need);
+	memset(buf, 'x', sizeof(buf));
+	cr_assert_eq(resp_diag_pack(buf, sizeof(buf), "SCMDtn", diag_get, f), need);
+	cr_assert_eq(buf[need], 'x', "wrote past what it said it needs");
+	for (const char *c = "SCDnt"; *c; c++)
+		cr_assert_str_eq(resp_diag_find(buf, need, *c), f[(int)*c], "code %c", *c);
+	cr_assert_null(resp_diag_find(buf, need, 'M'));
+	cr_assert_null(resp_diag_find(buf, need, 'H'));
+	cr_assert_null(resp_diag_find(NULL, 0, 'S'));
+
+	/* round trip through a response, then corruptions of the fields */
+	struct table t = { .diag = buf, .diag_len = need };
+	struct resp_src src = make_src(&t, "duplicate key", NULL);
+	uint64_t total = resp_measure(&src);
+	cr_assert_eq(total, expected_total(&t, "duplicate key", NULL));
+	uint8_t *blob = emit_whole(&src);
+	struct resp_view v;
+
+	cr_assert_eq(resp_parse(blob, total, &v, NULL, NULL, NULL), 0);
+	cr_assert_str_eq(resp_diag_find(v.diag, v.diag_len, 'n'), "t_pkey");
+	size_t at = item_at(blob, 2) + 4;
+	/* a code byte that is NUL */
+	blob[at] = '\0';
+	cr_assert_eq(parse_checked(blob, total), -1, "NUL code");
+	blob[at] = 'S';
+	/* the last field's NUL gone: its text runs into the item's end */
+	blob[at + need - 1] = 'x';
+	cr_assert_eq(parse_checked(blob, total), -1, "unterminated field");
+	blob[at + need - 1] = '\0';
+	cr_assert_eq(parse_checked(blob, total), 0);
+	free(blob);
 }
