@@ -76,17 +76,20 @@ static int lock_pid_file(struct broker *b, char *other, size_t n)
 		int fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 
 		if (fd < 0) {
-			log_error("cannot open %s: %s", b->lock_path, strerror(errno));
-			return -1;
+			int err = errno;
+
+			log_error("cannot open %s: %s: give the broker's user write access to %s, "
+				  "or choose another dir", b->lock_path, strerror(err), b->cfg.dir);
+			return -err;
 		}
 		got = pread(fd, other, n - 1, 0);
 		other[got > 0 ? got : 0] = '\0';
 		other[strcspn(other, "\n")] = '\0';
 		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-			log_error("another pgbroker (pid %s) is already running on %s",
-				  *other ? other : "?", b->cfg.dir);
+			log_error("another pgbroker (pid %s) is already running on %s: stop it, "
+				  "or give this one another dir", *other ? other : "?", b->cfg.dir);
 			close(fd);
-			return -1;
+			return -EWOULDBLOCK;
 		}
 		if (fstat(fd, &fs) == 0 && stat(b->lock_path, &ps) == 0 &&
 		    fs.st_dev == ps.st_dev && fs.st_ino == ps.st_ino) {
@@ -96,25 +99,28 @@ static int lock_pid_file(struct broker *b, char *other, size_t n)
 		close(fd);
 	}
 	log_error("cannot take %s: it keeps being replaced", b->lock_path);
-	return -1;
+	return -EAGAIN;
 }
 
 int agent_listen(struct broker *b)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char pid[32], other[32];
-	int fd;
+	int fd, rc;
 
 	if (mkdir(b->cfg.dir, 0755) == 0)
 		b->made_dir = 1;
 	else if (errno != EEXIST) {
-		log_error("cannot create run directory %s: %s", b->cfg.dir, strerror(errno));
-		return -1;
+		rc = -errno;
+		log_error("cannot create run directory %s: %s: create it for the broker's user, "
+			  "or choose another dir", b->cfg.dir, strerror(-rc));
+		return rc;
 	}
 	snprintf(b->lock_path, sizeof(b->lock_path), "%s/pgbroker.pid", b->cfg.dir);
 	snprintf(b->sock_path, sizeof(b->sock_path), "%s/pgbroker.sock", b->cfg.dir);
-	if (lock_pid_file(b, other, sizeof(other)) < 0)
-		return -1;
+	rc = lock_pid_file(b, other, sizeof(other));
+	if (rc < 0)
+		return rc;
 	if (*other)
 		log_warn("pgbroker (pid %s) did not shut down cleanly: replacing the "
 			 "files it left in %s", other, b->cfg.dir);
@@ -122,18 +128,19 @@ int agent_listen(struct broker *b)
 	if (ftruncate(b->lock_fd, 0) < 0 || pwrite(b->lock_fd, pid, strlen(pid), 0) < 0)
 		log_warn("cannot write pid to %s: %s", b->lock_path, strerror(errno));
 	if (strlen(b->sock_path) >= sizeof(sa.sun_path)) {
-		log_error("socket path too long: %s", b->sock_path);
-		return -1;
+		log_error("socket path too long: %s: choose a shorter dir", b->sock_path);
+		return -ENAMETOOLONG;
 	}
 	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
 	unlink(b->sock_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    chmod(b->sock_path, 0666) < 0 || listen(fd, 1024) < 0) {
-		log_error("cannot listen on %s: %s", b->sock_path, strerror(errno));
+		rc = -errno;
+		log_error("cannot listen on %s: %s", b->sock_path, strerror(-rc));
 		if (fd >= 0)
 			close(fd);
-		return -1;
+		return rc;
 	}
 	b->listen_fd = fd;
 	agent_accept_arm(b);
@@ -276,6 +283,7 @@ static int chan_create(struct broker *b, struct agent *a)
 	a->chan->magic = CHAN_MAGIC;
 	a->chan->version = CHAN_VERSION;
 	a->chan->ring_size = ring;
+	a->chan->bell_kind = b->loop->bell;
 	ring_init(&a->req, &a->chan->req, chan_req_data(a->chan, ring), ring);
 	ring_init(&a->resp, &a->chan->resp, chan_resp_data(a->chan, ring), ring);
 	return fd;
@@ -342,6 +350,12 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	if (h.version != CHAN_VERSION) {
 		refuse(dup(a->sock), -EPROTO, "client library version does not match the broker");
 		agent_fail(b, a, "client version mismatch");
+		return;
+	}
+	if (b->loop->bell == CHAN_BELL_EVENTFD && !(h.flags & REG_F_BELL_EVENTFD)) {
+		refuse(dup(a->sock), -EPROTO, "client library too old for a broker on epoll: "
+		       "relink the agent with this libpgbroker");
+		agent_fail(b, a, "client cannot ring an eventfd bell (epoll loop)");
 		return;
 	}
 	fd = chan_create(b, a);

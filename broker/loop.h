@@ -52,14 +52,18 @@ struct loop {
 /* How the backend is chosen (the `loop` setting). */
 enum loop_want { LOOP_AUTO = 0, LOOP_IO_URING, LOOP_EPOLL };
 
+/* "auto", "io_uring", "epoll" -> enum loop_want; -1 for anything else. */
+int loop_parse(const char *s);
+
 /* Open the backend `want` asks for; auto takes io_uring when it works and
  * has every opcode the broker needs, else epoll. why gets the choice and
  * its reason (for the start-up log), or on failure the cause and the fix.
  * Returns 0, or -errno when no backend can run. */
 int loop_open(enum loop_want want, struct loop **out, char *why, size_t len);
 
-/* The backends. -errno, with the cause in why. */
+/* The two backends. -errno, with the cause in why. */
 int loop_uring_open(struct loop **out, char *why, size_t len);
+int loop_epoll_open(struct loop **out, char *why, size_t len);
 
 static inline void loop_poll(struct loop *l, int fd, unsigned events, uint64_t tag)
 {

@@ -208,13 +208,16 @@ static void raise_fd_limit(const struct broker *b)
 static int setup_loop(struct broker *b)
 {
 	char why[512];
-	int rc = loop_open(LOOP_AUTO, &b->loop, why, sizeof(why));
+	int rc = loop_open((enum loop_want)loop_parse(b->cfg.loop), &b->loop, why, sizeof(why));
 
 	if (rc < 0) {
 		log_error("no usable event loop: %s", why);
 		return rc;
 	}
-	log_info("%s", why);
+	if (b->loop->bell == CHAN_BELL_EVENTFD && strcmp(b->cfg.loop, "epoll") != 0)
+		log_warn("%s", why);	/* the slower path, and why */
+	else
+		log_info("%s", why);
 	return 0;
 }
 
@@ -287,6 +290,20 @@ static int run(struct broker *b)
 			log_error("%s wait: %s", b->loop->name, strerror(-rc));
 			return -1;
 		}
+	}
+}
+
+/* A start failure's exit status: 2 when starting again cannot help until
+ * someone changes something (the unit's RestartPreventExitStatus=2), 1
+ * when it may (out of memory or descriptors, another broker stopping). */
+static int start_failure(int err)
+{
+	switch (-err) {
+	case ENOMEM: case EMFILE: case ENFILE: case ENOSPC: case EAGAIN: /* == EWOULDBLOCK */
+	case EINTR: case EIO:
+		return 1;
+	default:
+		return 2;
 	}
 }
 
@@ -363,12 +380,15 @@ int main(int argc, char **argv)
 	for (int i = b->cfg.max_agents - 1; i >= 0; i--)
 		b->free_slots[b->nfree++] = (uint32_t)i;
 	b->now_ns = clock_ns();
-	if (setup_loop(b) < 0 || setup_signals(b) < 0)
-		return 1;
+	if (setup_loop(b) < 0)
+		return 2;	/* no usable event loop: a restart would not help */
 	raise_fd_limit(b);
-	if (agent_listen(b) < 0) {
-		remove_own_files(b);
+	if (setup_signals(b) < 0)
 		return 1;
+	rc = agent_listen(b);
+	if (rc < 0) {
+		remove_own_files(b);
+		return start_failure(rc);	/* the run directory refused us */
 	}
 	/* Room for max_pool_size to grow by reload without moving a backend. */
 	b->nslots = (uint32_t)b->cfg.max_pool_size * 2;
@@ -378,7 +398,7 @@ int main(int argc, char **argv)
 	if (rc < 0) {
 		log_error("cannot create stats segment in %s: %s", b->cfg.dir, strerror(-rc));
 		remove_own_files(b);
-		return 1;
+		return start_failure(rc);
 	}
 	rc = pool_init(b);
 	if (rc < 0) {

@@ -50,6 +50,7 @@ struct pgb_conn {
 	int in_txn;              /* the last answer said: inside a transaction */
 	int sock;
 	int efd;                 /* readable when a result is ready and fd_armed was set */
+	int bfd;                 /* the broker's bell eventfd (CHAN_BELL_EVENTFD), else -1 */
 	int pfd;                 /* pgb_socket: an epoll set of efd and sock, so that
 				    it also becomes readable when the broker dies */
 	unsigned fork_gen;       /* fork generation at connect: see on_fork */
@@ -198,14 +199,19 @@ static void conn_close(pgb_conn *c)
 	if (c->efd >= 0)
 		close(c->efd);
 	c->efd = -1;
+	if (c->bfd >= 0)
+		close(c->bfd);
+	c->bfd = -1;
 	if (c->sock >= 0)
 		close(c->sock);
 	c->sock = -1;
 }
 
-static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd)
+/* The reply and its fds: the channel memfd, the eventfd, the bell eventfd
+ * (only from a broker on epoll); -1 for each that did not come. */
+static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd, int *bfd)
 {
-	char cbuf[CMSG_SPACE(2 * sizeof(int))];
+	char cbuf[CMSG_SPACE(3 * sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
 	struct msghdr msg = {
 		.msg_iov = &iov, .msg_iovlen = 1,
@@ -213,7 +219,7 @@ static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd)
 	};
 	ssize_t n;
 
-	*fd = *efd = -1;
+	*fd = *efd = *bfd = -1;
 	do
 		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
@@ -221,12 +227,13 @@ static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd)
 		return -errno;
 	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
 		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			int fds[2] = { -1, -1 };
+			int fds[3] = { -1, -1, -1 };
 			size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 
-			memcpy(fds, CMSG_DATA(cm), (nfd > 2 ? 2 : nfd) * sizeof(int));
+			memcpy(fds, CMSG_DATA(cm), (nfd > 3 ? 3 : nfd) * sizeof(int));
 			*fd = fds[0];
 			*efd = fds[1];
+			*bfd = fds[2];
 		}
 	if ((size_t)n != sizeof(*rep) || rep->magic != REG_MAGIC)
 		return -EPROTO;
@@ -236,7 +243,8 @@ static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd)
 PGB_API pgb_conn *pgb_connect(const char *dir)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION };
+	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
+				   .flags = REG_F_BELL_EVENTFD };
 	struct timeval tv = { CONNECT_TIMEOUT_S, 0 };
 	struct reg_reply rep;
 	struct stat st;
@@ -252,6 +260,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	c->status = PGB_CONNECTION_BAD;
 	c->sock = -1;
 	c->efd = -1;
+	c->bfd = -1;
 	c->pfd = -1;
 	c->spin_ns = SPIN_MAX_NS / 4;
 	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
@@ -282,7 +291,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	sent = send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL);
 	if (sent != (ssize_t)sizeof(hello))
 		send_err = sent < 0 ? errno : EPIPE;
-	err = recv_reply(c->sock, &rep, &fd, &c->efd);
+	err = recv_reply(c->sock, &rep, &fd, &c->efd, &c->bfd);
 	if (err < 0 && send_err) {
 		set_error(c, "could not register with broker: %s", strerror(send_err));
 		goto fail;
@@ -318,6 +327,22 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	if (c->chan->magic != CHAN_MAGIC || c->chan->version != CHAN_VERSION ||
 	    c->chan->ring_size != rep.ring_size) {
 		set_error(c, "channel has an unknown layout (version %u)", c->chan->version);
+		goto fail;
+	}
+	/* The bell the broker listens to: its futex word, or (epoll) the
+	 * eventfd that came with the channel. */
+	switch (__atomic_load_n(&c->chan->bell_kind, __ATOMIC_ACQUIRE)) {
+	case CHAN_BELL_FUTEX:
+		if (c->bfd >= 0)
+			close(c->bfd);
+		c->bfd = -1;
+		break;
+	case CHAN_BELL_EVENTFD:
+		if (c->bfd >= 0)
+			break;
+		/* fall through */
+	default:
+		set_error(c, "broker sent a malformed channel (doorbell)");
 		goto fail;
 	}
 	c->pfd = epoll_create1(EPOLL_CLOEXEC);
@@ -392,13 +417,20 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Wake the broker if it sleeps on our channel. */
+/* Wake the broker if it sleeps on our channel: the futex word its
+ * io_uring loop waits on, or the eventfd its epoll loop polls. */
 static void notify_broker(pgb_conn *c)
 {
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&c->chan->broker_armed, __ATOMIC_RELAXED)) {
 		__atomic_add_fetch(&c->chan->broker_bell, 1, __ATOMIC_SEQ_CST);
-		futex_wake(&c->chan->broker_bell);
+		if (c->bfd < 0) {
+			futex_wake(&c->chan->broker_bell);
+		} else {
+			static const uint64_t one = 1;
+
+			(void)!write(c->bfd, &one, sizeof(one));
+		}
 	}
 }
 

@@ -14,10 +14,13 @@
 
 /* Registration handshake over the unix socket. */
 #define REG_MAGIC 0x52424750u /* "PGBR" */
+/* hello.flags: the agent can ring an eventfd bell (CHAN_BELL_EVENTFD). A
+ * broker on epoll refuses agents without it; io_uring ignores it. */
+#define REG_F_BELL_EVENTFD 0x1u
 struct reg_hello {
 	uint32_t magic;
 	uint32_t version;
-	uint32_t flags;
+	uint32_t flags;        /* REG_F_* */
 	uint32_t reserved;
 };
 struct reg_reply {
@@ -64,6 +67,8 @@ struct chan_shm {
 	/* Set by pgb_finish: a hang-up after it is a goodbye, without it a
 	 * crash. Only a hint for the broker's log. */
 	uint32_t agent_bye;
+	/* enum chan_bell, written by the broker before registration ends. */
+	uint32_t bell_kind;
 };
 
 _Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");

@@ -46,6 +46,7 @@ struct key_def {
 	long long min, max;
 	int zero_ok;		/* 0 (none, never) is allowed besides min..max */
 	const char *arg;	/* KIND_STR: what the value is, for the usage text */
+	const char *const *choices; /* KIND_STR: the values allowed, NULL-terminated */
 	const char *help;
 };
 
@@ -65,6 +66,14 @@ struct key_def {
 	{ .name = #f, .env = e, .kind = KIND_STR, .off = CFG_OFF(f), \
 	  .size = sizeof(((struct pgb_config *)0)->f), .def_str = d, .arg = a, \
 	  .max = hi, .help = h }
+
+/* one of a fixed list of words */
+#define CHOICE_KEY(f, e, d, list, h) \
+	{ .name = #f, .env = e, .kind = KIND_STR, .off = CFG_OFF(f), \
+	  .size = sizeof(((struct pgb_config *)0)->f), .def_str = d, .arg = d, \
+	  .max = sizeof(((struct pgb_config *)0)->f) - 1, .choices = list, .help = h }
+
+static const char *const loop_names[] = { "auto", "io_uring", "epoll", NULL };
 
 /* dir + SOCK_NAME + NUL must fit in sun_path. */
 #define DIR_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) - sizeof(SOCK_NAME))
@@ -154,6 +163,8 @@ static const struct key_def keys[] = {
 		"0 error, 1 warn, 2 info, 3 debug"),
 	INT_KEY(syslog, "PGBROKER_SYSLOG", KIND_BOOL, 0, 0, 1,
 		"log to syslog (daemon facility) instead of stderr"),
+	CHOICE_KEY(loop, "PGBROKER_LOOP", "auto", loop_names,
+		"event loop: io_uring, or epoll where io_uring is blocked, off or before Linux 6.7"),
 	STR_KEY(dir, "PGBROKER_DIR", "DIR", "/tmp/pgbroker", DIR_MAX,
 		"run directory: registration socket, lock, stats segment"),
 	STR_KEY(dsn, "PGBROKER_DSN", "CONNINFO", "",
@@ -313,7 +324,13 @@ static void describe_allowed(const struct key_def *k, char *buf, size_t len)
 		snprintf(buf, len, "on, off, true, false, yes, no, 1, 0");
 		break;
 	case KIND_STR:
-		if (k->def_str[0])
+		if (k->choices) {
+			size_t n = 0;
+
+			for (int i = 0; k->choices[i] && n < len; i++)
+				n += (size_t)snprintf(buf + n, len - n, "%s%s", i ? ", " : "",
+						      k->choices[i]);
+		} else if (k->def_str[0])
 			snprintf(buf, len, "non-empty string of at most %lld bytes",
 				 k->max);
 		else
@@ -324,6 +341,14 @@ static void describe_allowed(const struct key_def *k, char *buf, size_t len)
 			 k->max, CONFIG_MAX_IDS);
 		break;
 	}
+}
+
+static int is_choice(const struct key_def *k, const char *value)
+{
+	for (int i = 0; k->choices[i]; i++)
+		if (strcmp(value, k->choices[i]) == 0)
+			return 1;
+	return 0;
 }
 
 /* Reports "invalid value ..." for k into msg (without the key name). */
@@ -427,7 +452,8 @@ static int key_apply(struct pgb_config *cfg, const struct key_def *k,
 	switch (k->kind) {
 	case KIND_STR:
 		len = strlen(value);
-		if (len > (size_t)k->max || (len == 0 && k->def_str[0]))
+		if (len > (size_t)k->max || (len == 0 && k->def_str[0]) ||
+		    (k->choices && !is_choice(k, value)))
 			return bad_value(k, value, msg, msglen);
 		memcpy(str_ptr(cfg, k), value, len + 1);
 		return 0;
@@ -611,10 +637,18 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 	if (k->kind == KIND_STR) {
 		const char *s = str_get(cfg, k);
 
-		if (memchr(s, '\0', k->size))
-			return 0;
-		errbuf_set(err, errlen, "%s is not terminated", k->name);
-		return -1;
+		if (!memchr(s, '\0', k->size)) {
+			errbuf_set(err, errlen, "%s is not terminated", k->name);
+			return -1;
+		}
+		if (k->choices && !is_choice(k, s)) {
+			char msg[256];
+
+			bad_value(k, s, msg, sizeof(msg));
+			errbuf_set(err, errlen, "%s: %s", k->name, msg);
+			return -1;
+		}
+		return 0;
 	}
 	if (k->kind == KIND_IDS) {
 		ids_get(cfg, k, &n);

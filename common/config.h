@@ -13,6 +13,7 @@ struct pgb_config {
 	char dir[256];          /* run directory: socket, lock, stats segment */
 	char dsn[4096];         /* libpq conninfo; "" = libpq's PG* variables */
 	char config_file[256];  /* --config FILE, "" when none */
+	char loop[16];          /* event loop: "auto", "io_uring" or "epoll" */
 
 	int pool_size;
 	int min_pool_size;
