@@ -145,6 +145,7 @@ test: deps
 	PGBROKER_LOOP=epoll sh tools/run-integ.sh ./$(INTEG_BIN)
 	$(CHECK_INSTALL_ENV) PGB_MAKE='$(MAKE)' sh tools/check-install.sh
 	$(CHECK_INSTALL_ENV) sh tools/check-docs.sh
+	$(MAKE) test-node
 
 # Install into a temporary DESTDIR and check the result: files, the library's
 # exports, man pages, agents built with pkg-config alone against the installed
@@ -162,6 +163,33 @@ check-docs: all
 
 unit: $(UNIT_BIN)
 	./$(UNIT_BIN)
+
+# The npm package in client/node: its dependencies from the npm registry as
+# package-lock.json pins them, then the N-API addon, built by npm's own
+# node-gyp against the installed node's headers and linked with
+# libpgbroker.a. A sanitizer build is not loadable into node: test-node
+# says so and skips.
+NODE_DIR   := client/node
+NODE_ADDON := $(NODE_DIR)/build/Release/pgbroker.node
+.PHONY: node test-node
+node: $(NODE_ADDON)
+
+$(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@sh tools/deps.sh
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(NODE_ADDON): $(NODE_DIR)/node_modules/.stamp $(NODE_DIR)/binding.gyp $(NODE_DIR)/src/addon.cc \
+		client/libpgbroker.a client/pgbroker.h
+	cd $(NODE_DIR) && node scripts/build.js >build.log 2>&1 || { cat build.log; exit 1; }
+
+test-node: all
+ifdef SANITIZE
+	@echo "test-node: skipped under SANITIZE (node cannot load a sanitized libpgbroker)"
+else
+	$(MAKE) node
+	sh tools/run-integ.sh $(NODE_DIR)/test/run.sh
+endif
 
 demo: deps
 	$(MAKE) all
@@ -277,5 +305,6 @@ uninstall:
 
 clean:
 	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak tools/no_uring
+	rm -rf $(NODE_DIR)/build $(NODE_DIR)/build.log
 
 -include $(wildcard */*.d */*/*.d)

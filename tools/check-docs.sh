@@ -10,6 +10,8 @@
 #              "/* PATH: ..." with PATH a file of the tree must be that file.
 #   ```sh      parsed (sh -n); each command line of pgbroker, poolstat or
 #              poolbench may only use flags that program's --help lists.
+#   ```js      JavaScript for the Node package: parsed (node --check) as the
+#              body of an async function, so that it may await at its top.
 #   ```sh run  as ```sh, and then all the "sh run" blocks of one file run,
 #              in order, as one script (sh -eu) from the top of the tree,
 #              within 120 s. A "# prints: TEXT" comment is checked: TEXT
@@ -79,8 +81,8 @@ for f in $FILES; do
 		if (!inblk) {
 			tag = substr($0, 4); sub(/[ \t]+$/, "", tag)
 			if (tag == "sh run") tag = "sh-run"
-			if (tag != "text" && tag != "c" && tag != "sh" && tag != "sh-run") {
-				printf "%s:%d: code block tagged \"%s\": use text, c, sh or sh run\n", f, NR, tag > "/dev/stderr"
+			if (tag != "text" && tag != "c" && tag != "sh" && tag != "sh-run" && tag != "js") {
+				printf "%s:%d: code block tagged \"%s\": use text, c, js, sh or sh run\n", f, NR, tag > "/dev/stderr"
 				bad = 1; exit 1
 			}
 			n++; inblk = 1; line = NR
@@ -98,7 +100,7 @@ for f in $FILES; do
 	}' "$f" || fail "$f: bad code block fence"
 done
 nblocks=$(ls "$TMP/blocks" | grep -c '\.where$' || :)
-ok "$nblocks code blocks in $(printf '%s\n' $FILES | wc -l) files, each tagged text, c, sh or sh run"
+ok "$nblocks code blocks in $(printf '%s\n' $FILES | wc -l) files, each tagged text, c, js, sh or sh run"
 
 # help PROGRAM: the --help text of the tree's program of that name.
 help_of() {
@@ -134,6 +136,19 @@ for blk in "$TMP"/blocks/*.c; do
 	nc=$((nc + 1))
 done
 ok "$nc C blocks compile with -Wall -Wextra -Werror (programs link with libpgbroker.a)"
+
+# --- JavaScript -----------------------------------------------------------
+
+nj=0
+for blk in "$TMP"/blocks/*.js; do
+	[ -e "$blk" ] || continue
+	where=$(cat "${blk%.js}.where")
+	command -v node >/dev/null 2>&1 || fail "$where: a js block, and no node to check it (sh tools/deps.sh)"
+	{ echo '(async () => {'; cat "$blk"; echo '})();'; } >"$TMP/block.cjs"
+	node --check "$TMP/block.cjs" 2>"$TMP/js.log" || { show "$TMP/js.log"; fail "$where: node --check refuses the block"; }
+	nj=$((nj + 1))
+done
+ok "$nj JavaScript blocks parse (node --check)"
 
 # --- shell ----------------------------------------------------------------
 

@@ -9,6 +9,15 @@
 set -u
 
 PKGS="gcc make pkg-config liburing-dev libcriterion-dev libpq-dev postgresql tmux"
+# The npm package (client/node) builds a C++ addon. Debian's Node.js only
+# where no node is installed: a node already here (e.g. a nodesource build,
+# headers in /usr/include/node) is used as it is.
+command -v g++ >/dev/null 2>&1 || PKGS="$PKGS g++"
+if ! command -v node >/dev/null 2>&1; then
+	PKGS="$PKGS nodejs npm libnode-dev"
+elif ! command -v npm >/dev/null 2>&1; then
+	PKGS="$PKGS npm"
+fi
 
 for arg in "$@"; do
 	case $arg in
