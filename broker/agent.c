@@ -62,71 +62,13 @@ struct agent *agent_by_tag(struct broker *b, uint64_t tag)
 	return a;
 }
 
-/* The pid file's lock, not the socket file, says who owns the directory:
- * a second broker must never unlink a live broker's socket, and a lock
- * dies with its process, so a crash leaves nothing stale that could keep
- * the next broker out. The file locked must still be the one at the path
- * (a broker that exits unlinks it, maybe after we opened it). `other`
- * gets the pid the file held. */
-static int lock_pid_file(struct broker *b, char *other, size_t n)
-{
-	for (int tries = 0; tries < 5; tries++) {
-		struct stat fs, ps;
-		ssize_t got;
-		int fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-
-		if (fd < 0) {
-			int err = errno;
-
-			log_error("cannot open %s: %s: give the broker's user write access to %s, "
-				  "or choose another dir", b->lock_path, strerror(err), b->cfg.dir);
-			return -err;
-		}
-		got = pread(fd, other, n - 1, 0);
-		other[got > 0 ? got : 0] = '\0';
-		other[strcspn(other, "\n")] = '\0';
-		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-			log_error("another pgbroker (pid %s) is already running on %s: stop it, "
-				  "or give this one another dir", *other ? other : "?", b->cfg.dir);
-			close(fd);
-			return -EWOULDBLOCK;
-		}
-		if (fstat(fd, &fs) == 0 && stat(b->lock_path, &ps) == 0 &&
-		    fs.st_dev == ps.st_dev && fs.st_ino == ps.st_ino) {
-			b->lock_fd = fd;
-			return 0;
-		}
-		close(fd);
-	}
-	log_error("cannot take %s: it keeps being replaced", b->lock_path);
-	return -EAGAIN;
-}
-
+/* The run directory is ours already (piddir_take). */
 int agent_listen(struct broker *b)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	char pid[32], other[32];
 	int fd, rc;
 
-	if (mkdir(b->cfg.dir, 0755) == 0)
-		b->made_dir = 1;
-	else if (errno != EEXIST) {
-		rc = -errno;
-		log_error("cannot create run directory %s: %s: create it for the broker's user, "
-			  "or choose another dir", b->cfg.dir, strerror(-rc));
-		return rc;
-	}
-	snprintf(b->lock_path, sizeof(b->lock_path), "%s/pgbroker.pid", b->cfg.dir);
 	snprintf(b->sock_path, sizeof(b->sock_path), "%s/pgbroker.sock", b->cfg.dir);
-	rc = lock_pid_file(b, other, sizeof(other));
-	if (rc < 0)
-		return rc;
-	if (*other)
-		log_warn("pgbroker (pid %s) did not shut down cleanly: replacing the "
-			 "files it left in %s", other, b->cfg.dir);
-	snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
-	if (ftruncate(b->lock_fd, 0) < 0 || pwrite(b->lock_fd, pid, strlen(pid), 0) < 0)
-		log_warn("cannot write pid to %s: %s", b->lock_path, strerror(errno));
 	if (strlen(b->sock_path) >= sizeof(sa.sun_path)) {
 		log_error("socket path too long: %s: choose a shorter dir", b->sock_path);
 		return -ENAMETOOLONG;

@@ -190,6 +190,7 @@ struct broker {
 	struct pgb_config cfg;
 	struct loop *loop;        /* loop.h: io_uring or epoll */
 	int listen_fd, lock_fd, signal_fd;
+	int dir_fd;               /* the run directory, checked (piddir.c) */
 	int64_t accept_retry_ns;  /* out of descriptors: accept again at this time */
 	int accept_failing;       /* said so once in the log */
 	char sock_path[300], lock_path[300], stats_path[300];
@@ -249,6 +250,12 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_warn(...)  do { if (log_level >= LV_WARN) log_msg(LV_WARN, __VA_ARGS__); } while (0)
 #define log_info(...)  do { if (log_level >= LV_INFO) log_msg(LV_INFO, __VA_ARGS__); } while (0)
 #define log_debug(...) do { if (log_level >= LV_DEBUG) log_msg(LV_DEBUG, __VA_ARGS__); } while (0)
+
+/* piddir.c: the run directory and its pid file. piddir_take: 0, or -errno
+ * after logging why and what to do: -EPERM when the directory or a file in
+ * it is not safe to use, -EWOULDBLOCK when another broker runs on it. */
+int piddir_take(struct broker *b);
+void piddir_release(struct broker *b);
 
 /* agent.c */
 int agent_listen(struct broker *b);

@@ -311,15 +311,9 @@ static int start_failure(int err)
  * (and nothing the next start would take for a crash). */
 static void remove_own_files(struct broker *b)
 {
-	if (b->lock_fd < 0)
-		return;
-	if (b->listen_fd >= 0)
+	if (b->lock_fd >= 0 && b->listen_fd >= 0)
 		unlink(b->sock_path);
-	unlink(b->lock_path);
-	close(b->lock_fd);
-	b->lock_fd = -1;
-	if (b->made_dir)
-		rmdir(b->cfg.dir);
+	piddir_release(b);
 }
 
 int main(int argc, char **argv)
@@ -365,7 +359,7 @@ int main(int argc, char **argv)
 		log_warn("%s", err);
 	b->argc = argc;
 	b->argv = argv;
-	b->listen_fd = b->lock_fd = b->signal_fd = -1;
+	b->listen_fd = b->lock_fd = b->signal_fd = b->dir_fd = -1;
 	list_init(&b->hello);
 	list_init(&b->wake);
 	list_init(&b->ready);
@@ -385,10 +379,13 @@ int main(int argc, char **argv)
 	raise_fd_limit(b);
 	if (setup_signals(b) < 0)
 		return 1;
+	rc = piddir_take(b);
+	if (rc < 0)
+		return start_failure(rc);	/* the run directory refused us */
 	rc = agent_listen(b);
 	if (rc < 0) {
 		remove_own_files(b);
-		return start_failure(rc);	/* the run directory refused us */
+		return start_failure(rc);
 	}
 	/* Room for max_pool_size to grow by reload without moving a backend. */
 	b->nslots = (uint32_t)b->cfg.max_pool_size * 2;
@@ -426,10 +423,7 @@ int main(int argc, char **argv)
 	pool_close_all(b);
 	stats_close(b);
 	loop_close(b->loop);
-	unlink(b->lock_path);
-	close(b->lock_fd);
-	if (b->made_dir)
-		rmdir(b->cfg.dir);
+	piddir_release(b);
 	free(b->agents);
 	free(b->free_slots);
 	log_info("stopped");

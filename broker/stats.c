@@ -15,11 +15,11 @@
 #include "broker.h"
 #include "clock.h"
 
+#define STATS_TMP STATS_FILE ".tmp"
 #define ALIGN8(x) (((x) + 7) & ~(uint64_t)7)
 
 int stats_open(struct broker *b)
 {
-	char tmp[320];
 	uint64_t be_off = ALIGN8(sizeof(struct stats_seg));
 	uint64_t ag_off = ALIGN8(be_off + (uint64_t)b->nslots * sizeof(struct stats_backend));
 	uint64_t size = ag_off + (uint64_t)b->cfg.max_agents * sizeof(struct stats_agent);
@@ -27,24 +27,28 @@ int stats_open(struct broker *b)
 	int fd, rc;
 
 	/* Build it under a temporary name, then rename: readers never see a
-	 * half-initialised segment. */
+	 * half-initialised segment. A new file (O_EXCL), never through a
+	 * symbolic link; one left by a crash is removed first. */
 	snprintf(b->stats_path, sizeof(b->stats_path), "%s/%s", b->cfg.dir, STATS_FILE);
-	snprintf(tmp, sizeof(tmp), "%s.tmp", b->stats_path);
-	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	fd = openat(b->dir_fd, STATS_TMP, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		    0640);
+	if (fd < 0 && errno == EEXIST && unlinkat(b->dir_fd, STATS_TMP, 0) == 0)
+		fd = openat(b->dir_fd, STATS_TMP,
+			    O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
 	/* Readable by the broker's group whatever the umask; nobody else. */
 	if (fchmod(fd, 0640) < 0 || ftruncate(fd, (off_t)size) < 0) {
 		rc = -errno;
 		close(fd);
-		unlink(tmp);
+		unlinkat(b->dir_fd, STATS_TMP, 0);
 		return rc;
 	}
 	seg = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	rc = -errno;
 	close(fd);
 	if (seg == MAP_FAILED) {
-		unlink(tmp);
+		unlinkat(b->dir_fd, STATS_TMP, 0);
 		return rc;
 	}
 	seg->magic = STATS_MAGIC;
@@ -66,7 +70,7 @@ int stats_open(struct broker *b)
 		goto fail;
 	b->st_dirty = 1;
 	stats_publish(b);
-	if (rename(tmp, b->stats_path) < 0) {
+	if (renameat(b->dir_fd, STATS_TMP, b->dir_fd, STATS_FILE) < 0) {
 		rc = -errno;
 		goto fail;
 	}
@@ -74,7 +78,7 @@ int stats_open(struct broker *b)
 fail:
 	b->seg = NULL;
 	munmap(seg, size);
-	unlink(tmp);
+	unlinkat(b->dir_fd, STATS_TMP, 0);
 	return rc;
 }
 

@@ -23,6 +23,7 @@
 #include "chan.h"
 #include "futex.h"
 #include "proto.h"
+#include "rundir.h"
 #include "sqlscan.h"
 
 #define PGB_API __attribute__((visibility("default")))
@@ -252,6 +253,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	void *map;
 	ssize_t sent;
 	int fd = -1, err, send_err = 0;
+	char dflt[256];
 
 	pthread_once(&fork_once, install_fork_hook);
 	c = calloc(1, sizeof(*c));
@@ -265,10 +267,7 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 	c->spin_ns = SPIN_MAX_NS / 4;
 	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 	conns_add(c);
-	if (!dir || !*dir)
-		dir = getenv("PGBROKER_DIR");
-	if (!dir || !*dir)
-		dir = "/tmp/pgbroker";
+	dir = rundir_resolve(dir, dflt, sizeof(dflt));
 	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", dir) >=
 	    sizeof(sa.sun_path)) {
 		set_error(c, "run directory path too long: %s", dir);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "rundir.h"
 #include "stats.h"
 
 #define PGB_API __attribute__((visibility("default")))
@@ -33,6 +34,7 @@ PGB_API int pgb_pool_health(const char *dir, struct pgb_health *h)
 {
 	struct stats_map m;
 	struct stats_snap *s;
+	char dflt[256];
 	int rc;
 
 	if (!h)
@@ -40,10 +42,7 @@ PGB_API int pgb_pool_health(const char *dir, struct pgb_health *h)
 	memset(h, 0, sizeof(*h));
 	h->status = PGB_NO_BROKER;
 	snprintf(h->status_name, sizeof(h->status_name), "no broker");
-	if (!dir || !*dir)
-		dir = getenv("PGBROKER_DIR");
-	if (!dir || !*dir)
-		dir = "/tmp/pgbroker";
+	dir = rundir_resolve(dir, dflt, sizeof(dflt));
 	/* The snapshot is some 10 KB: not on the caller's stack. */
 	s = calloc(1, sizeof(*s));
 	if (!s) {

@@ -26,8 +26,9 @@ enum { PGB_CONNECTION_OK = 0, PGB_CONNECTION_BAD = 1 };
 #define PGB_SQLSTATE_BACKEND_FAILED   "PB010" /* could not connect to PostgreSQL */
 
 /* Connect to the broker whose run directory is dir (NULL: $PGBROKER_DIR, else
- * /tmp/pgbroker). Always returns a connection object (NULL only when out of
- * memory); check pgb_status. */
+ * the broker's default: /run/pgbroker for root, $XDG_RUNTIME_DIR/pgbroker or
+ * /tmp/pgbroker-UID for others). Always returns a connection object (NULL
+ * only when out of memory); check pgb_status. */
 pgb_conn *pgb_connect(const char *dir);
 /* PGB_CONNECTION_OK or PGB_CONNECTION_BAD. */
 int pgb_status(const pgb_conn *c);
@@ -291,7 +292,7 @@ struct pgb_health {
 	char error[512];            /* why pgb_pool_health failed; "" on success */
 };
 
-/* Health of the pool in dir (NULL: $PGBROKER_DIR, else /tmp/pgbroker): 0, or -1 with h->error. */
+/* Health of the pool in dir (NULL: as for pgb_connect): 0, or -1 with h->error. */
 int pgb_pool_health(const char *dir, struct pgb_health *h);
 
 #ifdef __cplusplus

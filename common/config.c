@@ -2,6 +2,7 @@
  * config file, the environment and the flags, printing and the usage text. */
 #include "config.h"
 #include "errbuf.h"
+#include "rundir.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #define MS_MAX		604800000LL	/* one week */
 #define LINE_MAX_LEN	8192		/* longest config file line */
@@ -165,7 +167,8 @@ static const struct key_def keys[] = {
 		"log to syslog (daemon facility) instead of stderr"),
 	CHOICE_KEY(loop, "PGBROKER_LOOP", "auto", loop_names,
 		"event loop: io_uring, or epoll where io_uring is blocked, off or before Linux 6.7"),
-	STR_KEY(dir, "PGBROKER_DIR", "DIR", "/tmp/pgbroker", DIR_MAX,
+	/* The default shown; the one used is rundir_default_for (config_defaults). */
+	STR_KEY(dir, "PGBROKER_DIR", "DIR", "/run/pgbroker", DIR_MAX,
 		"run directory: registration socket, lock, stats segment"),
 	STR_KEY(dsn, "PGBROKER_DSN", "CONNINFO", "",
 		sizeof(((struct pgb_config *)0)->dsn) - 1,
@@ -484,6 +487,9 @@ void config_defaults(struct pgb_config *cfg)
 		else if (k->kind != KIND_IDS)
 			*int_ptr(cfg, k) = (int)k->def;
 	}
+	/* Per user, and the same in libpgbroker and poolstat (PGBROKER_DIR is
+	 * the environment layer's). Too long a $XDG_RUNTIME_DIR: /tmp's. */
+	rundir_default_for(geteuid(), getenv("XDG_RUNTIME_DIR"), cfg->dir, DIR_MAX + 1);
 	cfg->ready_fd = -1;
 }
 
@@ -1137,16 +1143,19 @@ static const char *usage_arg(const struct key_def *k)
 
 static void usage_key(const struct key_def *k, FILE *out)
 {
-	char flag[80], allowed[128];
+	char flag[80], allowed[128], dflt_dir[256];
 	size_t j;
 
+	rundir_default_for(geteuid(), getenv("XDG_RUNTIME_DIR"), dflt_dir, DIR_MAX + 1);
 	for (j = 0; k->name[j] && j < sizeof(flag) - 1; j++)
 		flag[j] = k->name[j] == '_' ? '-' : k->name[j];
 	flag[j] = '\0';
 	snprintf(flag + j, sizeof(flag) - j, " %s", usage_arg(k));
 	describe_allowed(k, allowed, sizeof(allowed));
 	fprintf(out, "  --%-31s %s=", flag, k->env);
-	if (k->kind == KIND_STR)
+	if (k->off == CFG_OFF(dir))
+		fprintf(out, "\"%s\"", dflt_dir);
+	else if (k->kind == KIND_STR)
 		fprintf(out, "\"%s\"", k->def_str);
 	else if (k->kind == KIND_IDS)
 		fputs("\"\"", out);

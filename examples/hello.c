@@ -4,7 +4,7 @@
 
 int main(void)
 {
-	pgb_conn *c = pgb_connect(NULL);   /* $PGBROKER_DIR, else /tmp/pgbroker */
+	pgb_conn *c = pgb_connect(NULL);   /* $PGBROKER_DIR, else the default run directory */
 	if (pgb_status(c) != PGB_CONNECTION_OK) {
 		fprintf(stderr, "cannot connect: %s\n", pgb_error_message(c));
 		pgb_finish(c);

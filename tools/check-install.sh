@@ -221,7 +221,8 @@ else
 	skip "man pages not rendered: groff is not installed (apt-get install groff-base)"
 fi
 
-"$P/bin/pgbroker" --check-config >"$TMP/defaults" 2>"$TMP/err" ||
+# dir: root's default, the example's, whoever runs this.
+"$P/bin/pgbroker" --dir /run/pgbroker --check-config >"$TMP/defaults" 2>"$TMP/err" ||
 	{ show "$TMP/err"; fail "pgbroker --check-config with the defaults"; }
 sed -n 's/^\([a-z_]*\) =.*/\1/p' "$TMP/defaults" >"$TMP/keys"
 [ "$(wc -l <"$TMP/keys")" -ge 30 ] || fail "pgbroker --check-config printed only $(wc -l <"$TMP/keys") settings"
@@ -255,6 +256,10 @@ for want in "Type=$type" \
 	grep -qxF -- "$want" "$unit" || fail "pgbroker.service lacks the line '$want'"
 done
 grep -Eqx 'User=[a-z_][a-z0-9_-]*|DynamicUser=yes' "$unit" || fail "pgbroker.service runs as root"
+# The broker refuses a run directory that group or others may write to.
+rmode=$(sed -n 's/^RuntimeDirectoryMode=\([0-7]*\)$/\1/p' "$unit")
+[ -n "$rmode" ] && [ $((0$rmode & 022)) -eq 0 ] ||
+	fail "pgbroker.service: RuntimeDirectoryMode='$rmode' lets group or others write the run directory, which pgbroker refuses"
 stop_s=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' "$unit")
 if [ -z "$stop_s" ] || [ "$((stop_s * 1000))" -le "$shutdown_ms" ]; then
 	fail "pgbroker.service: TimeoutStopSec='$stop_s' must exceed shutdown_timeout_ms ($shutdown_ms ms)"
@@ -263,7 +268,7 @@ nofile=$(sed -n 's/^LimitNOFILE=\([0-9]*\)$/\1/p' "$unit")
 if [ -z "$nofile" ] || [ "$nofile" -lt "$((2 * max_agents))" ]; then
 	fail "pgbroker.service: LimitNOFILE='$nofile' is below 2 x max_agents (up to $max_agents)"
 fi
-ok "pgbroker.service: Type=$type, ExecStart in $PREFIX/bin, TimeoutStopSec=$stop_s, LimitNOFILE=$nofile, sandboxed"
+ok "pgbroker.service: Type=$type, ExecStart in $PREFIX/bin, TimeoutStopSec=$stop_s, LimitNOFILE=$nofile, RuntimeDirectoryMode=$rmode, sandboxed"
 if command -v systemd-analyze >/dev/null 2>&1; then
 	# verify wants ExecStart to exist: point it into DESTDIR.
 	sed "s|^ExecStart=$PREFIX/|ExecStart=$P/|" "$unit" >"$TMP/pgbroker.service"
@@ -375,6 +380,11 @@ ready_or_gone() { grep -qx ready "$TMP/ready" || has_exited "$BROKER_PID"; }
 wait_for "$WAIT_S" ready_or_gone || { show "$TMP/broker.log"; fail "pgbroker not ready within ${WAIT_S}s"; }
 grep -qx ready "$TMP/ready" || { show "$TMP/broker.log"; fail "the installed pgbroker exited at start"; }
 ok "installed pgbroker (pid $BROKER_PID) ready on $RUN"
+rmode=$(stat -c %a "$RUN")
+[ "$rmode" = 700 ] || fail "pgbroker made its run directory $RUN mode $rmode, not 700"
+pmode=$(stat -c %a "$RUN/pgbroker.pid")
+[ "$pmode" = 600 ] || fail "pgbroker's pid file has mode $pmode, not 600"
+ok "run directory $RUN made mode 700, pid file 600"
 
 LD_LIBRARY_PATH="$P/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
 	timeout "$WAIT_S" "$TMP/agent-shared" "$RUN" >"$TMP/agent.out" 2>&1 ||

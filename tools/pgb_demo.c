@@ -195,7 +195,7 @@ static int setup(const char *dir)
 	bool ok = c && pgb_status(c) == PGB_CONNECTION_OK;
 
 	if (!ok)
-		fprintf(stderr, "pgb_demo: no broker at %s: %s\n", dir,
+		fprintf(stderr, "pgb_demo: no broker at %s: %s\n", dir ? dir : "the default run directory",
 			c ? pgb_error_message(c) : "out of memory");
 	for (size_t i = 0; ok && i < sizeof(setup_sql) / sizeof(setup_sql[0]); i++) {
 		pgb_result *r = pgb_exec(c, setup_sql[i]);
@@ -271,7 +271,7 @@ int main(int argc, char **argv)
 		{ "seconds", required_argument, NULL, 's' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *dir = getenv("PGBROKER_DIR");
+	const char *dir = NULL;   /* NULL: libpgbroker's default ($PGBROKER_DIR, ...) */
 	int nagents = 60, seconds = 10, ready[2], start[2], report[2], nready = 0, opt;
 	long long backends, max_backends = 0, balance, logged;
 	struct report sum = { 0 };
@@ -293,8 +293,6 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (!dir || !*dir)
-		dir = "/tmp/pgbroker";
 	if (setup(dir) < 0)
 		return 1;
 	pids = calloc((size_t)nagents, sizeof(*pids));

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "rundir.h"
 #include "stats.h"
 #include "version.h"
 
@@ -47,7 +48,8 @@ static void usage(FILE *f)
 		"usage: poolstat [--once | --json | --prometheus] [DIR]\n"
 		"       poolstat --help | --version\n"
 		"  Show the pool of the pgbroker whose run directory is DIR\n"
-		"  (default: $PGBROKER_DIR, else /tmp/pgbroker), read from its stats segment.\n"
+		"  (default: $PGBROKER_DIR, else /run/pgbroker for root, $XDG_RUNTIME_DIR/pgbroker\n"
+		"  or /tmp/pgbroker-UID for others), read from its stats segment.\n"
 		"  (none)         live view, refreshed every second; q quits\n"
 		"  --once         one plain-text snapshot\n"
 		"  --json         one JSON document\n"
@@ -766,10 +768,9 @@ int main(int argc, char **argv)
 {
 	static struct view v;
 	enum mode mode = MODE_LIVE;
-	char err[600];
+	char err[600], dflt[256];
 	int rc, utf8;
 
-	v.dir = getenv("PGBROKER_DIR");
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--once") == 0)
 			mode = MODE_ONCE;
@@ -791,8 +792,7 @@ int main(int argc, char **argv)
 			v.dir = argv[i];
 		}
 	}
-	if (!v.dir || !*v.dir)
-		v.dir = "/tmp/pgbroker";
+	v.dir = rundir_resolve(v.dir, dflt, sizeof(dflt));
 	setlocale(LC_CTYPE, "");
 	utf8 = strcmp(nl_langinfo(CODESET), "UTF-8") == 0;
 	if (mode == MODE_LIVE && !isatty(1))

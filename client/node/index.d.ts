@@ -3,7 +3,7 @@
 import { EventEmitter } from 'events';
 
 export interface PoolConfig {
-  /** The broker's run directory; default $PGBROKER_DIR, else /tmp/pgbroker. */
+  /** The broker's run directory; default $PGBROKER_DIR, else libpgbroker's default (/run/pgbroker for root, $XDG_RUNTIME_DIR/pgbroker or /tmp/pgbroker-UID otherwise). */
   dir?: string;
   /** Accepted for pg compatibility; the broker sizes the pool (POSTGRES_POOL_SIZE). */
   max?: number;

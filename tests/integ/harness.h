@@ -59,4 +59,16 @@ int h_wait(pid_t pid, int timeout_ms);
 int h_until(int (*cond)(void *), void *arg, int timeout_ms);
 long long h_now_ms(void);
 
+/* A second local user for a test, made with useradd (skips the test when
+ * not root) and removed with userdel: call h_user_del in the test's fini. */
+struct h_user {
+	char name[32];
+	uid_t uid;
+	gid_t gid;
+};
+void h_user_add(struct h_user *u);
+void h_user_del(struct h_user *u);
+/* In a forked child: become u (no supplementary groups), or _exit(120). */
+void h_become(const struct h_user *u);
+
 #endif

@@ -10,6 +10,17 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "rundir.h"
+
+/* The default run directory of this process (tests/unit/test_rundir.c
+ * checks what that is). */
+static const char *default_dir(void)
+{
+	static char buf[256];
+
+	rundir_default_for(geteuid(), getenv("XDG_RUNTIME_DIR"), buf, sizeof(buf));
+	return buf;
+}
 
 #define ERRLEN 512
 
@@ -178,7 +189,7 @@ Test(config, defaults_match_design)
 		cr_expect_eq(field(&cfg, default_table[i].off), default_table[i].want,
 			     "%s = %d, want %d", default_table[i].key,
 			     field(&cfg, default_table[i].off), default_table[i].want);
-	cr_expect_str_eq(cfg.dir, "/tmp/pgbroker");
+	cr_expect_str_eq(cfg.dir, default_dir());
 	cr_expect_str_eq(cfg.dsn, "");
 	cr_expect_str_eq(cfg.config_file, "");
 	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
@@ -409,7 +420,7 @@ Test(config, huge_values_are_cut_in_messages)
 	memset(huge, 'x', sizeof(huge) - 1);
 	cr_assert_eq(config_set(&cfg, "dsn", huge, err, sizeof(err)), -1);
 	cr_assert_eq(config_set(&cfg, "dir", huge, err, sizeof(err)), -1);
-	cr_expect_str_eq(cfg.dir, "/tmp/pgbroker");
+	cr_expect_str_eq(cfg.dir, default_dir());
 	cr_assert_eq(config_set(&cfg, huge, "1", err, sizeof(err)), -1);
 	cr_expect_eq(strncmp(err, "unknown key \"xxx", 16), 0, "%s", err);
 
@@ -1064,7 +1075,12 @@ Test(config, print_every_key)
 	}
 	cr_expect_not_null(strstr(out, "pool_size = 25\n"));
 	cr_expect_not_null(strstr(out, "log_level = info\n"));
-	cr_expect_not_null(strstr(out, "dir = /tmp/pgbroker\n"));
+	{
+		char dline[300];
+
+		snprintf(dline, sizeof(dline), "dir = %s\n", default_dir());
+		cr_expect_not_null(strstr(out, dline), "%s", out);
+	}
 	cr_expect_not_null(strstr(out, "dsn = \n"));
 	cr_expect_not_null(strstr(out, "allow_uids = 1000,1001\n"));
 	cr_expect_not_null(strstr(out, "allow_gids = \n"));
