@@ -1,7 +1,7 @@
 // Build the addon with npm's own node-gyp against the running node's
 // headers, never downloading any: nodedir is the prefix whose
 // include/node/node_api.h exists (/usr for Debian's and nodesource's node).
-// In a pgbroker checkout whose library is not built yet, builds it first.
+// In a pgbroker checkout, brings its libpgbroker.a up to date first.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -34,13 +34,36 @@ function nodeGyp() {
   die('node-gyp not found (it comes with npm)');
 }
 
-const root = path.resolve(__dirname, '..', '..', '..');
-if (!find() && fs.existsSync(path.join(root, 'client', 'pgbroker.h'))) {
-  const r = spawnSync('make', ['-C', root, 'client/libpgbroker.a'], { stdio: 'inherit' });
+const pkg = path.resolve(__dirname, '..');
+const root = path.resolve(pkg, '..', '..');
+
+// In a checkout, bring its library up to date (make is incremental).
+if (fs.existsSync(path.join(root, 'client', 'pgbroker.h')) && fs.existsSync(path.join(root, 'Makefile'))) {
+  const r = spawnSync('make', ['-C', root, '--no-print-directory', 'client/libpgbroker.a'], { stdio: 'inherit' });
   if (r.status !== 0) die('could not build libpgbroker in ' + root);
 }
 if (!find()) die('libpgbroker not found: build the checkout (make), install it ' +
   '(pkg-config libpgbroker), or set PGBROKER_ROOT');
+
+// `npm install <folder>` links a folder outside the project without
+// installing its dependencies: install them in the folder then.
+function resolvable(name) {
+  try {
+    require.resolve(name, { paths: [pkg] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+if (!resolvable('node-addon-api') || !resolvable('pg-types')) {
+  const npm = process.env.npm_execpath;
+  const cmd = npm ? process.execPath : 'npm';
+  const args = [...(npm ? [npm] : []), 'install', '--omit=dev', '--ignore-scripts', '--no-audit',
+    '--no-fund', '--no-save'];
+  const r = spawnSync(cmd, args, { cwd: pkg, stdio: 'inherit' });
+  if (r.status !== 0) die('could not install the dependencies in ' + pkg);
+}
+
 const r = spawnSync(process.execPath, [nodeGyp(), 'rebuild', `--nodedir=${nodedir()}`],
-  { cwd: path.resolve(__dirname, '..'), stdio: 'inherit' });
+  { cwd: pkg, stdio: 'inherit' });
 process.exit(r.status === null ? 1 : r.status);
