@@ -171,7 +171,7 @@ unit: $(UNIT_BIN)
 # says so and skips.
 NODE_DIR   := client/node
 NODE_ADDON := $(NODE_DIR)/build/Release/pgbroker.node
-.PHONY: node test-node
+.PHONY: node test-node bench-node
 node: $(NODE_ADDON)
 
 $(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
@@ -182,6 +182,14 @@ $(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package.json $(NODE_DIR)/package-lo
 $(NODE_ADDON): $(NODE_DIR)/node_modules/.stamp $(NODE_DIR)/binding.gyp $(NODE_DIR)/src/addon.cc \
 		client/libpgbroker.a client/pgbroker.h
 	cd $(NODE_DIR) && node scripts/build.js >build.log 2>&1 || { cat build.log; exit 1; }
+
+# Node agents side by side (client/node/bench): pgbroker's package, pg with a
+# pg.Pool per process, pg through PgBouncer; for 1, 50 and 200 processes
+# (PGB_NODE_BENCH_AGENTS), writes client/node/bench/results.md.
+bench-node: all
+	$(MAKE) node
+	@sh tools/deps.sh --bench
+	PGB_TEST_TIMEOUT=3600 sh tools/run-integ.sh $(NODE_DIR)/bench/run.sh
 
 test-node: all
 ifdef SANITIZE
