@@ -34,6 +34,9 @@ endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CRIT_LIBS  = $(shell pkg-config --libs criterion 2>/dev/null)
+# libpg_query (PostgreSQL's parser) ships no .pc; the broker alone links it
+# (broker/classify.c), never libpgbroker.
+PG_QUERY_LIBS := -lpg_query
 CFLAGS += $(PKG_CFLAGS)
 
 ifeq ($(V),1)
@@ -82,7 +85,7 @@ $(FLAGS_STAMP): ;
 
 broker/pgbroker: $(BROKER_OBJ) $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(SYSTEMD_LIBS) -lpthread
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(PG_QUERY_LIBS) $(SYSTEMD_LIBS) -lpthread
 
 # One relocatable object with every internal symbol made local, so that a
 # program linking the archive sees only the pgb_ API (nothing to clash with
@@ -123,14 +126,16 @@ tools/no_uring: tools/no_uring.o
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
 
 # tools/bench.o: poolbench's pure parts (tests/unit/test_poolbench.c);
-# broker/cork.o: the broker's send() (tests/unit/test_cork.c).
-$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o broker/cork.o
+# broker/cork.o: the broker's send() (tests/unit/test_cork.c);
+# broker/classify.o: the statement classifier (unit tests, and the
+# integration test that compares it with what the server did).
+$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o broker/cork.o broker/classify.o
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) $(PG_QUERY_LIBS) -lm
 
-$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a $(COMMON_OBJ)
+$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a $(COMMON_OBJ) broker/classify.o
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) $(PG_QUERY_LIBS)
 
 # Install what is missing, then build. Both set-up commands start here.
 deps:

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "classify.h"
 #include "clock.h"
 #include "futex.h"
 
@@ -500,6 +501,20 @@ static void batch_new(struct broker *b, struct agent *a, struct request *r, uint
 		req_params(&r->subs[i], flat);
 		flat += r->subs[i].nparams;
 	}
+	/* The batch is one transaction: a COMMIT or ROLLBACK inside would
+	 * apply part of it, a BEGIN would leave a transaction open. */
+	for (uint32_t i = 0; i < count; i++)
+		if (r->subs[i].sql && sql_txn_control(r->subs[i].sql)) {
+			char msg[200];
+			uint32_t id = r->id;
+
+			snprintf(msg, sizeof(msg),
+				 "pgb_batch: statement %u begins or ends a transaction; a batch is "
+				 "one transaction of its own (see pgb_transaction)", i);
+			request_free(r);
+			enqueue_error(b, a, id, "PB006", msg);
+			return;
+		}
 	r->flags = ((const struct req_head *)(const void *)r->blob)->flags & ~REQ_INDEPENDENT;
 	r->v = r->subs[0];
 	if (refuse_new(b, a)) {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "classify.h"
 #include "clock.h"
 #include "version.h"
 
@@ -426,6 +427,7 @@ int main(int argc, char **argv)
 	piddir_release(b);
 	free(b->agents);
 	free(b->free_slots);
+	sql_class_exit();
 	log_info("stopped");
 	return rc < 0 ? 1 : 0;
 }

@@ -16,7 +16,7 @@
 #include "broker.h"
 #include "clock.h"
 #include "cork.h"
-#include "sqlscan.h"
+#include "classify.h"
 #include "sqlstate.h"
 
 #define MS 1000000LL
@@ -1330,10 +1330,12 @@ void pool_submit(struct broker *b, struct request *r)
 		return;
 	}
 	if (!r->attempts) {
-		r->session = sql_changes_session(r->v.sql);
+		unsigned fl = sql_classify(r->v.sql);
+
+		r->session = (fl & SQL_SESSION) != 0;
 		for (uint32_t i = 1; i < r->nsub && !r->session; i++)
 			r->session = sql_changes_session(r->subs[i].sql);
-		r->pipe_ok = !r->session && !r->nsub && sql_pipelinable(r->v.sql);
+		r->pipe_ok = !r->session && !r->nsub && (fl & SQL_PIPELINABLE);
 	}
 	/* The agent's statements run in its transaction or session. Not an
 	 * independent one sent before that began and back now for a retry:

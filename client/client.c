@@ -24,7 +24,6 @@
 #include "futex.h"
 #include "proto.h"
 #include "rundir.h"
-#include "sqlscan.h"
 
 #define PGB_API __attribute__((visibility("default")))
 #define WAIT_SLICE_NS (250 * 1000000L)
@@ -1076,20 +1075,9 @@ PGB_API int pgb_batch(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_resu
 				  REQ_MAX_BATCH);
 		return -1;
 	}
-	/* The batch is one transaction: a COMMIT or ROLLBACK inside would
-	 * apply part of it, a BEGIN would leave a transaction open. */
-	for (i = 0; i < n; i++)
-		if (stmts[i].sql && sql_txn_control(stmts[i].sql)) {
-			err = local_error(PGB_SQLSTATE_BAD_REQUEST,
-					  "pgb_batch: statement %d begins or ends a transaction; a "
-					  "batch is one transaction of its own (see pgb_transaction)",
-					  i);
-			fill_errors(results, 0, n, err);
-			pgb_clear(err);
-			if (c)
-				set_error(c, "pgb_batch: statement %d begins or ends a transaction", i);
-			return -1;
-		}
+	/* The batch is one transaction: the broker refuses one that would
+	 * begin or end a transaction inside (PB006, nothing run), since only
+	 * its parser can tell. */
 	rs = calloc((size_t)n, sizeof(*rs));
 	if (!rs) {
 		fill_errors(results, 0, n, &(pgb_result){ .v = { .err = "out of memory",

@@ -1,0 +1,382 @@
+/* Statement classification by PostgreSQL's parser, and its cache; see
+ * classify.h. The parse tree comes as libpg_query's protobuf message and is
+ * walked generically through the protobuf-c descriptors, so every node of
+ * every statement is seen (subqueries, CTEs, FROM functions, rule actions,
+ * EXPLAIN's statement), not only the places a hand-written rule expects. */
+#include "classify.h"
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "stmtcache.h"
+
+#define WALK_DEPTH_MAX 10000	/* deeper trees are taken for the worst */
+#define CURSOR_OPT_HOLD 0x0020	/* PostgreSQL's parsenodes.h */
+
+/* pg_temp or pg_temp_<n>: the session's own schema for temporary objects. */
+static int temp_schema(const char *s)
+{
+	if (strncasecmp(s, "pg_temp", 7) != 0)
+		return 0;
+	if (s[7] == '\0')
+		return 1;
+	if (s[7] != '_' || s[8] == '\0')
+		return 0;
+	for (s += 8; *s; s++)
+		if (*s < '0' || *s > '9')
+			return 0;
+	return 1;
+}
+
+/* Functions whose call leaves state in the session. Compared without case:
+ * a quoted "SET_CONFIG" is another function, but pinning costs only sharing. */
+static int session_function(const char *name)
+{
+	static const char *const names[] = {
+		"set_config", "setseed",
+		"pg_advisory_lock", "pg_advisory_lock_shared",
+		"pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+		"dblink_connect", "dblink_connect_u",
+		"pg_replication_origin_session_setup",
+		"pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* The last name of a qualified name list (pg_catalog.set_config: set_config). */
+static const char *last_name(PgQuery__Node **names, size_t n)
+{
+	if (!n || !names[n - 1] || names[n - 1]->node_case != PG_QUERY__NODE__NODE_STRING ||
+	    !names[n - 1]->string)
+		return "";
+	return names[n - 1]->string->sval;
+}
+
+/* UPDATE/INSERT/DELETE/MERGE on pg_settings: its rules call set_config. */
+static int settings_target(const PgQuery__RangeVar *rv)
+{
+	return rv && rv->relname && strcasecmp(rv->relname, "pg_settings") == 0;
+}
+
+/* Session state that a node anywhere in a statement leaves behind. */
+static int node_session(const ProtobufCMessage *m)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+
+	if (d == &pg_query__func_call__descriptor) {
+		const PgQuery__FuncCall *f = (const void *)m;
+
+		return session_function(last_name(f->funcname, f->n_funcname));
+	}
+	if (d == &pg_query__range_var__descriptor) {
+		const PgQuery__RangeVar *rv = (const void *)m;
+
+		return (rv->relpersistence && rv->relpersistence[0] == 't') ||
+		       (rv->schemaname && temp_schema(rv->schemaname));
+	}
+	/* a name in a qualified name list: CREATE FUNCTION pg_temp.f, types... */
+	if (d == &pg_query__string__descriptor)
+		return temp_schema(((const PgQuery__String *)(const void *)m)->sval);
+	if (d == &pg_query__update_stmt__descriptor)
+		return settings_target(((const PgQuery__UpdateStmt *)(const void *)m)->relation);
+	if (d == &pg_query__insert_stmt__descriptor)
+		return settings_target(((const PgQuery__InsertStmt *)(const void *)m)->relation);
+	if (d == &pg_query__delete_stmt__descriptor)
+		return settings_target(((const PgQuery__DeleteStmt *)(const void *)m)->relation);
+	if (d == &pg_query__merge_stmt__descriptor)
+		return settings_target(((const PgQuery__MergeStmt *)(const void *)m)->relation);
+	return 0;
+}
+
+/* Every message below m, m included: 1 as soon as one leaves session
+ * state, -1 when the tree is deeper than we walk. A constant's string is
+ * data, not a name: constants are not entered. */
+static int walk_session(const ProtobufCMessage *m, int depth)
+{
+	const ProtobufCMessageDescriptor *d;
+
+	if (!m)
+		return 0;
+	if (depth > WALK_DEPTH_MAX)
+		return -1;
+	d = m->descriptor;
+	if (d == &pg_query__a__const__descriptor)
+		return 0;
+	if (node_session(m))
+		return 1;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		const char *base = (const char *)m;
+		int rc;
+
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		/* a oneof member holds a value only when it is the case set */
+		if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+		    *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
+			continue;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(const size_t *)(const void *)(base + f->quantifier_offset);
+			ProtobufCMessage *const *v =
+				*(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
+
+			for (size_t k = 0; k < n; k++)
+				if ((rc = walk_session(v[k], depth + 1)) != 0)
+					return rc;
+		} else {
+			const ProtobufCMessage *sub =
+				*(const ProtobufCMessage *const *)(const void *)(base + f->offset);
+
+			if ((rc = walk_session(sub, depth + 1)) != 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+/* What one top-level statement is; *flags collects the text's. */
+static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
+{
+	unsigned fl = SQL_ALL_OR_NOTHING;
+	int rc;
+
+	switch (n->node_case) {
+	case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT: {
+		const PgQuery__VariableSetStmt *s = n->variable_set_stmt;
+
+		/* SET LOCAL, SET TRANSACTION [SNAPSHOT] end with the transaction */
+		if (!s->is_local && strcmp(s->name, "TRANSACTION") != 0 &&
+		    strcmp(s->name, "TRANSACTION SNAPSHOT") != 0)
+			fl |= SQL_SESSION;
+		break;
+	}
+	case PG_QUERY__NODE__NODE_PREPARE_STMT:
+		fl = SQL_SESSION;
+		break;
+	case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+	case PG_QUERY__NODE__NODE_DISCARD_STMT:
+	case PG_QUERY__NODE__NODE_LISTEN_STMT:
+	case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
+	case PG_QUERY__NODE__NODE_LOAD_STMT:
+		fl |= SQL_SESSION;
+		break;
+	case PG_QUERY__NODE__NODE_DO_STMT:
+		fl = SQL_SESSION;	/* its body is not read */
+		break;
+	case PG_QUERY__NODE__NODE_CALL_STMT:
+		fl = 0;
+		break;
+	case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+		if (n->declare_cursor_stmt->options & CURSOR_OPT_HOLD)
+			fl |= SQL_SESSION;
+		break;
+	case PG_QUERY__NODE__NODE_TRANSACTION_STMT:
+		switch (n->transaction_stmt->kind) {
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
+			fl = 0;
+			break;
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
+			fl = SQL_TXN_CONTROL | SQL_MAY_COMMIT;
+			break;
+		default:
+			fl = SQL_TXN_CONTROL;
+			break;
+		}
+		return fl;
+	case PG_QUERY__NODE__NODE_VACUUM_STMT:
+	case PG_QUERY__NODE__NODE_CLUSTER_STMT:
+	case PG_QUERY__NODE__NODE_REINDEX_STMT:
+		fl = 0;	/* may run one transaction per table */
+		break;
+	case PG_QUERY__NODE__NODE_INDEX_STMT:
+		if (n->index_stmt->concurrent)
+			fl = 0;
+		break;
+	case PG_QUERY__NODE__NODE_DROP_STMT:
+		if (n->drop_stmt->concurrent)
+			fl = 0;
+		break;
+	case PG_QUERY__NODE__NODE_SELECT_STMT:
+	case PG_QUERY__NODE__NODE_INSERT_STMT:
+	case PG_QUERY__NODE__NODE_UPDATE_STMT:
+	case PG_QUERY__NODE__NODE_DELETE_STMT:
+	case PG_QUERY__NODE__NODE_MERGE_STMT:
+	case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
+		fl |= SQL_PIPELINABLE;
+		break;
+	default:
+		break;
+	}
+	rc = walk_session(&n->base, 0);
+	if (rc < 0)
+		*walk_failed = 1;
+	else if (rc > 0)
+		fl |= SQL_SESSION;
+	return fl;
+}
+
+/* Parser refused the text (or its tree is too deep to walk): the worst. */
+#define SQL_WORST (SQL_UNPARSED | SQL_SESSION | SQL_MAY_COMMIT)
+
+static uint64_t nparses, nhits;
+
+static unsigned parse_flags(const char *sql)
+{
+	PgQueryProtobufParseResult pr;
+	PgQuery__ParseResult *tree = NULL;
+	unsigned fl = SQL_ALL_OR_NOTHING | SQL_PIPELINABLE;
+	int walk_failed = 0;
+
+	nparses++;
+	pr = pg_query_parse_protobuf(sql);
+	if (!pr.error)
+		tree = pg_query__parse_result__unpack(NULL, pr.parse_tree.len,
+						      (const uint8_t *)pr.parse_tree.data);
+	pg_query_free_protobuf_parse_result(pr);
+	if (!tree)
+		return SQL_WORST;
+	if (tree->n_stmts != 1)
+		fl &= ~(SQL_PIPELINABLE | (tree->n_stmts ? SQL_ALL_OR_NOTHING : 0u));
+	for (size_t i = 0; i < tree->n_stmts; i++) {
+		const PgQuery__RawStmt *rs = tree->stmts[i];
+		unsigned s;
+
+		if (!rs || !rs->stmt) {
+			walk_failed = 1;
+			break;
+		}
+		s = stmt_flags(rs->stmt, &walk_failed);
+		fl |= s & (SQL_SESSION | SQL_TXN_CONTROL | SQL_MAY_COMMIT);
+		fl &= s | ~(SQL_ALL_OR_NOTHING | SQL_PIPELINABLE);
+	}
+	pg_query__parse_result__free_unpacked(tree, NULL);
+	if (walk_failed)
+		return SQL_WORST;
+	if (fl & SQL_SESSION)
+		fl &= ~SQL_PIPELINABLE;
+	return fl;
+}
+
+/* The cache: CLASS_SETS sets of CLASS_WAYS entries; a full set drops its
+ * least recently used entry. */
+struct class_entry {
+	uint64_t hash;
+	char *sql;              /* NULL: empty */
+	uint32_t len;
+	uint32_t used;          /* tick of the last hit, for LRU within the set */
+	unsigned flags;
+};
+
+static struct class_entry cache[CLASS_SETS][CLASS_WAYS];
+static uint32_t tick, nentries;
+static uint64_t nbytes;
+
+static void entry_drop(struct class_entry *e)
+{
+	if (!e->sql)
+		return;
+	nbytes -= e->len + 1u;
+	nentries--;
+	free(e->sql);
+	e->sql = NULL;
+}
+
+unsigned sql_classify(const char *sql)
+{
+	size_t len = strlen(sql);
+	uint64_t h;
+	struct class_entry *set, *victim;
+	unsigned fl;
+
+	if (len > CLASS_TEXT_MAX)
+		return parse_flags(sql);
+	h = stmt_hash(sql, 0);
+	set = cache[(h >> 7) & (CLASS_SETS - 1)];
+	victim = &set[0];
+	for (int w = 0; w < CLASS_WAYS; w++) {
+		struct class_entry *e = &set[w];
+
+		if (e->sql && e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
+			e->used = ++tick;
+			nhits++;
+			return e->flags;
+		}
+		if (!e->sql)
+			victim = e;
+		else if (victim->sql && e->used < victim->used)
+			victim = e;
+	}
+	fl = parse_flags(sql);
+	entry_drop(victim);
+	if (nbytes + len + 1 > CLASS_BYTES_MAX)
+		return fl;
+	victim->sql = malloc(len + 1);
+	if (!victim->sql)
+		return fl;
+	memcpy(victim->sql, sql, len + 1);
+	victim->hash = h;
+	victim->len = (uint32_t)len;
+	victim->used = ++tick;
+	victim->flags = fl;
+	nentries++;
+	nbytes += len + 1;
+	return fl;
+}
+
+int sql_changes_session(const char *sql)
+{
+	return (sql_classify(sql) & SQL_SESSION) != 0;
+}
+
+int sql_all_or_nothing(const char *sql)
+{
+	return (sql_classify(sql) & SQL_ALL_OR_NOTHING) != 0;
+}
+
+int sql_may_commit(const char *sql)
+{
+	return (sql_classify(sql) & SQL_MAY_COMMIT) != 0;
+}
+
+int sql_txn_control(const char *sql)
+{
+	return (sql_classify(sql) & SQL_TXN_CONTROL) != 0;
+}
+
+int sql_pipelinable(const char *sql)
+{
+	return (sql_classify(sql) & SQL_PIPELINABLE) != 0;
+}
+
+void sql_class_stats(struct sql_class_stats *st)
+{
+	st->parses = nparses;
+	st->hits = nhits;
+	st->entries = nentries;
+	st->bytes = nbytes;
+}
+
+void sql_class_reset(void)
+{
+	for (int s = 0; s < CLASS_SETS; s++)
+		for (int w = 0; w < CLASS_WAYS; w++)
+			entry_drop(&cache[s][w]);
+	tick = 0;
+	nparses = nhits = 0;
+}
+
+void sql_class_exit(void)
+{
+	sql_class_reset();
+	pg_query_exit();
+}
