@@ -38,6 +38,8 @@ static inline uint64_t tag_make(enum tag_kind k, uint32_t slot, uint32_t gen)
 struct agent;
 struct backend;
 
+enum { DISCARD_ALL = 1, DISCARD_CLOSE = 2 };	/* request->session, backend->discard */
+
 /* One statement from an agent, from its arrival to its last response byte. */
 struct request {
 	struct list link;         /* agent->queue, broker waitq */
@@ -54,7 +56,8 @@ struct request {
 	struct backend *be;       /* running there */
 	int attempts;             /* retries so far */
 	int64_t due_ns;           /* on the delayed list: when to run again */
-	int session;              /* the text may change session state */
+	int session;              /* the text may change session state: DISCARD_ALL,
+				     or DISCARD_CLOSE when DISCARD ALL cannot undo it */
 	int pipe_ok;              /* may share a backend's pipeline (sql_pipelinable) */
 	uint32_t prep_id;         /* ran as this backend's prepared statement */
 	int prep_sent;            /* ...whose Prepare went out with it */
@@ -166,7 +169,8 @@ struct backend {
 	int64_t retire_ns;        /* max_connection_lifetime_ms, jittered */
 	int cancel_pending;       /* a cancel thread is out (atomic) */
 	int parked;               /* clean, waiting for that thread before reuse */
-	int discard;              /* run DISCARD ALL before anyone else uses it */
+	int discard;              /* before anyone else uses it: DISCARD_ALL runs
+				     DISCARD ALL, DISCARD_CLOSE closes it */
 	int dirty;                /* nobody's: clean up before reuse */
 	int probe;                /* running the server capacity query */
 	/* Pipeline of autocommit statements from several agents, each with

@@ -31,22 +31,33 @@ static int temp_schema(const char *s)
 	return 1;
 }
 
-/* Functions whose call leaves state in the session. Compared without case:
- * a quoted "SET_CONFIG" is another function, but pinning costs only sharing. */
-static int session_function(const char *name)
+/* The SQL_* flags a call of the function leaves: state in the session,
+ * and state DISCARD ALL does not undo. Compared without case: a quoted
+ * "SET_CONFIG" is another function, but pinning costs only sharing. */
+static unsigned session_function(const char *name)
 {
-	static const char *const names[] = {
-		"set_config", "setseed",
-		"pg_advisory_lock", "pg_advisory_lock_shared",
-		"pg_try_advisory_lock", "pg_try_advisory_lock_shared",
-		"dblink_connect", "dblink_connect_u",
-		"pg_replication_origin_session_setup",
-		"pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
+	static const struct {
+		const char *name;
+		unsigned flags;
+	} fns[] = {
+		{ "set_config", SQL_SESSION },
+		{ "pg_advisory_lock", SQL_SESSION },
+		{ "pg_advisory_lock_shared", SQL_SESSION },
+		{ "pg_try_advisory_lock", SQL_SESSION },
+		{ "pg_try_advisory_lock_shared", SQL_SESSION },
+		/* the random() sequence, a remote connection, a replication
+		 * origin or temporary slot: DISCARD ALL leaves them */
+		{ "setseed", SQL_SESSION | SQL_UNCLEAN },
+		{ "dblink_connect", SQL_SESSION | SQL_UNCLEAN },
+		{ "dblink_connect_u", SQL_SESSION | SQL_UNCLEAN },
+		{ "pg_replication_origin_session_setup", SQL_SESSION | SQL_UNCLEAN },
+		{ "pg_create_logical_replication_slot", SQL_SESSION | SQL_UNCLEAN },
+		{ "pg_create_physical_replication_slot", SQL_SESSION | SQL_UNCLEAN },
 	};
 
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (strcasecmp(name, names[i]) == 0)
-			return 1;
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+		if (strcasecmp(name, fns[i].name) == 0)
+			return fns[i].flags;
 	return 0;
 }
 
@@ -65,10 +76,12 @@ static int settings_target(const PgQuery__RangeVar *rv)
 	return rv && rv->relname && strcasecmp(rv->relname, "pg_settings") == 0;
 }
 
-/* Session state that a node anywhere in a statement leaves behind. */
-static int node_session(const ProtobufCMessage *m)
+/* Session state that a node anywhere in a statement leaves behind: SQL_*
+ * flags. */
+static unsigned node_session(const ProtobufCMessage *m)
 {
 	const ProtobufCMessageDescriptor *d = m->descriptor;
+	int rel = 0;
 
 	if (d == &pg_query__func_call__descriptor) {
 		const PgQuery__FuncCall *f = (const void *)m;
@@ -78,27 +91,27 @@ static int node_session(const ProtobufCMessage *m)
 	if (d == &pg_query__range_var__descriptor) {
 		const PgQuery__RangeVar *rv = (const void *)m;
 
-		return (rv->relpersistence && rv->relpersistence[0] == 't') ||
-		       (rv->schemaname && temp_schema(rv->schemaname));
+		rel = (rv->relpersistence && rv->relpersistence[0] == 't') ||
+		      (rv->schemaname && temp_schema(rv->schemaname));
+	} else if (d == &pg_query__string__descriptor) {
+		/* a name in a qualified name list: CREATE FUNCTION pg_temp.f, types */
+		rel = temp_schema(((const PgQuery__String *)(const void *)m)->sval);
+	} else if (d == &pg_query__update_stmt__descriptor) {
+		rel = settings_target(((const PgQuery__UpdateStmt *)(const void *)m)->relation);
+	} else if (d == &pg_query__insert_stmt__descriptor) {
+		rel = settings_target(((const PgQuery__InsertStmt *)(const void *)m)->relation);
+	} else if (d == &pg_query__delete_stmt__descriptor) {
+		rel = settings_target(((const PgQuery__DeleteStmt *)(const void *)m)->relation);
+	} else if (d == &pg_query__merge_stmt__descriptor) {
+		rel = settings_target(((const PgQuery__MergeStmt *)(const void *)m)->relation);
 	}
-	/* a name in a qualified name list: CREATE FUNCTION pg_temp.f, types... */
-	if (d == &pg_query__string__descriptor)
-		return temp_schema(((const PgQuery__String *)(const void *)m)->sval);
-	if (d == &pg_query__update_stmt__descriptor)
-		return settings_target(((const PgQuery__UpdateStmt *)(const void *)m)->relation);
-	if (d == &pg_query__insert_stmt__descriptor)
-		return settings_target(((const PgQuery__InsertStmt *)(const void *)m)->relation);
-	if (d == &pg_query__delete_stmt__descriptor)
-		return settings_target(((const PgQuery__DeleteStmt *)(const void *)m)->relation);
-	if (d == &pg_query__merge_stmt__descriptor)
-		return settings_target(((const PgQuery__MergeStmt *)(const void *)m)->relation);
-	return 0;
+	return rel ? SQL_SESSION : 0;
 }
 
-/* Every message below m, m included: 1 as soon as one leaves session
- * state, -1 when the tree is deeper than we walk. A constant's string is
- * data, not a name: constants are not entered. */
-static int walk_session(const ProtobufCMessage *m, int depth)
+/* Every message below m, m included: their node_session flags into *fl;
+ * -1 when the tree is deeper than we walk. A constant's string is data,
+ * not a name: constants are not entered. */
+static int walk_session(const ProtobufCMessage *m, int depth, unsigned *fl)
 {
 	const ProtobufCMessageDescriptor *d;
 
@@ -109,8 +122,7 @@ static int walk_session(const ProtobufCMessage *m, int depth)
 	d = m->descriptor;
 	if (d == &pg_query__a__const__descriptor)
 		return 0;
-	if (node_session(m))
-		return 1;
+	*fl |= node_session(m);
 	for (unsigned i = 0; i < d->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &d->fields[i];
 		const char *base = (const char *)m;
@@ -128,13 +140,13 @@ static int walk_session(const ProtobufCMessage *m, int depth)
 				*(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
 
 			for (size_t k = 0; k < n; k++)
-				if ((rc = walk_session(v[k], depth + 1)) != 0)
+				if ((rc = walk_session(v[k], depth + 1, fl)) != 0)
 					return rc;
 		} else {
 			const ProtobufCMessage *sub =
 				*(const ProtobufCMessage *const *)(const void *)(base + f->offset);
 
-			if ((rc = walk_session(sub, depth + 1)) != 0)
+			if ((rc = walk_session(sub, depth + 1, fl)) != 0)
 				return rc;
 		}
 	}
@@ -145,8 +157,6 @@ static int walk_session(const ProtobufCMessage *m, int depth)
 static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 {
 	unsigned fl = SQL_ALL_OR_NOTHING;
-	int rc;
-
 	switch (n->node_case) {
 	case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT: {
 		const PgQuery__VariableSetStmt *s = n->variable_set_stmt;
@@ -164,8 +174,10 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 	case PG_QUERY__NODE__NODE_DISCARD_STMT:
 	case PG_QUERY__NODE__NODE_LISTEN_STMT:
 	case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
-	case PG_QUERY__NODE__NODE_LOAD_STMT:
 		fl |= SQL_SESSION;
+		break;
+	case PG_QUERY__NODE__NODE_LOAD_STMT:
+		fl |= SQL_SESSION | SQL_UNCLEAN;	/* a library cannot be unloaded */
 		break;
 	case PG_QUERY__NODE__NODE_DO_STMT:
 		fl = SQL_SESSION;	/* its body is not read */
@@ -217,11 +229,8 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 	default:
 		break;
 	}
-	rc = walk_session(&n->base, 0);
-	if (rc < 0)
+	if (walk_session(&n->base, 0, &fl) < 0)
 		*walk_failed = 1;
-	else if (rc > 0)
-		fl |= SQL_SESSION;
 	return fl;
 }
 
@@ -256,7 +265,7 @@ static unsigned parse_flags(const char *sql)
 			break;
 		}
 		s = stmt_flags(rs->stmt, &walk_failed);
-		fl |= s & (SQL_SESSION | SQL_TXN_CONTROL | SQL_MAY_COMMIT);
+		fl |= s & (SQL_SESSION | SQL_UNCLEAN | SQL_TXN_CONTROL | SQL_MAY_COMMIT);
 		fl &= s | ~(SQL_ALL_OR_NOTHING | SQL_PIPELINABLE);
 	}
 	pg_query__parse_result__free_unpacked(tree, NULL);

@@ -16,6 +16,8 @@
 #define SQL_ALL_OR_NOTHING 0x08u   /* an error undoes all it did */
 #define SQL_PIPELINABLE    0x10u   /* may share a backend's pipeline */
 #define SQL_UNPARSED       0x20u   /* the parser refused it: worst case assumed */
+#define SQL_UNCLEAN        0x40u   /* session state DISCARD ALL does not undo (LOAD,
+				      setseed, dblink_connect...): close the backend */
 
 #define CLASS_SETS      1024              /* cache: sets of CLASS_WAYS entries */
 #define CLASS_WAYS      4

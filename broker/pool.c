@@ -24,10 +24,11 @@
 
 enum close_reason {
 	CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_RELOAD, CLOSE_SHUTDOWN,
+	CLOSE_UNCLEAN,
 };
 static const char *const close_names[] = {
 	"idle timeout", "broken", "failed validation", "max_connection_lifetime_ms",
-	"settings changed by reload", "shutdown",
+	"settings changed by reload", "shutdown", "session state DISCARD ALL cannot undo",
 };
 
 static void be_close(struct broker *b, struct backend *be, enum close_reason why);
@@ -238,6 +239,11 @@ static void be_release(struct broker *b, struct backend *be)
 		be->parked = 1;
 		be_set_state(b, be, BE_RESET);
 		be_arm(b, be, POLLIN);
+		return;
+	}
+	if (be->discard == DISCARD_CLOSE) {
+		be->discard = 0;
+		be_close(b, be, CLOSE_UNCLEAN);
 		return;
 	}
 	if (be->discard) {
@@ -789,8 +795,10 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 		r->agent->session_pinned = 1;
 		b->st.c.session_pins++;
 	}
-	if (r->session)
-		be->discard = 1;
+	if (r->session > be->discard)
+		be->discard = r->session;
+	if (b->cfg.reset_query_always && !be->discard)
+		be->discard = DISCARD_ALL;
 
 	/* A pipeline costs a little more per statement (extended protocol)
 	 * and pays only when others can join it: start one when busy. */
@@ -1332,9 +1340,9 @@ void pool_submit(struct broker *b, struct request *r)
 	if (!r->attempts) {
 		unsigned fl = sql_classify(r->v.sql);
 
-		r->session = (fl & SQL_SESSION) != 0;
-		for (uint32_t i = 1; i < r->nsub && !r->session; i++)
-			r->session = sql_changes_session(r->subs[i].sql);
+		for (uint32_t i = 1; i < r->nsub; i++)
+			fl |= sql_classify(r->subs[i].sql) & (SQL_SESSION | SQL_UNCLEAN);
+		r->session = (fl & SQL_UNCLEAN) ? DISCARD_CLOSE : (fl & SQL_SESSION) ? DISCARD_ALL : 0;
 		r->pipe_ok = !r->session && !r->nsub && (fl & SQL_PIPELINABLE);
 	}
 	/* The agent's statements run in its transaction or session. Not an
@@ -1471,8 +1479,8 @@ static void orphan(struct broker *b, struct agent *a, struct request *r)
 	if (a->pinned == be)
 		a->pinned = NULL;
 	be->owner = NULL;
-	if (a->session_pinned)
-		be->discard = 1;
+	if (a->session_pinned && !be->discard)
+		be->discard = DISCARD_ALL;
 	/* Mid-statement: cancel it, then roll back and reuse the backend
 	 * once it is idle and clean (see statement_done). */
 	if (b->stopping) {	/* closing ends it: no cancel thread to wait for */
@@ -1500,8 +1508,8 @@ void pool_agent_gone(struct broker *b, struct agent *a)
 	if (!be || be->state != BE_PINNED)
 		return;
 	be->owner = NULL;
-	if (a->session_pinned)
-		be->discard = 1;
+	if (a->session_pinned && !be->discard)
+		be->discard = DISCARD_ALL;
 	log_debug("agent %u gone while holding backend %u: cleaning it", a->slot, be->slot);
 	if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
 		be_reset(b, be, "ROLLBACK");

@@ -120,6 +120,8 @@ static const struct key_def keys[] = {
 	INT_KEY(validation_interval_ms, "PGBROKER_VALIDATION_INTERVAL_MS", KIND_MS,
 		30000, 0, MS_MAX,
 		"ping backends idle longer than this, before they are used again (0 = never)"),
+	INT_KEY(reset_query_always, "PGBROKER_RESET_QUERY_ALWAYS", KIND_BOOL, 0, 0, 1,
+		"DISCARD ALL whenever a backend returns to the pool, not only after session state"),
 	/* Shorter than a connect, a backend would be closed before it served
 	 * anything, and the pool would only reconnect. */
 	INT_KEY_OR_0(max_connection_lifetime_ms, "PGBROKER_MAX_CONNECTION_LIFETIME_MS", KIND_MS,

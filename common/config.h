@@ -31,6 +31,7 @@ struct pgb_config {
 	int breaker_reset_timeout_ms;
 	int validation_interval_ms;
 	int max_connection_lifetime_ms;
+	int reset_query_always;     /* DISCARD ALL after every use, not only after session state */
 	int channel_size_kb;        /* bytes per ring, in KiB (power of two) */
 	int max_request_kb;         /* largest statement + params accepted */
 	int max_agents;

@@ -216,3 +216,23 @@ Test(classify, cache_parses_a_text_once_and_stays_bounded)
 	cr_assert_eq(sql_changes_session("select 1 "), 0);
 	cr_assert_eq(sql_changes_session("set x.y = 1"), 1);
 }
+
+/* State DISCARD ALL cannot undo: the backend is closed, not reused. */
+Test(classify, state_discard_all_cannot_undo)
+{
+	static const char *const yes[] = {
+		"LOAD 'auto_explain'", "select setseed(0.5)", "select 1; load 'x'",
+		"select dblink_connect('c', 'dbname=x')", "select pg_catalog.setseed(0)",
+		"select pg_create_logical_replication_slot('s', 'test_decoding', true)",
+	};
+	static const char *const no[] = {
+		"set work_mem = '1MB'", "select pg_advisory_lock(1)", "create temp table t (a int)",
+		"select 'setseed(1)'", "selec 1",
+	};
+
+	for (size_t i = 0; i < N(yes); i++)
+		cr_expect_eq(sql_classify(yes[i]) & (SQL_UNCLEAN | SQL_SESSION),
+			     SQL_UNCLEAN | SQL_SESSION, "%s", yes[i]);
+	for (size_t i = 0; i < N(no); i++)
+		cr_expect_eq(sql_classify(no[i]) & SQL_UNCLEAN, 0, "%s", no[i]);
+}
