@@ -153,7 +153,7 @@ static void connect_one(struct broker *b)
 			user_opts = o->val;
 	snprintf(options, sizeof(options),
 		 "%s -c statement_timeout=%d -c idle_in_transaction_session_timeout=%d "
-		 "-c client_connection_check_interval=1000",
+		 "-c client_connection_check_interval=1000 -c standard_conforming_strings=on",
 		 user_opts, b->cfg.statement_timeout_ms, b->cfg.idle_in_transaction_timeout_ms);
 	PQconninfoFree(info);
 	snprintf(idle, sizeof(idle), "%d", (b->cfg.keepalive_initial_delay_ms + 999) / 1000);
