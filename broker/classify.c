@@ -153,10 +153,12 @@ static int walk_session(const ProtobufCMessage *m, int depth, unsigned *fl)
 	return 0;
 }
 
-/* What one top-level statement is; *flags collects the text's. */
+/* The SQL_* flags of one top-level statement; *walk_failed set when its
+ * tree is too deep to walk. */
 static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 {
 	unsigned fl = SQL_ALL_OR_NOTHING;
+
 	switch (n->node_case) {
 	case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT: {
 		const PgQuery__VariableSetStmt *s = n->variable_set_stmt;
@@ -238,6 +240,7 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 #define SQL_WORST (SQL_UNPARSED | SQL_SESSION | SQL_MAY_COMMIT)
 
 static uint64_t nparses, nhits;
+static int parser_used;	/* pg_query_exit crashes before the first parse */
 
 static unsigned parse_flags(const char *sql)
 {
@@ -247,6 +250,7 @@ static unsigned parse_flags(const char *sql)
 	int walk_failed = 0;
 
 	nparses++;
+	parser_used = 1;
 	pr = pg_query_parse_protobuf(sql);
 	if (!pr.error)
 		tree = pg_query__parse_result__unpack(NULL, pr.parse_tree.len,
@@ -387,5 +391,7 @@ void sql_class_reset(void)
 void sql_class_exit(void)
 {
 	sql_class_reset();
-	pg_query_exit();
+	if (parser_used)
+		pg_query_exit();
+	parser_used = 0;
 }
