@@ -79,13 +79,15 @@ Test(semantics, a_text_that_committed_part_of_its_work_is_not_retried)
 }
 
 /* Backends kept busy so that the agent's statements run in pipelines,
- * where repeated texts become prepared statements. */
+ * where repeated texts become prepared statements. Two statements: the
+ * sleep itself never runs in a pipeline, so a killed sleeper's statement
+ * is cancelled (one in a shared pipeline would run to its end). */
 static int sleeper(void *arg)
 {
 	pgb_conn *c = pgb_connect(br.dir);
 
 	(void)arg;
-	pgb_clear(pgb_exec(c, "select pg_sleep(60) /* sem_sleeper */"));
+	pgb_clear(pgb_exec(c, "select pg_sleep(60) /* sem_sleeper */; select 1"));
 	pgb_finish(c);
 	return 0;
 }
