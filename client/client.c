@@ -72,7 +72,7 @@ struct pgb_conn {
 	int64_t spin_ns;         /* adaptive spin budget before sleeping */
 	int spin_skips;
 	uint64_t rtt_sum_ns;
-	char errmsg[256];
+	char errmsg[512];
 };
 
 #define RESULT_LIVE 0x6c697665u
@@ -240,7 +240,32 @@ static int recv_reply(int sock, struct reg_reply *rep, int *fd, int *efd, int *b
 	return 0;
 }
 
+/* Who listens on the socket, before a byte goes to it: a broker of the
+ * required uid (or ours, or root) in a run directory of its own. */
+static int check_peer(pgb_conn *c, const char *dir, const char *sock, const char *require)
+{
+	struct ucred cr = { .uid = (uid_t)-1 };
+	socklen_t len = sizeof(cr);
+	char what[160], why[sizeof(c->errmsg)];
+
+	if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+		set_error(c, "cannot tell who the broker at %s is: %s", sock, strerror(errno));
+		return -1;
+	}
+	snprintf(what, sizeof(what), "broker at %s", sock);
+	if (rundir_check_peer(cr.uid, require, dir, what, why, sizeof(why)) < 0) {
+		set_error(c, "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
 PGB_API pgb_conn *pgb_connect(const char *dir)
+{
+	return pgb_connect_peer(dir, NULL);
+}
+
+PGB_API pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
@@ -283,6 +308,8 @@ PGB_API pgb_conn *pgb_connect(const char *dir)
 		set_error(c, "could not connect to broker at %s: %s", sa.sun_path, strerror(errno));
 		goto fail;
 	}
+	if (check_peer(c, dir, sa.sun_path, require_uid) < 0)
+		goto fail;
 	/* A broker that refuses us (not allowed, full, shutting down) answers
 	 * and closes at once: our hello may then meet a closed socket while
 	 * the refusal still waits to be read. */

@@ -28,8 +28,16 @@ enum { PGB_CONNECTION_OK = 0, PGB_CONNECTION_BAD = 1 };
 /* Connect to the broker whose run directory is dir (NULL: $PGBROKER_DIR, else
  * the broker's default: /run/pgbroker for root, $XDG_RUNTIME_DIR/pgbroker or
  * /tmp/pgbroker-UID for others). Always returns a connection object (NULL
- * only when out of memory); check pgb_status. */
+ * only when out of memory); check pgb_status. The broker must pass the peer
+ * check of pgb_connect_peer(dir, NULL). */
 pgb_conn *pgb_connect(const char *dir);
+/* pgb_connect, requiring the broker to run as require_uid (a uid or a user
+ * name; NULL or "": $PGBROKER_REQUIRE_UID, else this process's uid or
+ * root) in a run directory that uid owns and nobody else may write to.
+ * pgb_connect is pgb_connect_peer(dir, NULL). The check (SO_PEERCRED) comes
+ * before anything is sent; a broker that fails it is PGB_CONNECTION_BAD with
+ * a message naming both uids. */
+pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid);
 /* PGB_CONNECTION_OK or PGB_CONNECTION_BAD. */
 int pgb_status(const pgb_conn *c);
 /* Why the connection is bad or what last went wrong; "" when nothing. */

@@ -2,6 +2,7 @@
  * the seqlock reader, and health classification (the thresholds live here,
  * in health_limits_default, and nowhere else). */
 #include "stats.h"
+#include "rundir.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -121,11 +122,15 @@ int stats_map_open(const char *dir, struct stats_map *m, char *err, size_t errle
 
 	memset(m, 0, sizeof(*m));
 	snprintf(m->path, sizeof(m->path), "%s/%s", dir, STATS_FILE);
-	/* O_NONBLOCK: a FIFO there must not wait for a writer (fstat refuses it). */
-	fd = open(m->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	/* O_NONBLOCK: a FIFO there must not wait for a writer (fstat refuses it).
+	 * Never through a symbolic link: the segment is the broker's own file. */
+	fd = open(m->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
 	if (fd < 0) {
 		rc = -errno;
-		if (rc == -ENOENT || rc == -ENOTDIR)
+		if (rc == -ELOOP)
+			snprintf(err, errlen, "%s is a symbolic link, not a broker's stats segment",
+				 m->path);
+		else if (rc == -ENOENT || rc == -ENOTDIR)
 			snprintf(err, errlen, "no broker at %s (%s: %s)", dir, m->path, strerror(-rc));
 		else
 			snprintf(err, errlen, "cannot read %s: %s%s", m->path, strerror(-rc),
@@ -142,6 +147,16 @@ int stats_map_open(const char *dir, struct stats_map *m, char *err, size_t errle
 		close(fd);
 		snprintf(err, errlen, "%s is not a pgbroker stats segment", m->path);
 		return -EPROTO;
+	}
+	/* Written by a broker we trust, as pgb_connect checks the socket. */
+	{
+		char what[600];
+
+		snprintf(what, sizeof(what), "the stats segment %s (its owner)", m->path);
+		if (rundir_check_peer(st.st_uid, NULL, dir, what, err, errlen) < 0) {
+			close(fd);
+			return -EPERM;
+		}
 	}
 	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
 	rc = -errno;
@@ -225,6 +240,48 @@ static int seq_stuck(const struct stats_seg *s, struct stats_snap *out)
 	return -EAGAIN;
 }
 
+/* Length of the UTF-8 sequence at p (at most n bytes) when it is valid
+ * and not a C1 control (U+0080..U+009F), else 0. */
+static size_t utf8_ok(const unsigned char *p, size_t n)
+{
+	size_t len = p[0] >= 0xC2 && p[0] <= 0xDF ? 2 : p[0] >= 0xE0 && p[0] <= 0xEF ? 3 :
+		     p[0] >= 0xF0 && p[0] <= 0xF4 ? 4 : 0;
+
+	if (!len || len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++)
+		if ((p[i] & 0xC0) != 0x80)
+			return 0;
+	if ((p[0] == 0xC2 && p[1] < 0xA0) || (p[0] == 0xE0 && p[1] < 0xA0) ||
+	    (p[0] == 0xED && p[1] > 0x9F) || (p[0] == 0xF0 && p[1] < 0x90) ||
+	    (p[0] == 0xF4 && p[1] > 0x8F))
+		return 0;
+	return len;
+}
+
+void stats_clean_text(char *s, size_t n)
+{
+	unsigned char *p = (unsigned char *)s;
+	size_t r = 0, w = 0, len;
+
+	if (!n)
+		return;
+	p[n - 1] = '\0';
+	while (p[r]) {
+		if (p[r] >= 0x20 && p[r] < 0x7F) {
+			p[w++] = p[r++];
+		} else if (p[r] >= 0x80 && (len = utf8_ok(p + r, n - 1 - r))) {
+			memmove(p + w, p + r, len);
+			w += len;
+			r += len;
+		} else {
+			p[w++] = '?';
+			r++;
+		}
+	}
+	p[w] = '\0';
+}
+
 int stats_read(const struct stats_seg *s, struct stats_snap *out)
 {
 	const char *base = (const char *)s;
@@ -264,8 +321,8 @@ int stats_read(const struct stats_seg *s, struct stats_snap *out)
 			if (out->h.nreasons > STATS_REASONS)
 				out->h.nreasons = STATS_REASONS;
 			for (unsigned i = 0; i < STATS_REASONS; i++) {
-				out->h.reasons[i].text[STATS_TEXT - 1] = '\0';
-				out->h.reasons[i].advice[STATS_TEXT - 1] = '\0';
+				stats_clean_text(out->h.reasons[i].text, STATS_TEXT);
+				stats_clean_text(out->h.reasons[i].advice, STATS_TEXT);
 			}
 			return 0;
 		}

@@ -254,9 +254,11 @@ struct stats_map {
 };
 
 /* Map DIR/pgbroker.stats read-only and check that it is a segment of this
- * layout. 0, or -ENOENT (no broker), another -errno when unreadable, -EPROTO
- * when it is not a pgbroker segment or of another layout version; err says
- * which in plain words. */
+ * layout, written by a broker this process trusts (the file and DIR owned
+ * by $PGBROKER_REQUIRE_UID, else by our uid or root: rundir_check_peer).
+ * 0, or -ENOENT (no broker), -EPERM (not trusted), another -errno when
+ * unreadable, -EPROTO when it is not a pgbroker segment or of another layout
+ * version; err says which in plain words. */
 int stats_map_open(const char *dir, struct stats_map *m, char *err, size_t errlen);
 void stats_map_close(struct stats_map *m);
 /* Check a segment image of len bytes (what stats_map_open does after mmap). */
@@ -267,6 +269,10 @@ int stats_check(const void *seg, size_t len, char *err, size_t errlen);
  * writer died in the middle of a write (a stale segment; out->d.broker_pid
  * names it). */
 int stats_read(const struct stats_seg *s, struct stats_snap *out);
+/* Make a NUL-terminated text of at most n bytes (from shared memory) safe
+ * to print: each C0 or C1 control character, DEL and each byte that is not
+ * part of valid UTF-8 becomes '?'. stats_read does it to every reason. */
+void stats_clean_text(char *s, size_t n);
 /* Is the writer of this snapshot alive? 0 fresh, 1 alive but not publishing
  * for STATS_STALE_MS, -ESRCH when its process is gone (a stale segment). */
 int stats_alive(const struct stats_data *d, int64_t now_ms);

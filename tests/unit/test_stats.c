@@ -789,3 +789,31 @@ Test(stats, verdict_on_a_stale_segment)
 		     -ESRCH);
 	cr_assert(strstr(err, "no broker at /x"), "%s", err);
 }
+
+/* ---- texts read from shared memory --------------------------------------- */
+
+Test(stats, texts_from_shared_memory_lose_their_control_characters)
+{
+	static const struct { const char *in, *want; } cases[] = {
+		{ .in = "plain text", .want = "plain text" },
+		{ .in = "\033]0;title\007rest", .want = "?]0;title?rest" },
+		{ .in = "\033]52;c;cHduZWQ=\033\\", .want = "?]52;c;cHduZWQ=?\\" },
+		{ .in = "tab\tnew\nline\rdel\x7f", .want = "tab?new?line?del?" },
+		{ .in = "\xc2\x9b" "31m C1 CSI", .want = "??31m C1 CSI" },
+		{ .in = "\x9b" "31m raw C1", .want = "?31m raw C1" },
+		{ .in = "caf\xc3\xa9 \xe2\x86\x92 ok", .want = "caf\xc3\xa9 \xe2\x86\x92 ok" },
+		{ .in = "cut \xe2\x86", .want = "cut ??" },
+		{ .in = "overlong \xc0\xaf", .want = "overlong ??" },
+	};
+	char buf[64];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(buf, sizeof(buf), "%s", cases[i].in);
+		stats_clean_text(buf, sizeof(buf));
+		cr_expect_str_eq(buf, cases[i].want, "case %zu", i);
+	}
+	/* Not terminated within n: cut there. */
+	memset(buf, 'x', sizeof(buf));
+	stats_clean_text(buf, 8);
+	cr_expect_str_eq(buf, "xxxxxxx");
+}
