@@ -10,13 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const mode_names[BENCH_NMODES] = { "direct", "pgbouncer", "broker" };
+static const char *const mode_names[BENCH_NMODES] = { "direct", "pgbouncer", "broker",
+							"broker-epoll" };
 static const char *const workload_names[BENCH_NWORKLOADS] = {
 	"select1", "pgbench-select", "tpcb", "mixed",
 };
 static const char *const workload_units[BENCH_NWORKLOADS] = { "q/s", "q/s", "tx/s", "ops/s" };
 /* Plot colours (Okabe-Ito): direct grey, pgbouncer orange, broker blue. */
-static const char *const mode_colors[BENCH_NMODES] = { "#777777", "#e69f00", "#0072b2" };
+static const char *const mode_colors[BENCH_NMODES] = { "#777777", "#e69f00", "#0072b2",
+							 "#56b4e9" };
 
 const char *bench_mode_name(int mode)
 {
@@ -58,7 +60,8 @@ int bench_default_pool_size(long ncpu)
 
 const char *bench_usage(void)
 {
-	return "usage: poolbench [--mode broker|direct|pgbouncer] [--agents N] [--duration S]\n"
+	return "usage: poolbench [--mode broker|broker-epoll|direct|pgbouncer] [--agents N]\n"
+	       "                 [--duration S] [--epoll]\n"
 	       "                 [--workload select1|pgbench-select|tpcb|mixed] [--pool-size N]\n"
 	       "                 [--compare] [--agents-list 1,10,50,200] [--warmup S]\n"
 	       "                 [--json FILE] [--plot FILE.svg] [--dsn CONNINFO] [--broker PATH]\n"
@@ -68,6 +71,8 @@ const char *bench_usage(void)
 	       "                   comma list runs several\n"
 	       "  --compare        run direct, pgbouncer and broker back to back (pgbouncer\n"
 	       "                   is skipped with a note when it is not installed)\n"
+	       "  --epoll          also run broker-epoll: the broker on its epoll loop\n"
+	       "                   (--loop epoll), right after the io_uring broker\n"
 	       "  --agents N       agent processes (default 10); --agents-list 1,10,50 runs each\n"
 	       "  --workload W     default select1; a comma list runs each\n"
 	       "  --duration S     measured seconds per run (default 10), after --warmup S\n"
@@ -150,6 +155,7 @@ static int parse_names(const char *s, int (*from_name)(const char *), unsigned *
 enum {
 	OPT_MODE = 1000, OPT_AGENTS, OPT_DURATION, OPT_WORKLOAD, OPT_POOL, OPT_COMPARE,
 	OPT_JSON, OPT_PLOT, OPT_LIST, OPT_DSN, OPT_WARMUP, OPT_BROKER, OPT_HELP, OPT_VERSION,
+	OPT_EPOLL,
 };
 
 int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, size_t errlen)
@@ -163,6 +169,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "pool-size", required_argument, NULL, OPT_POOL },
 		{ "compare", no_argument, NULL, OPT_COMPARE },
+		{ "epoll", no_argument, NULL, OPT_EPOLL },
 		{ "json", required_argument, NULL, OPT_JSON },
 		{ "plot", required_argument, NULL, OPT_PLOT },
 		{ "dsn", required_argument, NULL, OPT_DSN },
@@ -172,7 +179,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		{ NULL, 0, NULL, 0 },
 	};
 	unsigned wbits = 0;
-	int opt, mode_given = 0;
+	int opt, mode_given = 0, epoll = 0;
 	long v;
 	char *end;
 
@@ -194,7 +201,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		case OPT_MODE:
 			if (parse_names(optarg, bench_mode_from_name, &o->modes) < 0) {
 				errbuf_set(err, errlen, "--mode: invalid value \"%s\" (allowed: broker, "
-					"direct, pgbouncer, or a comma list of them)", optarg);
+					"broker-epoll, direct, pgbouncer, or a comma list of them)", optarg);
 				return -1;
 			}
 			mode_given = 1;
@@ -249,6 +256,9 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		case OPT_COMPARE:
 			o->compare = 1;
 			break;
+		case OPT_EPOLL:
+			epoll = 1;
+			break;
 		case OPT_JSON:
 			o->json = optarg;
 			break;
@@ -286,7 +296,9 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		return -1;
 	}
 	if (o->compare)
-		o->modes = (1u << BENCH_NMODES) - 1;
+		o->modes = 1u << BENCH_DIRECT | 1u << BENCH_PGBOUNCER | 1u << BENCH_BROKER;
+	if (epoll)
+		o->modes |= 1u << BENCH_BROKER_EPOLL;
 	return 0;
 }
 
@@ -366,6 +378,32 @@ int bench_ratios(const struct bench_result *r, int n, struct bench_ratio_row *ou
 	return rows;
 }
 
+int bench_epoll_ratios(const struct bench_result *r, int n, struct bench_epoll_row *out,
+		       int max)
+{
+	int rows = 0;
+
+	for (int i = 0; i < n && rows < max; i++) {
+		const struct bench_result *e = &r[i], *u, *p;
+		struct bench_epoll_row *row;
+
+		if (e->mode != BENCH_BROKER_EPOLL || e->failed)
+			continue;
+		u = step_run(r, i, BENCH_BROKER);
+		p = step_run(r, i, BENCH_PGBOUNCER);
+		if (!u && !p)
+			continue;
+		row = &out[rows++];
+		row->workload = e->workload;
+		row->agents = e->agents;
+		row->vs_uring_rate = u ? bench_ratio(e->rate, u->rate) : -1;
+		row->vs_uring_p50 = u ? bench_ratio((double)e->p50_us, (double)u->p50_us) : -1;
+		row->vs_uring_p99 = u ? bench_ratio((double)e->p99_us, (double)u->p99_us) : -1;
+		row->vs_bouncer_rate = p ? bench_ratio(e->rate, p->rate) : -1;
+	}
+	return rows;
+}
+
 void bench_fmt_ms(char *buf, size_t n, uint64_t us)
 {
 	double ms = (double)us / 1000.0;
@@ -407,6 +445,29 @@ static double cpu_per_op_us(const struct bench_result *r)
 	    (r->mode != BENCH_DIRECT && r->cpu_pooler_s < 0))
 		return -1;
 	return cpu * 1e6 / (double)r->ops;
+}
+
+/* The epoll loop's cost: broker-epoll ÷ broker (io_uring), ÷ pgbouncer. */
+static void write_epoll_ratios(FILE *f, const struct bench_result *r, int n)
+{
+	struct bench_epoll_row rows[BENCH_MAX_RUNS];
+	int nrows = bench_epoll_ratios(r, n, rows, BENCH_MAX_RUNS);
+
+	if (nrows == 0)
+		return;
+	fprintf(f, "\n## broker-epoll ÷ broker (io_uring), broker-epoll ÷ pgbouncer\n\n");
+	fprintf(f, "| workload | agents | ÷ io_uring: rate | p50 | p99 | ÷ pgbouncer: rate |\n");
+	fprintf(f, "|---|---:|---:|---:|---:|---:|\n");
+	for (int i = 0; i < nrows; i++) {
+		char a[4][24];
+
+		fmt_ratio(a[0], sizeof(a[0]), rows[i].vs_uring_rate);
+		fmt_ratio(a[1], sizeof(a[1]), rows[i].vs_uring_p50);
+		fmt_ratio(a[2], sizeof(a[2]), rows[i].vs_uring_p99);
+		fmt_ratio(a[3], sizeof(a[3]), rows[i].vs_bouncer_rate);
+		fprintf(f, "| %s | %d | %s | %s | %s | %s |\n", bench_workload_name(rows[i].workload),
+			rows[i].agents, a[0], a[1], a[2], a[3]);
+	}
 }
 
 void bench_write_report(FILE *f, const struct bench_machine *m, const struct bench_opts *o,
@@ -488,6 +549,7 @@ void bench_write_report(FILE *f, const struct bench_machine *m, const struct ben
 				a[0], a[1], a[2], a[3], a[4], a[5]);
 		}
 	}
+	write_epoll_ratios(f, r, n);
 	if (nnotes > 0) {
 		fprintf(f, "\n");
 		for (int i = 0; i < nnotes; i++)

@@ -10,8 +10,16 @@
 
 #include "stats.h"
 
-/* Run order within one (workload, agents) step of --compare. */
-enum bench_mode { BENCH_DIRECT = 0, BENCH_PGBOUNCER, BENCH_BROKER, BENCH_NMODES };
+/* Run order within one (workload, agents) step of --compare.
+ * BENCH_BROKER_EPOLL: the broker forced onto its epoll loop (--loop epoll). */
+enum bench_mode { BENCH_DIRECT = 0, BENCH_PGBOUNCER, BENCH_BROKER, BENCH_BROKER_EPOLL,
+		  BENCH_NMODES };
+
+/* Modes whose agents talk to a pgbroker. */
+static inline int bench_mode_is_broker(int mode)
+{
+	return mode == BENCH_BROKER || mode == BENCH_BROKER_EPOLL;
+}
 
 enum bench_workload {
 	BENCH_SELECT1 = 0,    /* SELECT 1 */
@@ -27,7 +35,7 @@ enum bench_workload {
 
 struct bench_opts {
 	unsigned modes;         /* bit (1u << enum bench_mode) per mode to run */
-	int compare;            /* --compare: all three modes */
+	int compare;            /* --compare: direct, pgbouncer and broker */
 	int workloads[BENCH_NWORKLOADS];
 	int nworkloads;
 	int agents[BENCH_MAX_LIST];
@@ -98,6 +106,16 @@ struct bench_ratio_row {
  * of its own step (the latest before it). Returns the number of rows
  * written (at most max). */
 int bench_ratios(const struct bench_result *r, int n, struct bench_ratio_row *out, int max);
+
+/* A broker-epoll run against the io_uring broker and pgbouncer of its
+ * step: rate and latency ratios, -1 when a side is missing. */
+struct bench_epoll_row {
+	int workload, agents;
+	double vs_uring_rate, vs_uring_p50, vs_uring_p99;
+	double vs_bouncer_rate;
+};
+int bench_epoll_ratios(const struct bench_result *r, int n, struct bench_epoll_row *out,
+		       int max);
 
 /* Where and when the runs were made. */
 struct bench_machine {

@@ -676,7 +676,7 @@ static int open_log(const char *path)
 }
 
 /* broker/pgbroker with min = max = pool_size; returns its pid, or -1. */
-static pid_t broker_start(const struct ctx *cx, const char *dir, const char *log)
+static pid_t broker_start(const struct ctx *cx, const char *dir, const char *log, int epoll)
 {
 	char fdarg[16], pool[16];
 	int p[2], logfd, ready;
@@ -698,7 +698,7 @@ static pid_t broker_start(const struct ctx *cx, const char *dir, const char *log
 	if (pid == 0) {
 		char *argv[] = { (char *)cx->broker, "--dir", (char *)dir, "--dsn", (char *)cx->dsn,
 				 "--ready-fd", fdarg, "--pool-size", pool, "--min-pool-size", pool,
-				 "--max-pool-size", pool, NULL };
+				 "--max-pool-size", pool, "--loop", epoll ? "epoll" : "auto", NULL };
 
 		child_setup();
 		/* Never outlive poolbench, even when it is killed. */
@@ -1152,7 +1152,7 @@ static void agent_main(const struct agent_args *x)
 	if (getppid() != x->parent)
 		_exit(1);
 	a.rng = ((uint64_t)getpid() << 32 ^ now_us()) | 1;
-	if (x->mode == BENCH_BROKER) {
+	if (bench_mode_is_broker(x->mode)) {
 		a.pb = pgb_connect(x->target);
 		up = a.pb && pgb_status(a.pb) == PGB_CONNECTION_OK;
 		if (!up)
@@ -1277,10 +1277,10 @@ static int run_one(const struct ctx *cx, int mode, int workload, int nagents,
 	res->cpu_pooler_s = res->cpu_pg_s = res->cpu_agents_s = -1;
 
 	settle_backends(cx);
-	if (mode == BENCH_BROKER) {
+	if (bench_mode_is_broker(mode)) {
 		snprintf(dir, sizeof(dir), "%s/run", g.work);
 		snprintf(log, sizeof(log), "%s/broker.log", g.work);
-		if (broker_start(cx, dir, log) < 0) {
+		if (broker_start(cx, dir, log, mode == BENCH_BROKER_EPOLL) < 0) {
 			fail_run(res, "the broker did not start");
 			return -1;
 		}
@@ -1441,7 +1441,7 @@ static int run_one(const struct ctx *cx, int mode, int workload, int nagents,
 		res->errors++;
 		snprintf(res->note, sizeof(res->note), "the %s died during the run",
 			 bench_mode_name(mode));
-		if (mode == BENCH_BROKER)
+		if (bench_mode_is_broker(mode))
 			print_log_tail(log);
 	}
 
@@ -1462,7 +1462,7 @@ out:
 		char how[48];
 
 		g.pooler = 0;
-		if (rc == 0 && mode == BENCH_BROKER && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		if (rc == 0 && bench_mode_is_broker(mode) && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
 			msg("the broker did not exit cleanly (%s)", wait_str(st, how, sizeof(how)));
 	}
 	for (int i = 0; i < 2; i++) {
@@ -1656,7 +1656,7 @@ int main(int argc, char **argv)
 		snprintf(here, sizeof(here), ".");
 	/* The binaries: pgbroker from the tree (or installed beside poolbench),
 	 * pgtmp.sh beside poolbench, pgbouncer from the system. */
-	if (o.modes & (1u << BENCH_BROKER)) {
+	if (o.modes & (1u << BENCH_BROKER | 1u << BENCH_BROKER_EPOLL)) {
 		if (o.broker)
 			snprintf(cx.broker, sizeof(cx.broker), "%s", o.broker);
 		else

@@ -99,6 +99,13 @@ Test(poolbench, compare_lists_and_help)
 	cr_assert_eq(parse(&o, err, sizeof(err), ARGS("--mode", "broker,direct")), 0, "%s", err);
 	cr_assert_eq(o.modes, (1u << BENCH_DIRECT) | (1u << BENCH_BROKER));
 
+	/* --epoll adds the broker on its epoll loop, with --compare or alone. */
+	cr_assert_eq(parse(&o, err, sizeof(err), ARGS("--compare", "--epoll")), 0, "%s", err);
+	cr_assert_eq(o.modes, (1u << BENCH_DIRECT) | (1u << BENCH_PGBOUNCER) | (1u << BENCH_BROKER) |
+		     (1u << BENCH_BROKER_EPOLL));
+	cr_assert_eq(parse(&o, err, sizeof(err), ARGS("--mode", "broker-epoll")), 0, "%s", err);
+	cr_assert_eq(o.modes, 1u << BENCH_BROKER_EPOLL);
+
 	cr_assert_eq(parse(&o, err, sizeof(err), ARGS("--help")), 0);
 	cr_assert_eq(o.help, 1);
 	cr_assert_not_null(strstr(bench_usage(), "--agents-list"));
@@ -286,6 +293,27 @@ static int sample(struct bench_result *r)
 	r[n++] = run(BENCH_DIRECT, BENCH_PGBENCH_SELECT, 50, 10000, 4000, 20000);
 	r[n++] = run(BENCH_BROKER, BENCH_PGBENCH_SELECT, 50, 15000, 3000, 10000);
 	return n;
+}
+
+Test(poolbench, epoll_ratio_rows)
+{
+	struct bench_result r[8];
+	struct bench_epoll_row rows[8];
+	int n = 0;
+
+	r[n++] = run(BENCH_PGBOUNCER, BENCH_SELECT1, 50, 18000, 2500, 4000);
+	r[n++] = run(BENCH_BROKER, BENCH_SELECT1, 50, 40000, 1000, 2000);
+	r[n++] = run(BENCH_BROKER_EPOLL, BENCH_SELECT1, 50, 36000, 1100, 3000);
+	r[n++] = run(BENCH_BROKER_EPOLL, BENCH_PGBENCH_SELECT, 50, 9000, 1100, 3000);
+	cr_assert_eq(bench_epoll_ratios(r, n, rows, 8), 1, "no io_uring or pgbouncer run: no row");
+	cr_assert_eq(rows[0].agents, 50);
+	cr_assert_float_eq(rows[0].vs_uring_rate, 0.9, 1e-12);
+	cr_assert_float_eq(rows[0].vs_uring_p50, 1.1, 1e-12);
+	cr_assert_float_eq(rows[0].vs_uring_p99, 1.5, 1e-12);
+	cr_assert_float_eq(rows[0].vs_bouncer_rate, 2.0, 1e-12);
+	/* The io_uring broker's own ratio rows leave broker-epoll out. */
+	struct bench_ratio_row br[8];
+	cr_assert_eq(bench_ratios(r, n, br, 8), 1);
 }
 
 Test(poolbench, ratio)
