@@ -152,8 +152,11 @@ static void ep_cancel(struct loop *l, int fd, uint64_t tag)
 		e->armed = 0;
 		e->seq++;
 	}
-	if (e->kind != EP_POLL && e->in_set && epoll_ctl(el->epfd, EPOLL_CTL_DEL, fd, NULL) == 0)
-		e->in_set = 0;
+	if (e->kind != EP_POLL && e->in_set) {
+		if (epoll_ctl(el->epfd, EPOLL_CTL_DEL, fd, NULL) == 0)
+			e->in_set = 0;
+		e->seq++;	/* a bell's events carry the seq of its registration */
+	}
 }
 
 static void ep_accept(struct loop *l, int fd, uint64_t tag)
@@ -161,12 +164,36 @@ static void ep_accept(struct loop *l, int fd, uint64_t tag)
 	arm(l, fd, EPOLLIN, EP_ACCEPT, tag);
 }
 
+/* A bell stays registered, edge-triggered, from its first wait to its
+ * cancel: every write of the agent is an event, and no syscall re-arms it
+ * or clears the eventfd (its counter only grows; 2^64 rings are far off).
+ * An event that comes while no wait is armed is dropped: agent_arm reads
+ * the ring after it arms, so nothing is lost. One that was already on its
+ * way when the wait was armed only costs a look at an empty ring. */
 static void ep_bell_wait(struct loop *l, uint32_t *word, uint32_t val, int bell_fd,
 			 uint64_t tag)
 {
+	struct epoll_loop *el = ep_of(l);
+	struct ep_fd *e = slot_for(el, bell_fd);
+	int rc;
+
 	(void)word;
 	(void)val;
-	arm(l, bell_fd, EPOLLIN | EPOLLONESHOT, EP_BELL, tag);
+	if (!e) {
+		complete_later(el, tag, bell_fd < 0 ? -EBADF : -ENOMEM);
+		return;
+	}
+	e->tag = tag;
+	e->armed = 1;
+	if (e->in_set && e->kind == EP_BELL)
+		return;
+	e->seq++;
+	e->kind = EP_BELL;
+	rc = ep_ctl(el, bell_fd, e, EPOLLIN | EPOLLET);
+	if (rc < 0) {
+		e->armed = 0;
+		complete_later(el, tag, rc);
+	}
 }
 
 static void ep_futex_wake(struct loop *l, uint32_t *word)
@@ -215,15 +242,6 @@ static void on_accept(struct epoll_loop *el, int fd, loop_cb *cb, void *arg)
 	}
 }
 
-/* The agent rang: clear the eventfd before its ring is read, so that a
- * ring after this read makes the next wait fire. */
-static void drain_bell(int fd)
-{
-	uint64_t n;
-
-	(void)!read(fd, &n, sizeof(n));
-}
-
 static int ep_wait(struct loop *l, int64_t timeout_ns, loop_cb *cb, void *arg)
 {
 	struct epoll_loop *el = ep_of(l);
@@ -250,8 +268,6 @@ static int ep_wait(struct loop *l, int64_t timeout_ns, loop_cb *cb, void *arg)
 			continue;
 		}
 		e->armed = 0;	/* one-shot: it fired */
-		if (e->kind == EP_BELL)
-			drain_bell(fd);
 		cb(arg, e->tag, (int)(evs[i].events & ~(uint32_t)EPOLLONESHOT), 0);
 	}
 	/* Completions queued by arms, including arms made by these callbacks. */
