@@ -267,7 +267,18 @@ PKGCONFIGDIR = $(LIBDIR)/pkgconfig
 UNITDIR      = $(PREFIX)/lib/systemd/system
 SYSUSERSDIR  = $(PREFIX)/lib/sysusers.d
 SERVICE_TYPE = $(if $(filter 1,$(HAVE_SYSTEMD)),notify,simple)
+# The directories the dynamic linker searches (ld.so.conf, the trusted ones).
+# A library installed there is found through ldconfig's cache (install runs
+# ldconfig when DESTDIR is empty); anywhere else the .pc file gives agents an
+# rpath, so that an agent built with pkg-config finds the library at run time.
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)
+LDSO_DIRS := $(shell /sbin/ldconfig -v -N 2>/dev/null | sed -n 's|^\(/[^:]*\):.*|\1|p') \
+	/lib /usr/lib /lib64 /usr/lib64 $(if $(MULTIARCH),/lib/$(MULTIARCH) /usr/lib/$(MULTIARCH))
+SYSTEM_LIBDIR = $(filter $(patsubst %/,%,$(LIBDIR)),$(LDSO_DIRS))
+PC_RPATH = $(if $(SYSTEM_LIBDIR),,-Wl,-rpath,$${libdir})
+RUN_LDCONFIG = $(and $(SYSTEM_LIBDIR),$(if $(DESTDIR),,1))
 SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@BINDIR@|$(BINDIR)|g' \
+	-e 's|@RPATH@|$(PC_RPATH)|g' \
 	-e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
 	-e 's|@DOCDIR@|$(DOCDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
 	-e 's|@SERVICE_TYPE@|$(SERVICE_TYPE)|g'
@@ -307,6 +318,8 @@ install: all
 	$(call install_file,644,etc/pgbroker.conf.example,$(DOCDIR)/pgbroker.conf.example)
 	$(call install_subst,etc/pgbroker.service.in,$(UNITDIR)/pgbroker.service)
 	$(call install_file,644,etc/pgbroker.sysusers,$(SYSUSERSDIR)/pgbroker.conf)
+	$(Q)$(if $(RUN_LDCONFIG),$(if $(Q),echo "  LDCONFIG $(LIBDIR)" && )(ldconfig || \
+		echo "make install: ldconfig failed: run it as root so that $(SONAME) is found"))
 
 # Directories stay (other packages may use them), except our own doc
 # directory once it is empty.
@@ -315,6 +328,7 @@ uninstall:
 		$(if $(Q),echo "  RM      $(DESTDIR)$$f";) rm -f "$(DESTDIR)$$f" || exit 1; \
 	done
 	$(Q)if [ -d "$(DESTDIR)$(DOCDIR)" ]; then rmdir "$(DESTDIR)$(DOCDIR)" 2>/dev/null || :; fi
+	$(Q)$(if $(RUN_LDCONFIG),ldconfig || :)
 
 clean:
 	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak tools/no_uring

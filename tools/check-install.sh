@@ -394,6 +394,32 @@ timeout "$WAIT_S" "$TMP/agent-static" "$RUN" >"$TMP/agent.out" 2>&1 ||
 	{ show "$TMP/agent.out"; show "$TMP/broker.log"; fail "the static agent"; }
 ok "static agent: $(cat "$TMP/agent.out")"
 
+# Installed for real (no DESTDIR) into a prefix the dynamic linker does not
+# search: the .pc file's rpath lets a pkg-config agent find the library
+# without LD_LIBRARY_PATH. Into a system prefix, install runs ldconfig
+# (checked on make's plan: this check changes nothing outside $TMP).
+XP=$TMP/prefix
+$MAKE_CMD --no-print-directory -C "$ROOT" install PREFIX="$XP" >"$TMP/install2.log" 2>&1 ||
+	{ show "$TMP/install2.log"; fail "make install PREFIX=$XP"; }
+xlibs=$(PKG_CONFIG_PATH="$XP/lib/pkgconfig" pkg-config --libs libpgbroker) ||
+	fail "pkg-config --libs libpgbroker in $XP"
+# shellcheck disable=SC2086
+$CC $AGENT_CFLAGS -std=c99 -o "$TMP/agent-prefix" "$ROOT/tests/install/agent.c" \
+	-I"$XP/include" $xlibs >"$TMP/cc.log" 2>&1 ||
+	{ show "$TMP/cc.log"; fail "cc agent.c against PREFIX=$XP"; }
+env -u LD_LIBRARY_PATH timeout "$WAIT_S" "$TMP/agent-prefix" "$RUN" >"$TMP/agent.out" 2>&1 ||
+	{ show "$TMP/agent.out"; fail "an agent built against PREFIX=$XP does not run without LD_LIBRARY_PATH"; }
+ok "PREFIX=$XP: the agent finds $SONAME by the .pc's rpath: $(cat "$TMP/agent.out")"
+$MAKE_CMD --no-print-directory -C "$ROOT" uninstall PREFIX="$XP" >/dev/null 2>&1 ||
+	fail "make uninstall PREFIX=$XP"
+$MAKE_CMD --no-print-directory -s -n -C "$ROOT" install PREFIX=/usr/local 2>/dev/null |
+	grep -q 'ldconfig' || fail "make install PREFIX=/usr/local would not run ldconfig"
+if $MAKE_CMD --no-print-directory -s -n -C "$ROOT" install PREFIX=/usr/local DESTDIR="$TMP/d2" 2>/dev/null |
+	grep -q 'ldconfig'; then
+	fail "make install DESTDIR=... would run ldconfig"
+fi
+ok "make install PREFIX=/usr/local runs ldconfig; with a DESTDIR it does not"
+
 rc=0
 timeout 10 "$P/bin/poolstat" --once "$RUN" >"$TMP/poolstat.out" 2>&1 || rc=$?
 if [ "$rc" -gt 2 ] || ! grep -q "^pgbroker $RUN " "$TMP/poolstat.out"; then

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,52 @@ Test(loop, seccomp_blocked_io_uring_falls_back_to_epoll)
 	cr_assert(strstr(log, "io_uring blocked (seccomp or io_uring_disabled): using epoll"),
 		  "log does not say why epoll runs:\n%s", log);
 	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
+/* etc/seccomp-pgbroker.json, the example profile for a broker's container,
+ * loaded with libseccomp as Docker would load it: everything but the
+ * calls it names fails with EPERM. The broker runs on io_uring under it
+ * (where the kernel has io_uring at all), serves agents, reloads and
+ * stops cleanly. */
+Test(loop, seccomp_profile_example_lets_the_broker_run)
+{
+	static char wrap[1200];
+	char py[64] = "python3", tool[512], prof[512], text[16384], log[8192];
+	struct h_broker br = { 0 };
+	const char *args[] = { "--pool-size", "4", "--min-pool-size", "1", NULL };
+	pid_t pids[AGENTS / 2];
+	int fd;
+	ssize_t n;
+
+	h_bin("tools/seccomp_profile.py", tool, sizeof(tool));
+	h_bin("etc/seccomp-pgbroker.json", prof, sizeof(prof));
+	fd = open(prof, O_RDONLY);
+	cr_assert_geq(fd, 0, "%s: %s", prof, strerror(errno));
+	n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	cr_assert_gt(n, 0);
+	text[n] = '\0';
+	for (const char *const *sc = (const char *const[]){ "\"io_uring_setup\"",
+		"\"io_uring_enter\"", "\"io_uring_register\"", "\"epoll_wait\"",
+		"\"memfd_create\"", NULL }; *sc; sc++)
+		cr_assert(strstr(text, *sc), "the profile does not name %s", *sc);
+	if (access("/usr/bin/python3", X_OK) == 0)
+		snprintf(py, sizeof(py), "/usr/bin/python3");
+	snprintf(wrap, sizeof(wrap), "%s %s %s", py, tool, prof);
+	setenv("PGB_BROKER_WRAPPER", wrap, 1);
+	unsetenv("PGBROKER_LOOP");
+	h_broker_start(&br, args);
+	for (int i = 0; i < AGENTS / 2; i++)
+		pids[i] = h_fork(agent_load, &br);
+	for (int i = 0; i < AGENTS / 2; i++)
+		cr_assert_eq(h_wait(pids[i], 120000), 0, "agent %d failed", i);
+	cr_assert_eq(kill(br.pid, SIGHUP), 0);
+	pgb_conn *c = h_connect(&br);
+	cr_assert_eq(h_num(c, "select 5"), 5);
+	pgb_finish(c);
+	read_log(&br, log, sizeof(log));
+	cr_assert_null(strstr(log, "io_uring blocked"), "the profile blocks io_uring:\n%s", log);
+	cr_assert_eq(h_broker_stop(&br), 0, "log:\n%s", read_log(&br, log, sizeof(log)));
 }
 
 Test(loop, seccomp_blocked_io_uring_required_exits_2)
