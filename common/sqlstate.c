@@ -249,6 +249,54 @@ int sqlstate_txn_retryable(const char *code)
 	return si && si->transient && si->ran == RAN_ROLLED_BACK && strncmp(si->code, "40", 2) == 0;
 }
 
+void sqlstate_connect_error(const char *msg, char code[6], char *text, size_t n)
+{
+	static const char *const severities[] = { "FATAL:  ", "ERROR:  ", "PANIC:  " };
+	const char *at = NULL, *nl;
+	size_t before = 0, len;
+
+	code[0] = '\0';
+	if (!msg)
+		msg = "";
+	for (size_t i = 0; i < sizeof(severities) / sizeof(severities[0]) && !at; i++) {
+		for (const char *p = strstr(msg, severities[i]); p; p = strstr(p + 1, severities[i])) {
+			const char *c = p + strlen(severities[i]);
+			char cand[6];
+
+			if (strnlen(c, 7) < 7)
+				continue;
+			memcpy(cand, c, 5);
+			cand[5] = '\0';
+			if (sqlstate_valid(cand) && c[5] == ':' && c[6] == ' ') {
+				memcpy(code, cand, 6);
+				at = c;
+				break;
+			}
+		}
+	}
+	if (!n)
+		return;
+	/* text: msg's first line with the "XXXXX: " after the severity cut out */
+	if (at)
+		before = (size_t)(at - msg);
+	nl = strchr(msg, '\n');
+	len = nl ? (size_t)(nl - msg) : strlen(msg);
+	if (at && before + 7 <= len) {
+		snprintf(text, n, "%.*s%.*s", (int)before, msg, (int)(len - before - 7), at + 7);
+	} else {
+		snprintf(text, n, "%.*s", (int)len, msg);
+	}
+}
+
+int sqlstate_connect_refused(const char *code, const char *text)
+{
+	if (code && sqlstate_valid(code))
+		return strncmp(code, "28", 2) == 0 || strcmp(code, "3D000") == 0 ||
+		       strcmp(code, "42501") == 0;
+	/* libpq's own: the server wants a password and the DSN has none */
+	return text && strstr(text, "no password supplied") != NULL;
+}
+
 const struct sqlstate_info *sqlstate_table(size_t *n)
 {
 	if (n)

@@ -46,6 +46,16 @@ int sqlstate_retry_safe(const char *code);
 /* 40001 and 40P01: PostgreSQL rolled the whole transaction back to break a
  * conflict; running the transaction again is the documented remedy. */
 int sqlstate_txn_retryable(const char *code);
+/* A failed connect's libpq message (PQERRORS_VERBOSE puts the server's
+ * SQLSTATE after "FATAL:  "): code gets that SQLSTATE, or "" when the
+ * server sent none (refused, reset, timed out); text gets the first line,
+ * without the code. */
+void sqlstate_connect_error(const char *msg, char code[6], char *text, size_t n);
+/* Did the server answer a connect with "not you, not here" (wrong password,
+ * no such role or database, no pg_hba.conf entry, no CONNECT privilege, or
+ * libpq had no password to send)? Trying again will not help until someone
+ * changes the configuration: the broker calls that "misconfigured". */
+int sqlstate_connect_refused(const char *code, const char *text);
 /* The whole table, in the order of docs/sqlstates.md (for tests and the docs). */
 const struct sqlstate_info *sqlstate_table(size_t *n);
 /* "no", "rolled back", "unknown", "yes". */

@@ -283,3 +283,76 @@ Test(sqlstate, docs_show_the_table)
 	}
 	free(doc);
 }
+
+/* What libpq says when a connect fails (PQERRORS_VERBOSE), and whether that
+ * is the server refusing the broker (misconfigured) or an outage. */
+Test(sqlstate, connect_errors_name_their_sqlstate_and_refusals)
+{
+	static const struct {
+		const char *msg, *code, *text;
+		int refused;
+	} cases[] = {
+		{ .msg = "connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: FATAL:  "
+			 "3D000: database \"nope\" does not exist\nLOCATION:  InitPostgres, "
+			 "postinit.c:948\n",
+		  .code = "3D000", .refused = 1,
+		  .text = "connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: FATAL:  "
+			  "database \"nope\" does not exist" },
+		{ .msg = "connection to server at \"db\" (10.0.0.1), port 5432 failed: FATAL:  28P01: "
+			 "password authentication failed for user \"app\"\n",
+		  .code = "28P01", .refused = 1,
+		  .text = "connection to server at \"db\" (10.0.0.1), port 5432 failed: FATAL:  "
+			  "password authentication failed for user \"app\"" },
+		{ .msg = "connection to server on socket \"/s\" failed: FATAL:  28000: role \"nobody\" "
+			 "does not exist\nLOCATION:  InitializeSessionUserId, miscinit.c:768\n",
+		  .code = "28000", .refused = 1,
+		  .text = "connection to server on socket \"/s\" failed: FATAL:  role \"nobody\" "
+			  "does not exist" },
+		{ .msg = "FATAL:  42501: permission denied for database \"d\"\nDETAIL:  User does "
+			 "not have CONNECT privilege.\n",
+		  .code = "42501", .refused = 1, .text = "FATAL:  permission denied for database \"d\"" },
+		{ .msg = "connection to server on socket \"/s\" failed: FATAL:  57P03: the database "
+			 "system is starting up\n",
+		  .code = "57P03", .refused = 0,
+		  .text = "connection to server on socket \"/s\" failed: FATAL:  the database system "
+			  "is starting up" },
+		{ .msg = "connection to server at \"h\", port 5432 failed: FATAL:  53300: sorry, too "
+			 "many clients already\n",
+		  .code = "53300", .refused = 0,
+		  .text = "connection to server at \"h\", port 5432 failed: FATAL:  sorry, too many "
+			  "clients already" },
+		{ .msg = "connection to server on socket \"/s/.s.PGSQL.5999\" failed: No such file or "
+			 "directory\n\tIs the server running locally and accepting connections on that "
+			 "socket?\n",
+		  .code = "", .refused = 0,
+		  .text = "connection to server on socket \"/s/.s.PGSQL.5999\" failed: No such file "
+			  "or directory" },
+		{ .msg = "connection to server at \"h\", port 5432 failed: fe_sendauth: no password "
+			 "supplied\n",
+		  .code = "", .refused = 1,
+		  .text = "connection to server at \"h\", port 5432 failed: fe_sendauth: no password "
+			  "supplied" },
+		/* not verbose: no code to find, nothing misread */
+		{ .msg = "FATAL:  database \"nope\" does not exist", .code = "", .refused = 0,
+		  .text = "FATAL:  database \"nope\" does not exist" },
+		{ .msg = "FATAL:  3D00", .code = "", .refused = 0, .text = "FATAL:  3D00" },
+		{ .msg = "", .code = "", .refused = 0, .text = "" },
+		{ .msg = NULL, .code = "", .refused = 0, .text = "" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char code[6] = "junk", text[256];
+
+		sqlstate_connect_error(cases[i].msg, code, text, sizeof(text));
+		cr_expect_str_eq(code, cases[i].code, "case %zu", i);
+		cr_expect_str_eq(text, cases[i].text, "case %zu", i);
+		cr_expect_eq(sqlstate_connect_refused(code, text), cases[i].refused, "case %zu", i);
+	}
+	/* a short buffer truncates, never overruns */
+	{
+		char code[6], text[8];
+
+		sqlstate_connect_error(cases[0].msg, code, text, sizeof(text));
+		cr_expect_str_eq(text, "connect");
+	}
+}
