@@ -173,6 +173,7 @@ struct backend {
 				     DISCARD ALL, DISCARD_CLOSE closes it */
 	int dirty;                /* nobody's: clean up before reuse */
 	int probe;                /* running the server capacity query */
+	uint64_t breaker_ticket;  /* connecting: the breaker round it started in */
 	/* Pipeline of autocommit statements from several agents, each with
 	 * its own Sync: req is the head, pipeq holds the ones behind it. */
 	int piped;
@@ -233,9 +234,9 @@ struct broker {
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */
 	uint64_t rng;
-	int64_t next_connect_ns;  /* backoff after connect failures */
-	uint32_t connect_fails;   /* consecutive */
-	char last_connect_error[256];
+	uint32_t connect_fails;   /* consecutive failed connects (not observations) */
+	char last_connect_error[256];  /* libpq's first line, without the SQLSTATE */
+	char last_connect_code[6];     /* the server's SQLSTATE for it, "" none */
 
 	struct stats_seg *seg;
 	struct stats_data st;     /* broker's working copy, published per pass */

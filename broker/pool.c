@@ -21,6 +21,10 @@
 
 #define MS 1000000LL
 #define CANCEL_WAIT_NS (2000 * MS)   /* at exit, for cancel threads still out */
+/* The breaker's schedule: after the n-th consecutive failed connect
+ * observation the next connect waits min(100 ms * 2^(n-1),
+ * breaker_reset_timeout_ms) (docs/failures.md). */
+#define BREAKER_FIRST_WAIT_MS 100
 
 enum close_reason {
 	CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_RELOAD, CLOSE_SHUTDOWN,
@@ -48,6 +52,7 @@ static int ends_transaction(const struct request *r);
 static int fixed_at_prepare(const char *state);
 static void stale_forget(struct broker *b, struct request *r);
 static void capacity_result(struct broker *b, PGresult *x);
+static void stats_connect_error(struct broker *b);
 
 struct backend *pool_by_tag(struct broker *b, uint64_t tag)
 {
@@ -132,7 +137,7 @@ static void be_set_retire(struct broker *b, struct backend *be)
 	b->rng = jit.rng;
 }
 
-static void connect_one(struct broker *b)
+static void connect_one(struct broker *b, uint64_t ticket)
 {
 	static const char *const keys[] = {
 		"dbname", "options", "keepalives", "keepalives_idle", "keepalives_interval",
@@ -169,6 +174,7 @@ static void connect_one(struct broker *b)
 	memset(&be->link, 0, sizeof(be->link));
 	list_init(&be->link);
 	be->pg = PQconnectStartParams(keys, vals, 1);
+	be->breaker_ticket = ticket;
 	be->cfg_gen = b->cfg_gen;
 	be->created_ns = b->now_ns;
 	be->validated_ns = b->now_ns;
@@ -192,39 +198,51 @@ static void connect_one(struct broker *b)
 		return;
 	}
 	PQsetNoticeProcessor(be->pg, notice_quiet, NULL);
+	/* The server's SQLSTATE in a failed connect's message: is it refusing
+	 * us (misconfigured) or not there (an outage)? connect_done resets it. */
+	PQsetErrorVerbosity(be->pg, PQERRORS_VERBOSE);
 	be->fd = PQsocket(be->pg);
 	/* PQconnectStart: behave as if PGRES_POLLING_WRITING was returned. */
 	be_arm(b, be, POLLOUT);
 }
 
+/* A connect failed: one more failed observation for the breaker, unless a
+ * connect started in the same round failed already (the pool's parallel
+ * connects failing together are one outage, not several). */
 static void connect_failed(struct broker *b, struct backend *be, const char *why)
 {
-	struct backoff bo = {
-		.base_ms = b->cfg.retry_delay_ms,
-		.cap_ms = b->cfg.retry_max_delay_ms,
-		.jitter_pct = 100,
-	};
-	char *nl;
+	int64_t now_ms = b->now_ns / MS;
+	enum breaker_state was = b->breaker.state;
+	int refused, changed;
 
-	snprintf(b->last_connect_error, sizeof(b->last_connect_error), "%s", why);
-	if ((nl = strchr(b->last_connect_error, '\n')))
-		*nl = '\0';
+	sqlstate_connect_error(why, b->last_connect_code, b->last_connect_error,
+			       sizeof(b->last_connect_error));
+	refused = sqlstate_connect_refused(b->last_connect_code, b->last_connect_error);
 	b->connect_fails++;
 	b->st.c.connect_failures++;
-	b->next_connect_ns = b->now_ns + backoff_delay_ms(&bo, (int)b->connect_fails) * MS;
-	log_warn("connection to PostgreSQL failed (%u in a row): %s", b->connect_fails,
-		 b->last_connect_error);
-	if (breaker_failure(&b->breaker, b->now_ns / MS))
-		log_warn("circuit breaker open after %d consecutive connection failures: "
-			 "statements fail fast for %lld ms", b->breaker.failures,
-			 (long long)(b->breaker.open_until_ms - b->now_ns / MS));
-	/* While it is open (also when a connect started before it opened
-	 * fails now), a probe is due when the breaker lets one through: the
-	 * timers wake up for it then, not at their next routine pass. */
-	if (b->breaker.state == BREAKER_OPEN && b->next_connect_ns < b->breaker.open_until_ms * MS)
-		b->next_connect_ns = b->breaker.open_until_ms * MS;
+	changed = breaker_failure(&b->breaker, be->breaker_ticket,
+				  refused ? BREAKER_REFUSED : BREAKER_OUTAGE, now_ms);
+	if (refused)
+		log_warn("PostgreSQL refuses the broker's connection (misconfigured%s%s): %s",
+			 *b->last_connect_code ? ", SQLSTATE " : "", b->last_connect_code,
+			 b->last_connect_error);
+	else
+		log_warn("connection to PostgreSQL failed (%u in a row): %s", b->connect_fails,
+			 b->last_connect_error);
+	if (changed && b->breaker.state == BREAKER_MISCONFIGURED)
+		log_error("misconfigured: PostgreSQL answers but will not let the broker in; "
+			  "statements fail fast with PB010 and its message; fix the DSN, the role, "
+			  "the database or pg_hba.conf (or reload); next try in %lld ms",
+			  (long long)(breaker_retry_at(&b->breaker) - now_ms));
+	else if (changed)
+		log_warn("circuit breaker open after %d consecutive failed connection attempts: "
+			 "statements fail fast with PB002; next try in %lld ms", b->breaker.failures,
+			 (long long)(breaker_retry_at(&b->breaker) - now_ms));
+	else if (was == BREAKER_HALF_OPEN && b->breaker.state == BREAKER_OPEN)
+		log_info("circuit breaker probe failed: open again, next try in %lld ms",
+			 (long long)(breaker_retry_at(&b->breaker) - now_ms));
 	be_close(b, be, CLOSE_BROKEN);
-	if (b->breaker.state == BREAKER_OPEN)
+	if (breaker_failing_fast(&b->breaker, now_ms))
 		fail_waiters(b);
 }
 
@@ -275,15 +293,19 @@ static void be_release(struct broker *b, struct backend *be)
 static void connect_done(struct broker *b, struct backend *be)
 {
 	PQsetnonblocking(be->pg, 1);
+	PQsetErrorVerbosity(be->pg, PQERRORS_DEFAULT);
 	be->pg_pid = PQbackendPID(be->pg);
 	be->fd = PQsocket(be->pg);
 	int had_failures = b->connect_fails > 0;
 
 	b->connect_fails = 0;
 	b->st.c.connects++;
-	if (b->breaker.state != BREAKER_CLOSED)
+	if (b->breaker.state == BREAKER_MISCONFIGURED)
+		log_info("PostgreSQL lets the broker in again: no longer misconfigured");
+	else if (b->breaker.state != BREAKER_CLOSED)
 		log_info("circuit breaker closed: PostgreSQL is reachable again");
 	breaker_success(&b->breaker, b->now_ns / MS);
+	b->last_connect_code[0] = '\0';
 	log_info("backend %u connected (pid %d), %u open", be->slot, be->pg_pid, b->ntotal);
 	be->last_used_ns = b->now_ns;
 	/* At start and after each reconnect: can max_pool_size fit? */
@@ -1311,20 +1333,39 @@ static int request_retry(struct broker *b, struct request *r, const char *why)
 	return 1;
 }
 
-/* The breaker opened: nobody waits out the acquire timeout for nothing. */
+/* Why statements fail fast while the breaker is open or misconfigured:
+ * the SQLSTATE for the agent, and the message. */
+static const char *fail_fast_error(struct broker *b, char *msg, size_t n)
+{
+	long long next = (long long)(breaker_retry_at(&b->breaker) - b->now_ns / MS);
+
+	if (next < 0)
+		next = 0;
+	if (b->breaker.state == BREAKER_MISCONFIGURED) {
+		snprintf(msg, n, "PostgreSQL refuses the broker's connections (misconfigured%s%s): "
+			 "%s; next try in %lld ms", *b->last_connect_code ? ", SQLSTATE " : "",
+			 b->last_connect_code, b->last_connect_error, next);
+		return "PB010";
+	}
+	snprintf(msg, n, "circuit breaker open after %d failed connection attempts (%s); "
+		 "next try in %lld ms", b->breaker.failures, b->last_connect_error, next);
+	return "PB002";
+}
+
+/* The breaker opened, or the probe failed: nobody waits out the acquire
+ * timeout for nothing. */
 static void fail_waiters(struct broker *b)
 {
 	struct list *pos;
 	char msg[512];
+	const char *code = fail_fast_error(b, msg, sizeof(msg));
 
-	snprintf(msg, sizeof(msg), "circuit breaker open: PostgreSQL unreachable (%s)",
-		 b->last_connect_error);
 	while ((pos = list_pop(&b->waitq))) {
 		struct request *r = list_entry(pos, struct request, link);
 
 		r->waiting = 0;
 		b->nwaiting--;
-		finish_error(b, r, "PB002", msg);
+		finish_error(b, r, code, msg);
 	}
 }
 
@@ -1369,13 +1410,11 @@ void pool_submit(struct broker *b, struct request *r)
 		be_start(b, be, r);
 		return;
 	}
-	if (b->breaker.state == BREAKER_OPEN && b->now_ns / MS < b->breaker.open_until_ms) {
+	if (breaker_failing_fast(&b->breaker, b->now_ns / MS)) {
 		char msg[512];
+		const char *code = fail_fast_error(b, msg, sizeof(msg));
 
-		snprintf(msg, sizeof(msg), "circuit breaker open: PostgreSQL unreachable (%s); "
-			 "next attempt in %lld ms", b->last_connect_error,
-			 (long long)(b->breaker.open_until_ms - b->now_ns / MS));
-		finish_error(b, r, "PB002", msg);
+		finish_error(b, r, code, msg);
 		return;
 	}
 	if (b->nwaiting >= (uint32_t)b->cfg.max_waiting) {
@@ -1522,7 +1561,7 @@ static void pool_grow(struct broker *b)
 	uint32_t limit = (uint32_t)b->cfg.pool_size;
 	uint32_t want = 0;
 
-	if (b->stopping == STOP_FAST || b->now_ns < b->next_connect_ns)
+	if (b->stopping == STOP_FAST)
 		return;
 	if (!list_empty(&b->waitq)) {
 		struct request *head = list_entry(b->waitq.next, struct request, link);
@@ -1534,23 +1573,25 @@ static void pool_grow(struct broker *b)
 		want = b->nwaiting - b->nconnecting;
 	if (b->ntotal + want < (uint32_t)b->cfg.min_pool_size && !b->stopping)
 		want = (uint32_t)b->cfg.min_pool_size - b->ntotal;
-	/* While connects fail, probe with one at a time. */
-	if (b->connect_fails && want > 1)
-		want = b->nconnecting ? 0 : 1;
+	/* After a failure the breaker lets one connect through at a time, on
+	 * its schedule (pool_timers wakes up for it). */
 	while (want-- > 0 && b->ntotal < limit && free_slot(b)) {
 		enum breaker_state was = b->breaker.state;
+		uint64_t ticket;
 
-		if (!breaker_allow(&b->breaker, b->now_ns / MS))
+		if (!breaker_allow(&b->breaker, b->now_ns / MS, &ticket))
 			break;
 		if (was == BREAKER_OPEN && b->breaker.state == BREAKER_HALF_OPEN)
 			log_info("circuit breaker half-open: one connection probes PostgreSQL");
-		connect_one(b);
+		connect_one(b, ticket);
 	}
 }
 
 static const char *acquire_error(struct broker *b, char *buf, size_t n)
 {
-	if (b->connect_fails)
+	if (b->breaker.state == BREAKER_MISCONFIGURED)
+		fail_fast_error(b, buf, n);
+	else if (b->connect_fails)
 		snprintf(buf, n, "no backend within acquire_timeout_ms=%d: cannot connect to "
 			 "PostgreSQL: %s", b->cfg.acquire_timeout_ms, b->last_connect_error);
 	else
@@ -1562,7 +1603,7 @@ static const char *acquire_error(struct broker *b, char *buf, size_t n)
 void pool_timers(struct broker *b, int64_t *next_ns)
 {
 	int64_t acq = (int64_t)b->cfg.acquire_timeout_ms * MS;
-	int64_t idle = (int64_t)b->cfg.idle_timeout_ms * MS;
+	int64_t idle = (int64_t)b->cfg.idle_timeout_ms * MS, retry_ns;
 	struct list *pos, *tmp;
 
 	while (!list_empty(&b->waitq)) {
@@ -1641,15 +1682,36 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 		be_close(b, be, CLOSE_IDLE);
 	}
 	pool_grow(b);
-	if (b->next_connect_ns > b->now_ns && b->next_connect_ns < *next_ns &&
+	retry_ns = breaker_retry_at(&b->breaker) * MS;
+	if (retry_ns > b->now_ns && retry_ns < *next_ns &&
 	    (b->nwaiting || b->ntotal < (uint32_t)b->cfg.min_pool_size))
-		*next_ns = b->next_connect_ns;
+		*next_ns = retry_ns;
 	b->st.breaker_state = b->breaker.state;
 	b->st.breaker_failures = (uint32_t)b->breaker.failures;
 	b->st.breaker_opened = b->breaker.times_opened;
 	/* the breaker keeps monotonic ms; the segment speaks wall-clock ms */
 	b->st.breaker_changed_ms = b->breaker.changed_ms ?
 		wall_ms() - (b->now_ns / MS - b->breaker.changed_ms) : 0;
+	b->st.breaker_retry_ms = breaker_retry_at(&b->breaker) ?
+		wall_ms() + (breaker_retry_at(&b->breaker) - b->now_ns / MS) : 0;
+	stats_connect_error(b);
+}
+
+/* The segment gets the last failed connect's cause in short: what follows
+ * libpq's "connection to server ... failed: ", the server's own words. */
+static void stats_connect_error(struct broker *b)
+{
+	const char *msg = b->last_connect_error, *p;
+
+	if (!b->connect_fails && b->breaker.state == BREAKER_CLOSED) {
+		b->st.connect_code[0] = b->st.connect_error[0] = '\0';
+		return;
+	}
+	if ((p = strstr(msg, " failed: ")))
+		msg = p + strlen(" failed: ");
+	snprintf(b->st.connect_code, sizeof(b->st.connect_code), "%s", b->last_connect_code);
+	snprintf(b->st.connect_error, sizeof(b->st.connect_error), "%.*s",
+		 (int)sizeof(b->st.connect_error) - 1, msg);
 }
 
 int pool_init(struct broker *b)
@@ -1679,8 +1741,8 @@ int pool_init(struct broker *b)
 		list_init(&b->backends[i].plink);
 		list_init(&b->backends[i].flink);
 	}
-	breaker_init(&b->breaker, b->cfg.breaker_threshold, b->cfg.breaker_reset_timeout_ms,
-		     8LL * b->cfg.breaker_reset_timeout_ms);
+	breaker_init(&b->breaker, b->cfg.breaker_threshold, BREAKER_FIRST_WAIT_MS,
+		     b->cfg.breaker_reset_timeout_ms, BREAKER_PACE_FROM_FIRST);
 	b->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (b->cancel_efd < 0)
 		return -errno;
@@ -1738,7 +1800,8 @@ void pool_cancel_all(struct broker *b)
 	}
 }
 
-/* After a reload: the breaker takes its new limits (keeping its state);
+/* After a reload: the breaker takes its new limits (keeping its state) and
+ * tries a connect now if connects were failing;
  * a new max_connection_lifetime_ms counts from each open backend's start;
  * backends opened with other session settings, or beyond a smaller
  * max_pool_size, are closed now when idle, else when they are released.
@@ -1747,9 +1810,11 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 {
 	struct list *pos, *tmp;
 
-	b->breaker.threshold = b->cfg.breaker_threshold;
-	b->breaker.reset_ms = b->cfg.breaker_reset_timeout_ms;
-	b->breaker.max_reset_ms = 8LL * b->cfg.breaker_reset_timeout_ms;
+	breaker_set_limits(&b->breaker, b->cfg.breaker_threshold, BREAKER_FIRST_WAIT_MS,
+			   b->cfg.breaker_reset_timeout_ms);
+	/* SIGHUP after fixing what the connects failed on (pg_hba.conf, a
+	 * password, a database): the next connect goes now, not at its time. */
+	breaker_retry_now(&b->breaker, b->now_ns / MS);
 	if (old->statement_timeout_ms != b->cfg.statement_timeout_ms ||
 	    old->idle_in_transaction_timeout_ms != b->cfg.idle_in_transaction_timeout_ms ||
 	    old->keepalive_initial_delay_ms != b->cfg.keepalive_initial_delay_ms)

@@ -27,7 +27,7 @@ enum {
 	DEF_JITTER_PCT = 5,
 	DEF_BREAKER_THRESHOLD = 5,
 	DEF_BREAKER_RESET_MS = 30000,
-	BREAKER_MAX_RESET_FACTOR = 8, /* as the broker's own breaker */
+	BREAKER_MAX_RESET_FACTOR = 8, /* the open period doubles up to 8 x reset_ms */
 };
 
 _Static_assert(PGB_RAN_NO == (int)RAN_NO && PGB_RAN_ROLLED_BACK == (int)RAN_ROLLED_BACK &&
@@ -233,7 +233,8 @@ PGB_API int pgb_breaker_init(struct pgb_breaker *br, int threshold, int reset_ms
 	if (reset_ms <= 0)
 		reset_ms = DEF_BREAKER_RESET_MS;
 	memset(br, 0, sizeof(*br));
-	breaker_init(&b, threshold, reset_ms, (int64_t)BREAKER_MAX_RESET_FACTOR * reset_ms);
+	breaker_init(&b, threshold, reset_ms, (int64_t)BREAKER_MAX_RESET_FACTOR * reset_ms,
+		     BREAKER_PACE_FROM_OPEN);
 	breaker_store(br, &b);
 	br->magic = BREAKER_MAGIC;
 	return rc;
@@ -257,6 +258,7 @@ PGB_API int pgb_breaker_call(struct pgb_breaker *br, pgb_op op, void *arg,
 {
 	struct pgb_outcome why = { .attempts = 1 };
 	struct breaker b;
+	uint64_t ticket;
 	int64_t now;
 	int rc;
 
@@ -267,14 +269,14 @@ PGB_API int pgb_breaker_call(struct pgb_breaker *br, pgb_op op, void *arg,
 		return bad_argument(out, "pgb_breaker_call: op is NULL");
 	breaker_load(br, &b);
 	now = breaker_now(br);
-	if (!breaker_allow(&b, now)) {
+	if (!breaker_allow(&b, now, &ticket)) {
 		if (out) {
 			*out = (struct pgb_outcome){ .attempts = 0 };
 			if (b.state == BREAKER_OPEN)
 				outcome_set(out, PGB_SQLSTATE_BREAKER_OPEN,
 					    "circuit breaker open after %d consecutive failures: "
 					    "failing fast; next probe in %lld ms", b.failures,
-					    (long long)(b.open_until_ms - now));
+					    (long long)(breaker_retry_at(&b) - now));
 			else
 				outcome_set(out, PGB_SQLSTATE_BREAKER_OPEN,
 					    "circuit breaker half-open: failing fast while its "
@@ -299,7 +301,7 @@ PGB_API int pgb_breaker_call(struct pgb_breaker *br, pgb_op op, void *arg,
 	if (is_answer(why.sqlstate))
 		breaker_success(&b, now);
 	else
-		breaker_failure(&b, now);
+		breaker_failure(&b, ticket, BREAKER_OUTAGE, now);
 	breaker_store(br, &b);
 	if (out)
 		*out = why;
@@ -313,7 +315,7 @@ PGB_API int pgb_breaker_state(const struct pgb_breaker *br)
 	if (!br || br->magic != BREAKER_MAGIC)
 		return -1;
 	breaker_load(br, &b);
-	if (b.state == BREAKER_OPEN && breaker_now(br) >= b.open_until_ms)
+	if (b.state == BREAKER_OPEN && breaker_now(br) >= breaker_retry_at(&b))
 		return PGB_BREAKER_HALF_OPEN;
 	return (int)b.state;
 }

@@ -241,7 +241,7 @@ int pgb_retry(pgb_op op, void *arg, const struct pgb_retry_policy *policy,
 	      struct pgb_outcome *out);
 
 enum { PGB_BREAKER_CLOSED = 0, PGB_BREAKER_OPEN = 1, PGB_BREAKER_HALF_OPEN = 2 };
-/* A circuit breaker around any operation, with the broker's own policy.
+/* A circuit breaker around any operation.
  * Fill it with pgb_breaker_init; then set clock_ms to drive time yourself.
  * Not thread-safe: one per thread, or guard it with your own lock. */
 struct pgb_breaker {

@@ -401,6 +401,7 @@ const char *stats_breaker_name(uint32_t state)
 	case 0: return "closed";
 	case 1: return "open";
 	case 2: return "half-open";
+	case 3: return "misconfigured";
 	default: return "unknown";
 	}
 }
@@ -570,17 +571,26 @@ void health_classify(const struct stats_data *d, struct stats_health *h,
 		limited = room < (int64_t)d->pool.max;
 	}
 
-	if (d->breaker_state == 1 || d->breaker_state == 2) {
-		snprintf(text, sizeof(text), "circuit breaker %s after %u consecutive connection "
-			 "failures (opened %llu times)", stats_breaker_name(d->breaker_state),
-			 d->breaker_failures, (unsigned long long)d->breaker_opened);
+	if (d->breaker_state == 3) {
+		snprintf(text, sizeof(text), "misconfigured: PostgreSQL refuses the broker's "
+			 "connections%s%s: %.112s", *d->connect_code ? ", SQLSTATE " : "",
+			 d->connect_code, d->connect_error);
+		health_add_reason(h, HEALTH_R_MISCONFIGURED, HEALTH_UNHEALTHY, text,
+				  "fix the DSN, the role, its password, the database or "
+				  "pg_hba.conf, then reload; statements fail fast with PB010 and "
+				  "this message meanwhile");
+	} else if (d->breaker_state == 1 || d->breaker_state == 2) {
+		snprintf(text, sizeof(text), "circuit breaker %s after %u failed connection attempts "
+			 "(opened %llu times): %.84s", stats_breaker_name(d->breaker_state),
+			 d->breaker_failures, (unsigned long long)d->breaker_opened,
+			 d->connect_error);
 		health_add_reason(h, HEALTH_R_BREAKER, HEALTH_UNHEALTHY, text,
 				  "PostgreSQL is unreachable: check that it runs and accepts "
 				  "connections (the broker log has libpq's reason); statements "
 				  "fail fast with PB002 meanwhile");
 	} else if (d->pool.total == d->pool.connecting && d->connect_fails > 0) {
 		snprintf(text, sizeof(text), "no backend connected: the last %u connection "
-			 "attempts failed", d->connect_fails);
+			 "attempts failed: %.120s", d->connect_fails, d->connect_error);
 		health_add_reason(h, HEALTH_R_UNREACHABLE, HEALTH_UNHEALTHY, text,
 				  "check that PostgreSQL runs and that the DSN, the user and "
 				  "pg_hba.conf let the broker in (the broker log has libpq's reason)");

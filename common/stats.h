@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 3u          /* bump on any change of the structs below */
+#define STATS_VERSION 4u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
 
 /* Latency histograms: log-scaled buckets of microseconds, four per power of
@@ -64,11 +64,14 @@ struct stats_data {
 	int64_t started_ms;      /* wall clock (Unix ms), like every *_ms below */
 	int64_t updated_ms;
 	int32_t broker_pid;
-	uint32_t breaker_state;  /* 0 closed, 1 open, 2 half-open */
-	uint32_t breaker_failures;   /* consecutive connection failures */
+	uint32_t breaker_state;  /* 0 closed, 1 open, 2 half-open, 3 misconfigured */
+	uint32_t breaker_failures;   /* consecutive failed connect observations */
 	uint32_t connect_fails;      /* consecutive failed connects; 0: the last one worked */
 	uint64_t breaker_opened;     /* times opened since start */
 	int64_t breaker_changed_ms;  /* last state change, 0 never */
+	int64_t breaker_retry_ms;    /* after a failure: the next connect's time, else 0 */
+	char connect_code[8];        /* the last failed connect: the server's SQLSTATE or "" */
+	char connect_error[STATS_TEXT];  /* and what the server or libpq said; "" after a success */
 	/* The server's room for connections, 0 while not known. */
 	uint32_t server_max_connections;
 	uint32_t server_reserved_connections;  /* superuser_reserved_connections */
@@ -121,6 +124,7 @@ enum health_reason_code {
 	HEALTH_R_UNREACHABLE,
 	HEALTH_R_CAPACITY,
 	HEALTH_R_STALE,          /* only readers add it: the broker stopped publishing */
+	HEALTH_R_MISCONFIGURED,  /* PostgreSQL refuses the broker's login or database */
 };
 
 struct stats_reason {

@@ -309,6 +309,12 @@ static void render(struct view *v, struct screen *sc, int live, int rows, int re
 	put(sc, "breaker: %s  failures %u  opened %llu times  %s",
 	    stats_breaker_name(d->breaker_state), d->breaker_failures,
 	    (unsigned long long)d->breaker_opened, t1);
+	if (d->connect_error[0])
+		put(sc, "  last connect failed%s%.*s: %.*s", d->connect_code[0] ? ", SQLSTATE " : "",
+		    (int)sizeof(d->connect_code), d->connect_code, (int)sizeof(d->connect_error),
+		    d->connect_error);
+	if (d->breaker_retry_ms > v->now_ms)
+		put(sc, "  next connect in %lld ms", (long long)(d->breaker_retry_ms - v->now_ms));
 	put(sc, "queries: %llu total  %llu failed (%.2f%% ok)  %llu retried  %.1f/s",
 	    (unsigned long long)d->c.statements, (unsigned long long)d->c.failed,
 	    100.0 * success_ratio(d), (unsigned long long)d->c.retried, rate_now(h));
@@ -440,6 +446,22 @@ static void print_json(struct view *v, FILE *f)
 	fprintf(f, ",\"consecutive_failures\":%u,\"times_opened\":%llu,\"last_change\":",
 		d->breaker_failures, (unsigned long long)d->breaker_opened);
 	json_time(f, d->breaker_changed_ms);
+	fputs(",\"next_connect\":", f);
+	json_time(f, d->breaker_retry_ms);
+	fputs(",\"last_connect_error\":", f);
+	if (d->connect_error[0]) {
+		char code[sizeof(d->connect_code) + 1], msg[sizeof(d->connect_error) + 1];
+
+		snprintf(code, sizeof(code), "%.*s", (int)sizeof(d->connect_code), d->connect_code);
+		snprintf(msg, sizeof(msg), "%.*s", (int)sizeof(d->connect_error), d->connect_error);
+		fputs("{\"sqlstate\":", f);
+		json_str(f, code);
+		fputs(",\"message\":", f);
+		json_str(f, msg);
+		fputs("}", f);
+	} else {
+		fputs("null", f);
+	}
 	fputs("},\"server\":", f);
 	if (d->server_max_connections)
 		fprintf(f, "{\"max_connections\":%u,\"superuser_reserved_connections\":%u,"
@@ -591,7 +613,7 @@ static void print_prometheus(struct view *v, FILE *f)
 		       "statement round trip in the broker, arrival to result"), .hist = &d->stmt },
 		{ PROM("acquire_wait_seconds", "summary", "wait for a free backend"),
 		  .hist = &d->acquire },
-		GAUGE("breaker_state", "circuit breaker: 0 closed, 1 open, 2 half-open",
+		GAUGE("breaker_state", "circuit breaker: 0 closed, 1 open, 2 half-open, 3 misconfigured",
 		      d->breaker_state),
 		GAUGE("breaker_consecutive_failures", "consecutive connection failures",
 		      d->breaker_failures),

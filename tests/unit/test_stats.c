@@ -496,6 +496,7 @@ struct health_case {
 	uint32_t max, size;           /* pool limits */
 	uint32_t total, connecting, connect_fails;
 	uint32_t breaker_state;
+	const char *connect_code, *connect_error;  /* the last failed connect */
 	uint32_t server_max, server_reserved, server_other;
 	uint32_t want_status;
 	uint32_t want_code;           /* a reason that must be there, 0: no reasons at all */
@@ -523,6 +524,10 @@ static void run_case(const struct health_case *c, struct stats_health *h, struct
 	d->pool.connecting = c->connecting;
 	d->connect_fails = c->connect_fails;
 	d->breaker_state = c->breaker_state;
+	snprintf(d->connect_code, sizeof(d->connect_code), "%s",
+		 c->connect_code ? c->connect_code : "");
+	snprintf(d->connect_error, sizeof(d->connect_error), "%s",
+		 c->connect_error ? c->connect_error : "");
 	d->server_max_connections = c->server_max;
 	d->server_reserved_connections = c->server_reserved;
 	d->server_other_connections = c->server_other;
@@ -594,6 +599,15 @@ Test(stats, thresholds_map_to_status)
 		  .text = "circuit breaker open", .advice = "PostgreSQL is unreachable" },
 		{ .name = "breaker half-open", .breaker_state = 2, .want_status = HEALTH_UNHEALTHY,
 		  .want_code = HEALTH_R_BREAKER, .text = "half-open" },
+		{ .name = "breaker open says why", .breaker_state = 1,
+		  .connect_error = "No such file or directory", .want_status = HEALTH_UNHEALTHY,
+		  .want_code = HEALTH_R_BREAKER, .text = "No such file or directory" },
+		{ .name = "misconfigured: the server's answer, never unreachable", .breaker_state = 3,
+		  .connect_code = "3D000", .connect_error = "FATAL:  database \"nope\" does not exist",
+		  .want_status = HEALTH_UNHEALTHY, .want_code = HEALTH_R_MISCONFIGURED,
+		  .want_level = HEALTH_UNHEALTHY,
+		  .text = "SQLSTATE 3D000: FATAL:  database \"nope\" does not exist",
+		  .advice = "PB010" },
 		{ .name = "no backend reachable", .total = 1, .connecting = 1, .connect_fails = 3,
 		  .want_status = HEALTH_UNHEALTHY, .want_code = HEALTH_R_UNREACHABLE,
 		  .text = "the last 3 connection attempts failed" },
@@ -637,6 +651,11 @@ Test(stats, thresholds_map_to_status)
 			cr_assert(strstr(r->advice, c->advice), "%s: \"%s\" lacks \"%s\"", c->name,
 				  r->advice, c->advice);
 		cr_assert_gt(strlen(r->advice), 10, "%s: no recommendation", c->name);
+		for (uint32_t k = 0; c->breaker_state == 3 && k < h.nreasons; k++)
+			cr_assert(!strstr(h.reasons[k].text, "unreachable") &&
+				  !strstr(h.reasons[k].advice, "unreachable"),
+				  "%s: a refusal called unreachable: %s / %s", c->name,
+				  h.reasons[k].text, h.reasons[k].advice);
 	}
 }
 
