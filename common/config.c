@@ -104,7 +104,7 @@ static const struct key_def keys[] = {
 	INT_KEY(statement_timeout_ms, "POSTGRES_STATEMENT_TIMEOUT", KIND_MS, 60000, 0, MS_MAX,
 		"statement_timeout set on every backend (0 = none)"),
 	INT_KEY(retry_attempts, "POSTGRES_RETRY_ATTEMPTS", KIND_COUNT, 5, 0, 100,
-		"retries of a connect or a safely retryable statement (0 = none)"),
+		"retries of a safely retryable statement (0 = none)"),
 	INT_KEY(retry_delay_ms, "POSTGRES_RETRY_DELAY", KIND_MS, 100, 1, MS_MAX,
 		"first retry delay; doubles per attempt, with jitter"),
 	INT_KEY(retry_max_delay_ms, "POSTGRES_RETRY_MAX_DELAY", KIND_MS, 30000, 1, MS_MAX,
@@ -113,10 +113,12 @@ static const struct key_def keys[] = {
 		10000, 1000, 32767000,
 		"TCP keepalive idle time before the first probe (whole seconds count)"),
 	INT_KEY(breaker_threshold, "POSTGRES_BREAKER_THRESHOLD", KIND_COUNT, 5, 1, 1000,
-		"consecutive connection failures that open the circuit breaker"),
+		"consecutive failed connects that open the circuit breaker (connects "
+		"started together count once)"),
 	INT_KEY(breaker_reset_timeout_ms, "POSTGRES_BREAKER_RESET_TIMEOUT", KIND_MS,
 		30000, 1, MS_MAX,
-		"time the breaker stays open before one probe is let through"),
+		"longest wait between connects while they fail (100 ms doubling up to "
+		"this); an open breaker probes at that pace"),
 	INT_KEY(validation_interval_ms, "PGBROKER_VALIDATION_INTERVAL_MS", KIND_MS,
 		30000, 0, MS_MAX,
 		"ping backends idle longer than this, before they are used again (0 = never)"),

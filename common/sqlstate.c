@@ -139,7 +139,8 @@ static const struct sqlstate_info table[] = {
 	E("PB009", "unsupported", PERMANENT, RAN_ROLLED_BACK,
 	  "COPY, which the broker does not relay; the copy was aborted"),
 	E("PB010", "backend_failed", TRANSIENT, RAN_NO,
-	  "no backend could be connected within acquire_timeout_ms; never sent"),
+	  "no backend could be connected within acquire_timeout_ms, or at once while PostgreSQL "
+	  "refuses the broker (misconfigured, with the server's message); never sent"),
 	E("PB011", "batch_aborted", PERMANENT, RAN_ROLLED_BACK,
 	  "another statement of the same pgb_batch failed, so this one was not applied"),
 	E("XX", "internal_error", PERMANENT, RAN_UNKNOWN, ""),
