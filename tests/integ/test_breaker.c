@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -139,9 +140,11 @@ static int writer(void *arg)
 {
 	struct l_arg *a = arg;
 	struct load *l = a->l;
-	pgb_conn *c = pgb_connect(br.dir);
+	pgb_conn *c;
 	char sql[128];
 
+	prctl(PR_SET_PDEATHSIG, SIGKILL);	/* a failed test does not leave it looping */
+	c = pgb_connect(br.dir);
 	if (pgb_status(c) != PGB_CONNECTION_OK)
 		return 10;
 	for (long long i = 0; !l->stop; i++) {
@@ -270,8 +273,10 @@ struct first_ok {
 static int keep_trying(void *arg)
 {
 	struct first_ok *f = arg;
-	pgb_conn *c = pgb_connect(br.dir);
+	pgb_conn *c;
 
+	prctl(PR_SET_PDEATHSIG, SIGKILL);	/* a failed test does not leave it looping */
+	c = pgb_connect(br.dir);
 	if (pgb_status(c) != PGB_CONNECTION_OK)
 		return 10;
 	while (!f->stop && !f->ok_ms) {
