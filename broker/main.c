@@ -73,6 +73,11 @@ static void reload(struct broker *b)
 		log_warn("reload: dsn cannot change while running: keeping the current one");
 		memcpy(nc.dsn, old.dsn, sizeof(nc.dsn));
 	}
+	if (strcmp(nc.loop, old.loop) != 0) {
+		log_warn("reload: loop cannot change while running: keeping %s (running on %s)",
+			 old.loop, b->loop->name);
+		memcpy(nc.loop, old.loop, sizeof(nc.loop));
+	}
 	if (nc.max_agents != old.max_agents) {
 		log_warn("reload: max_agents cannot change while running: keeping %d",
 			 old.max_agents);

@@ -2,7 +2,9 @@
 # make demo: a throwaway PostgreSQL, a broker on it, then tools/pgb_demo
 # (60 agents for 10 s; it prints its own summary) and a poolstat snapshot.
 # Nothing is left running or on disk afterwards, on any exit path; the exit
-# status is pgb_demo's. PGB_DEMO_AGENTS / PGB_DEMO_SECONDS override 60 / 10.
+# status is pgb_demo's. PGB_DEMO_AGENTS / PGB_DEMO_SECONDS override 60 / 10;
+# PGB_BROKER_WRAPPER runs the broker under a command, e.g. tools/no_uring
+# (io_uring blocked as in a Docker container: the broker runs on epoll).
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P) || exit 1
@@ -72,7 +74,9 @@ echo "demo: starting a throwaway PostgreSQL in $PGDIR"
 DSN=$(sh "$ROOT/tools/pgtmp.sh" start "$PGDIR") || { echo "demo.sh: could not start PostgreSQL" >&2; exit 1; }
 
 echo "demo: starting pgbroker in $RUNDIR"
-"$BROKER" --dir "$RUNDIR" --dsn "$DSN" --ready-fd 3 3>"$FIFO" >"$WORK/broker.log" 2>&1 &
+# shellcheck disable=SC2086 # the wrapper is a command line: split on purpose
+${PGB_BROKER_WRAPPER:-} "$BROKER" --dir "$RUNDIR" --dsn "$DSN" --ready-fd 3 3>"$FIFO" \
+	>"$WORK/broker.log" 2>&1 &
 BPID=$!
 # EOF (broker died) or the timeout both leave $ready empty.
 ready=$(timeout 30 head -n 1 "$FIFO" 2>/dev/null) || ready=
@@ -85,6 +89,8 @@ if [ "$ready" != "ready" ]; then
 	broker_log_tail
 	exit 1
 fi
+loop=$(sed -n 's/.*INFO: \(.*using .*\)/\1/p; s/.*WARN: \(.*using .*\)/\1/p' "$WORK/broker.log" | head -n 1)
+[ -n "$loop" ] && echo "demo: event loop: $loop"
 
 # In the background so that INT/TERM reach our trap at once; timeout signals
 # the demo's whole process group (its agents too).
