@@ -277,6 +277,31 @@ Test(config, set_strings)
 	cr_expect_str_eq(cfg.dsn, "");
 }
 
+/* loop: one of three words, nothing else (not even another case). */
+Test(config, loop_is_one_of_its_words)
+{
+	struct pgb_config cfg;
+	char err[ERRLEN] = "";
+
+	config_defaults(&cfg);
+	cr_expect_str_eq(cfg.loop, "auto");
+	for (const char *const *w = (const char *const[]){ "io_uring", "epoll", "auto", NULL }; *w;
+	     w++) {
+		cr_assert_eq(config_set(&cfg, "loop", *w, err, sizeof(err)), 0, "%s", err);
+		cr_expect_str_eq(cfg.loop, *w);
+	}
+	for (const char *const *w = (const char *const[]){ "EPOLL", "uring", "", "epoll ", NULL };
+	     *w; w++) {
+		cr_assert_eq(config_set(&cfg, "loop", *w, err, sizeof(err)), -1, "%s accepted", *w);
+		cr_expect(strstr(err, "allowed: auto, io_uring, epoll"), "%s", err);
+	}
+	cr_expect_str_eq(cfg.loop, "auto");
+	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
+	snprintf(cfg.loop, sizeof(cfg.loop), "select");
+	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect(strstr(err, "loop"), "%s", err);
+}
+
 /* ---- config_set: hostile values ---------------------------------------- */
 
 static char huge[20000];
