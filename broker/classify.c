@@ -202,6 +202,9 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
 			fl = SQL_TXN_CONTROL | SQL_MAY_COMMIT;
 			break;
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
+			fl = SQL_TXN_CONTROL | (n->transaction_stmt->chain ? 0 : SQL_ROLLBACK);
+			break;
 		default:
 			fl = SQL_TXN_CONTROL;
 			break;
@@ -269,7 +272,8 @@ static unsigned parse_flags(const char *sql)
 			break;
 		}
 		s = stmt_flags(rs->stmt, &walk_failed);
-		fl |= s & (SQL_SESSION | SQL_UNCLEAN | SQL_TXN_CONTROL | SQL_MAY_COMMIT);
+		fl |= s & (SQL_SESSION | SQL_UNCLEAN | SQL_TXN_CONTROL | SQL_MAY_COMMIT |
+			   (tree->n_stmts == 1 ? SQL_ROLLBACK : 0u));
 		fl &= s | ~(SQL_ALL_OR_NOTHING | SQL_PIPELINABLE);
 	}
 	pg_query__parse_result__free_unpacked(tree, NULL);
@@ -369,6 +373,11 @@ int sql_txn_control(const char *sql)
 int sql_pipelinable(const char *sql)
 {
 	return (sql_classify(sql) & SQL_PIPELINABLE) != 0;
+}
+
+int sql_is_rollback(const char *sql)
+{
+	return (sql_classify(sql) & SQL_ROLLBACK) != 0;
 }
 
 void sql_class_stats(struct sql_class_stats *st)

@@ -18,6 +18,8 @@
 #define SQL_UNPARSED       0x20u   /* the parser refused it: worst case assumed */
 #define SQL_UNCLEAN        0x40u   /* session state DISCARD ALL does not undo (LOAD,
 				      setseed, dblink_connect...): close the backend */
+#define SQL_ROLLBACK       0x80u   /* the text is one plain ROLLBACK (ABORT): not TO
+				      SAVEPOINT, PREPARED nor AND CHAIN */
 
 #define CLASS_SETS      1024              /* cache: sets of CLASS_WAYS entries */
 #define CLASS_WAYS      4
@@ -57,6 +59,11 @@ int sql_txn_control(const char *sql);
  * transaction open, so statements from different agents may share a
  * backend's pipeline, each with its own Sync. */
 int sql_pipelinable(const char *sql);
+
+/* 1 when the text is exactly one plain ROLLBACK: ROLLBACK or ABORT, maybe
+ * WORK or TRANSACTION and AND NO CHAIN; not ROLLBACK TO SAVEPOINT,
+ * ROLLBACK PREPARED nor AND CHAIN, and no other statement in the text. */
+int sql_is_rollback(const char *sql);
 
 struct sql_class_stats {
 	uint64_t parses;    /* texts given to the parser */

@@ -161,6 +161,28 @@ Test(classify, transaction_control)
 		cr_expect_eq(sql_txn_control(no[i]), 0, "%s", no[i]);
 }
 
+/* Only a plain ROLLBACK ends a lost transaction: nothing else may ride
+ * along, nor a ROLLBACK that leaves a transaction open. */
+Test(classify, plain_rollback)
+{
+	static const char *const yes[] = {
+		"rollback", "ROLLBACK;", "abort", "Rollback Work", "rollback transaction ;",
+		"/* a /* nested */ comment */ rollback -- done\n", "abort and no chain",
+		"\n\trollback\n",
+	};
+	static const char *const no[] = {
+		"", "commit", "rollback to savepoint s", "rollback to s", "rollback prepared 'x'",
+		"rollback and chain", "rollback; insert into t values (1)", "select 1; rollback",
+		"rollback work work", "rollbacks", "abort and no", "rollback /* open comment",
+		"'rollback'", "rollback x", "rollback; rollback",
+	};
+
+	for (size_t i = 0; i < N(yes); i++)
+		cr_expect_eq(sql_is_rollback(yes[i]), 1, "%s", yes[i]);
+	for (size_t i = 0; i < N(no); i++)
+		cr_expect_eq(sql_is_rollback(no[i]), 0, "%s", no[i]);
+}
+
 Test(classify, unparsable_text_is_pinned_and_never_safe)
 {
 	static const char *const bad[] = {
