@@ -457,7 +457,8 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 static void request_queue(struct broker *b, struct agent *a, struct request *r)
 {
 	a->nbytes += r->nbytes;
-	if ((r->flags & REQ_INDEPENDENT) && !a->pinned) {
+	if ((r->flags & (REQ_INDEPENDENT | REQ_RESET)) == REQ_INDEPENDENT && !a->pinned &&
+	    !a->lost) {
 		/* Beside the agent's other statements, on any backend. */
 		list_add_tail(&a->active, &r->alink);
 		a->nactive++;
@@ -538,6 +539,52 @@ bad:
 	}
 }
 
+void agent_lose(struct agent *a, enum agent_lost what)
+{
+	if (what <= a->lost)
+		return;
+	log_info("agent %u (pid %d): its %s died with its backend; its statements fail until %s",
+		 a->slot, (int)a->pid, what == LOST_TXN ? "transaction" : "session",
+		 what == LOST_TXN ? "it rolls back" : "it resets its session");
+	a->lost = what;
+}
+
+static void respond_tag(struct broker *b, struct agent *a, uint32_t id, const char *tag);
+
+/* The requests the broker answers itself, in their turn: pgb_reset's, and
+ * every statement while the agent's transaction or session is lost (a
+ * plain ROLLBACK acknowledges a lost transaction). 1 when r was answered
+ * (and freed). */
+static int answer_here(struct broker *b, struct agent *a, struct request *r)
+{
+	if (r->flags & REQ_RESET) {
+		a->lost = LOST_NONE;
+		pool_agent_reset(b, a);
+		b->st.c.statements++;
+		a->statements++;
+		respond_tag(b, a, r->id, "RESET");
+	} else if (a->lost == LOST_TXN && !r->nsub && sql_is_rollback(r->v.sql)) {
+		a->lost = LOST_NONE;
+		b->st.c.statements++;
+		a->statements++;
+		respond_tag(b, a, r->id, "ROLLBACK");
+	} else if (a->lost == LOST_TXN) {
+		enqueue_error(b, a, r->id, "08006",
+			      "the transaction was lost and rolled back: the connection to "
+			      "PostgreSQL broke inside it; every statement fails until ROLLBACK");
+	} else if (a->lost == LOST_SESSION) {
+		enqueue_error(b, a, r->id, "08006",
+			      "the session was lost: the connection to PostgreSQL broke while it "
+			      "held session state (SET, PREPARE, temporary tables, locks) and any "
+			      "open transaction; every statement fails until pgb_reset()");
+	} else {
+		return 0;
+	}
+	a->nbytes -= r->nbytes;
+	request_free(r);
+	return 1;
+}
+
 /* Run the agent's next statement when it has none running: an agent's
  * statements run one after another, as on one connection. A statement
  * refused at once (shutdown, breaker open) finishes inside pool_submit and
@@ -552,16 +599,8 @@ static void agent_kick(struct broker *b, struct agent *a)
 		struct request *r = list_entry(list_pop(&a->queue), struct request, link);
 
 		a->nqueued--;
-		if (a->txn_lost) {
-			a->txn_lost = 0;
-			a->nbytes -= r->nbytes;
-			enqueue_error(b, a, r->id, "08006",
-				      "the connection to PostgreSQL was lost inside this transaction "
-				      "or session: its work was rolled back and its session state "
-				      "(SET, PREPARE, temporary tables, locks) is gone");
-			request_free(r);
+		if (answer_here(b, a, r))
 			continue;
-		}
 		a->running = r;
 		list_add_tail(&a->active, &r->alink);
 		a->nactive++;
@@ -785,11 +824,30 @@ static void respond(struct broker *b, struct agent *a, struct response *rs)
 {
 	if (a->resp_more)
 		rs->src.head.flags |= RESP_MORE;
-	if (a->txn_open)
+	/* a lost transaction still waits for the agent's ROLLBACK */
+	if (a->txn_open || a->lost == LOST_TXN)
 		rs->src.head.flags |= RESP_IN_TXN;
 	list_add_tail(&a->responses, &rs->link);
 	a->nresponses++;
 	agent_flush(b, a);
+}
+
+/* The broker's own success: a command tag, no rows. */
+static void respond_tag(struct broker *b, struct agent *a, uint32_t id, const char *tag)
+{
+	struct response *rs = calloc(1, sizeof(*rs));
+
+	if (!rs) {
+		agent_fail(b, a, "out of memory for a response");
+		return;
+	}
+	snprintf(rs->msg, sizeof(rs->msg), "%s", tag);
+	rs->id = id;
+	rs->src.head.ok = 1;
+	rs->src.err = "";
+	rs->src.cmd = rs->msg;
+	resp_measure(&rs->src);
+	respond(b, a, rs);
 }
 
 void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,

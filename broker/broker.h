@@ -88,6 +88,12 @@ struct response {
 
 enum agent_state { AG_HELLO, AG_READY, AG_GONE };
 
+/* What an agent lost with a backend that died while pinned to it. Until
+ * the agent acknowledges it (ROLLBACK for LOST_TXN, pgb_reset for both)
+ * the broker answers each of its statements with 08006, so that nothing
+ * after the loss runs in autocommit or without the session's state. */
+enum agent_lost { LOST_NONE = 0, LOST_TXN, LOST_SESSION };
+
 struct agent {
 	uint32_t slot, gen;
 	enum agent_state state;
@@ -124,7 +130,7 @@ struct agent {
 	int efd;                  /* eventfd for pgb_socket, signalled when fd_armed */
 	int bell_fd;              /* eventfd the agent rings (CHAN_BELL_EVENTFD), else -1 */
 	struct backend *pinned;   /* backend holding this agent's transaction */
-	int txn_lost;             /* pinned backend died: next statement is told */
+	enum agent_lost lost;     /* its transaction or session died with its backend */
 	int txn_open;             /* its session is inside a transaction: RESP_IN_TXN */
 	int session_pinned;       /* changed session state: keeps its backend */
 	struct list responses;    /* results to stream, in order */
@@ -275,6 +281,7 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 			 const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 void agent_request_done(struct broker *b, struct request *r);
+void agent_lose(struct agent *a, enum agent_lost what);
 void agent_flush(struct broker *b, struct agent *a);
 void agent_wake(struct broker *b, struct agent *a);
 void agent_run_wakes(struct broker *b);
@@ -291,6 +298,7 @@ int pool_init(struct broker *b);
 void pool_submit(struct broker *b, struct request *r);
 void pool_on_poll(struct broker *b, struct backend *be, int res);
 void pool_agent_gone(struct broker *b, struct agent *a);
+void pool_agent_reset(struct broker *b, struct agent *a);
 void pool_timers(struct broker *b, int64_t *next_ns);
 void pool_close_all(struct broker *b);
 struct backend *pool_by_tag(struct broker *b, uint64_t tag);

@@ -366,14 +366,32 @@ static void on_connect_poll(struct broker *b, struct backend *be)
 	}
 }
 
-/* Tell the agent whose statement was on a backend that just broke. */
-/* r was running (or pipelined) on a backend that is gone. */
+/* What the agent of r, which ran on a backend that broke, lost with it:
+ * its session state when r may have changed it; its transaction when r
+ * ran inside one (unless r ended it) or may have opened one. */
+static enum agent_lost request_lost(const struct request *r, int in_txn)
+{
+	int begins = sql_txn_control(r->v.sql) && !sql_may_commit(r->v.sql) &&
+		     !sql_is_rollback(r->v.sql);
+
+	if (r->session)
+		return LOST_SESSION;
+	if (in_txn ? !ends_transaction(r) && !sql_is_rollback(r->v.sql) : begins)
+		return LOST_TXN;
+	return LOST_NONE;
+}
+
+/* r was running (or pipelined) on a backend that is gone. Its agent
+ * hears it from r, and from every later statement while what it lost is
+ * unacknowledged (agent_lose). */
 static void fail_request(struct broker *b, struct request *r, int in_txn)
 {
 	if (!r)
 		return;
 	r->be = NULL;
-	if (r->agent && !in_txn && (r->flags & REQ_IDEMPOTENT) &&
+	if (r->agent)
+		agent_lose(r->agent, request_lost(r, in_txn));
+	if (r->agent && !in_txn && !r->agent->lost && (r->flags & REQ_IDEMPOTENT) &&
 	    request_retry(b, r, "connection lost"))
 		return;
 	if (r->agent) {
@@ -412,14 +430,14 @@ static void be_close(struct broker *b, struct backend *be, enum close_reason why
 		log_info("backend %u (pid %d) closed (%s), %u open", be->slot, be->pg_pid,
 			 close_names[why], b->ntotal - 1);
 	if (be->owner) {
+		/* Its session state, or its open transaction, died with the
+		 * backend (a statement of its own running here: fail_request). */
 		be->owner->pinned = NULL;
 		be->owner->txn_open = 0;
-		/* Its transaction (and any session state) died with the backend. */
-		/* ...and the agent hears it once: from the statement that was
-		 * running, or else from its next one. */
-		if (why == CLOSE_BROKEN && !(be->req && be->req->agent == be->owner) &&
-		    (be->state == BE_PINNED || be->in_txn || be->owner->session_pinned))
-			be->owner->txn_lost = 1;
+		if (be->owner->session_pinned)
+			agent_lose(be->owner, LOST_SESSION);
+		else if (be->state == BE_PINNED)
+			agent_lose(be->owner, LOST_TXN);
 		be->owner->session_pinned = 0;
 		be->owner = NULL;
 	}
@@ -846,7 +864,9 @@ static void be_start(struct broker *b, struct backend *be, struct request *r)
 		log_debug("backend %u: send failed: %s", be->slot, PQerrorMessage(be->pg));
 		be->req = NULL;
 		r->be = NULL;
-		if (!be->in_txn) {
+		/* Not in the agent's transaction or session: those are gone
+		 * with the connection, and r with them (fail_request). */
+		if (!be->in_txn && be->owner != r->agent) {
 			b->st.c.retried++;
 			be_close(b, be, CLOSE_BROKEN);
 			if (r->agent)
@@ -1532,28 +1552,43 @@ static void orphan(struct broker *b, struct agent *a, struct request *r)
 		be_close(b, be, CLOSE_BROKEN);
 }
 
-void pool_agent_gone(struct broker *b, struct agent *a)
+/* a lets go of its idle pinned backend: what it left there (a transaction,
+ * session state) is rolled back and discarded before anyone else uses it. */
+static void unpin(struct broker *b, struct agent *a)
 {
-	struct list *pos;
-	struct backend *be;
+	struct backend *be = a->pinned;
 
-	a->running = NULL;
-	while ((pos = list_pop(&a->active))) {
-		a->nactive--;
-		orphan(b, a, list_entry(pos, struct request, alink));
-	}
-	be = a->pinned;
 	a->pinned = NULL;
 	if (!be || be->state != BE_PINNED)
 		return;
 	be->owner = NULL;
 	if (a->session_pinned && !be->discard)
 		be->discard = DISCARD_ALL;
-	log_debug("agent %u gone while holding backend %u: cleaning it", a->slot, be->slot);
+	log_debug("agent %u lets go of backend %u: cleaning it", a->slot, be->slot);
 	if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
 		be_reset(b, be, "ROLLBACK");
 	else
 		be_release(b, be);
+}
+
+void pool_agent_gone(struct broker *b, struct agent *a)
+{
+	struct list *pos;
+
+	a->running = NULL;
+	while ((pos = list_pop(&a->active))) {
+		a->nactive--;
+		orphan(b, a, list_entry(pos, struct request, alink));
+	}
+	unpin(b, a);
+}
+
+/* pgb_reset: a, with no statement running, starts a clean session. */
+void pool_agent_reset(struct broker *b, struct agent *a)
+{
+	unpin(b, a);
+	a->session_pinned = 0;
+	a->txn_open = 0;
 }
 
 static void pool_grow(struct broker *b)

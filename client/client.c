@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -73,6 +74,9 @@ struct pgb_conn {
 	int spin_skips;
 	uint64_t rtt_sum_ns;
 	char errmsg[512];
+	/* for pgb_reset: where the broker is, and whom it must run as */
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char require[256];       /* "": $PGBROKER_REQUIRE_UID, else ours or root */
 };
 
 #define RESULT_LIVE 0x6c697665u
@@ -260,12 +264,11 @@ static int check_peer(pgb_conn *c, const char *dir, const char *sock, const char
 	return 0;
 }
 
-PGB_API pgb_conn *pgb_connect(const char *dir)
-{
-	return pgb_connect_peer(dir, NULL);
-}
-
-PGB_API pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid)
+/* Register with the broker of c->dir (checked against c->require) and map
+ * the channel it gives us: on success c is PGB_CONNECTION_OK, else it is
+ * left closed with the reason in errmsg. c has no descriptors or mapping
+ * open on entry. */
+static void conn_open(pgb_conn *c)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
@@ -273,34 +276,20 @@ PGB_API pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid)
 	struct timeval tv = { CONNECT_TIMEOUT_S, 0 };
 	struct reg_reply rep;
 	struct stat st;
-	pgb_conn *c;
 	void *map;
 	ssize_t sent;
 	int fd = -1, err, send_err = 0;
-	char dflt[256];
 
-	pthread_once(&fork_once, install_fork_hook);
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		return NULL;
 	c->status = PGB_CONNECTION_BAD;
-	c->sock = -1;
-	c->efd = -1;
-	c->bfd = -1;
-	c->pfd = -1;
-	c->spin_ns = SPIN_MAX_NS / 4;
-	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
-	conns_add(c);
-	dir = rundir_resolve(dir, dflt, sizeof(dflt));
-	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", dir) >=
+	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", c->dir) >=
 	    sizeof(sa.sun_path)) {
-		set_error(c, "run directory path too long: %s", dir);
-		return c;
+		set_error(c, "run directory path too long: %s", c->dir);
+		return;
 	}
 	c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->sock < 0) {
 		set_error(c, "socket: %s", strerror(errno));
-		return c;
+		return;
 	}
 	setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -308,7 +297,7 @@ PGB_API pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid)
 		set_error(c, "could not connect to broker at %s: %s", sa.sun_path, strerror(errno));
 		goto fail;
 	}
-	if (check_peer(c, dir, sa.sun_path, require_uid) < 0)
+	if (check_peer(c, c->dir, sa.sun_path, c->require) < 0)
 		goto fail;
 	/* A broker that refuses us (not allowed, full, shutting down) answers
 	 * and closes at once: our hello may then meet a closed socket while
@@ -382,11 +371,47 @@ PGB_API pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid)
 	ring_init(&c->resp, &c->chan->resp, chan_resp_data(c->chan, c->ring_size), c->ring_size);
 	/* From here on blocking waits are ours (futex slices), not the socket's. */
 	c->status = PGB_CONNECTION_OK;
-	return c;
+	c->errmsg[0] = '\0';
+	return;
 fail:
 	if (fd >= 0)
 		close(fd);
 	conn_close(c);
+}
+
+PGB_API pgb_conn *pgb_connect(const char *dir)
+{
+	return pgb_connect_peer(dir, NULL);
+}
+
+PGB_API pgb_conn *pgb_connect_peer(const char *dir, const char *require_uid)
+{
+	pgb_conn *c;
+	char dflt[256];
+
+	pthread_once(&fork_once, install_fork_hook);
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->status = PGB_CONNECTION_BAD;
+	c->sock = -1;
+	c->efd = -1;
+	c->bfd = -1;
+	c->pfd = -1;
+	c->spin_ns = SPIN_MAX_NS / 4;
+	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+	conns_add(c);
+	dir = rundir_resolve(dir, dflt, sizeof(dflt));
+	if ((size_t)snprintf(c->dir, sizeof(c->dir), "%s", dir) >= sizeof(c->dir)) {
+		set_error(c, "run directory path too long: %s", dir);
+		return c;
+	}
+	if ((size_t)snprintf(c->require, sizeof(c->require), "%s", require_uid ? require_uid : "") >=
+	    sizeof(c->require)) {
+		set_error(c, "required uid too long: %.64s...", require_uid);
+		return c;
+	}
+	conn_open(c);
 	return c;
 }
 
@@ -1018,6 +1043,62 @@ PGB_API long long pgb_send(pgb_conn *c, const char *sql, int nparams,
 		return -1;
 	}
 	return id;
+}
+
+/* pgb_reset when the broker is gone (or c came through fork()): register
+ * anew with the broker of the same run directory. Statements in flight on
+ * the old channel get no answer any more; results already received stay.
+ * pgb_socket keeps its number when it can (but is a new file: register it
+ * again where it was registered). */
+static int reconnect(pgb_conn *c)
+{
+	int keep = c->pfd;
+
+	if (inherited(c))
+		stash_drop(c);	/* the parent's */
+	else if (c->chan)
+		__atomic_store_n(&c->chan->agent_bye, 1, __ATOMIC_RELEASE);
+	c->pfd = -1;
+	conn_close(c);
+	part_drop(c);
+	c->nflights = 0;
+	c->in_txn = 0;
+	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+	conn_open(c);
+	if (c->status == PGB_CONNECTION_OK && keep >= 0 && dup3(c->pfd, keep, O_CLOEXEC) == keep) {
+		close(c->pfd);
+		c->pfd = keep;
+	} else if (keep >= 0) {
+		close(keep);
+	}
+	return c->status == PGB_CONNECTION_OK ? 0 : -1;
+}
+
+PGB_API int pgb_reset(pgb_conn *c)
+{
+	pgb_result *r;
+	uint32_t id, got;
+	int ok;
+
+	if (!c)
+		return -1;
+	if (c->status == PGB_CONNECTION_OK && !inherited(c)) {
+		/* In its turn after what is in flight: the broker rolls back,
+		 * discards and unpins, and forgets what was lost. */
+		id = send_request(c, "", 0, NULL, REQ_RESET, NULL, 0, &r);
+		if (id)
+			r = wait_result(c, 0, id, 1, &got);
+		ok = pgb_result_ok(r);
+		if (!ok && c->status == PGB_CONNECTION_OK) {
+			set_error(c, "pgb_reset: %s", r ? pgb_result_error(r) : "out of memory");
+			pgb_clear(r);
+			return -1;
+		}
+		pgb_clear(r);
+		if (ok)
+			return 0;
+	}
+	return reconnect(c);
 }
 
 static pgb_result *next_result(pgb_conn *c, long long *id, int block)

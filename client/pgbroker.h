@@ -44,6 +44,14 @@ int pgb_status(const pgb_conn *c);
 const char *pgb_error_message(const pgb_conn *c);
 /* Close the connection and free it; a transaction still open is rolled back. */
 void pgb_finish(pgb_conn *c);
+/* Return c to a clean session of its own: the broker rolls back its open
+ * transaction, discards its session state (SET, PREPARE, temporary tables,
+ * ...), unpins its backend and forgets a transaction or session that was
+ * lost (SQLSTATE 08006 until then). When the broker went away (PB003,
+ * PB007), or c came through fork(), it connects again to the same run
+ * directory with the same peer check instead. 0, or -1 (see
+ * pgb_error_message). */
+int pgb_reset(pgb_conn *c);
 
 /* Run one SQL string (several statements allowed; the last result is
  * returned). Never NULL except out of memory. */

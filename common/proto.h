@@ -24,6 +24,7 @@ enum req_flags {
 	REQ_INDEPENDENT = 1u << 1, /* may run beside this agent's other statements */
 	REQ_BATCH = 1u << 2,       /* several statements, one atomic pipeline */
 	REQ_SPREAD = 1u << 3,      /* wants a backend of its own (pgb_parallel) */
+	REQ_RESET = 1u << 4,       /* no statement: pgb_reset, a clean session */
 };
 
 #define REQ_MAX_BATCH 65535u
