@@ -188,6 +188,16 @@ int h_run(const char *const *argv, char *out, size_t n)
 	return st;
 }
 
+void h_pgtmp(const char *cmd)
+{
+	char bin[512], out[2048];
+	const char *dir = getenv("PGB_TEST_PGDIR");
+
+	cr_assert_not_null(dir, "PGB_TEST_PGDIR is not set");
+	const char *argv[] = { "/bin/sh", h_bin("tools/pgtmp.sh", bin, sizeof(bin)), cmd, dir, NULL };
+	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "pgtmp.sh %s: %s", cmd, out);
+}
+
 long long h_backends(PGconn *pg, const struct h_broker *br, const char *where)
 {
 	char sql[512];

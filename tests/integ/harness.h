@@ -34,6 +34,9 @@ void h_broker_kill(struct h_broker *br);
 long long h_rss_kb(pid_t pid);
 /* Backends of this broker, counted directly in pg_stat_activity. */
 long long h_backends(PGconn *pg, const struct h_broker *br, const char *where);
+/* tools/pgtmp.sh CMD on the test's PostgreSQL (PGB_TEST_PGDIR): "pause"
+ * (a fast stop) or "start"; fails the test when it fails. */
+void h_pgtmp(const char *cmd);
 /* Run the broker binary with args and capture exit status and output. */
 int h_run(const char *const *argv, char *out, size_t n);
 

@@ -6,23 +6,12 @@
  * reconnects a connection whose broker went away. */
 #include <criterion/criterion.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "harness.h"
 
 static struct h_broker br;
-
-static void pg_ctl(const char *cmd)
-{
-	char bin[512], out[2048];
-	const char *dir = getenv("PGB_TEST_PGDIR");
-
-	cr_assert_not_null(dir, "PGB_TEST_PGDIR is not set");
-	const char *argv[] = { "/bin/sh", h_bin("tools/pgtmp.sh", bin, sizeof(bin)), cmd, dir, NULL };
-	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "pgtmp.sh %s: %s", cmd, out);
-}
 
 static void pg_do(PGconn *pg, const char *sql)
 {
@@ -243,8 +232,8 @@ static void restart_test(int pipelined)
 	pgb_clear(h_ok(c, "begin"));
 	pgb_clear(h_ok(c, "insert into lost_t values (110)"));
 	PQfinish(pg);
-	pg_ctl("pause");
-	pg_ctl("start");
+	h_pgtmp("pause");
+	h_pgtmp("start");
 	pg = h_pg();
 	if (pipelined) {
 		static const char *const rest[] = { "insert into lost_t values (120)",

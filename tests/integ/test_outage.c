@@ -22,16 +22,6 @@ static void *shared(size_t n)
 	return p;
 }
 
-static void pg_ctl(const char *cmd)
-{
-	char bin[512], out[2048];
-	const char *dir = getenv("PGB_TEST_PGDIR");
-
-	cr_assert_not_null(dir, "PGB_TEST_PGDIR is not set");
-	const char *argv[] = { "/bin/sh", h_bin("tools/pgtmp.sh", bin, sizeof(bin)), cmd, dir, NULL };
-	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "pgtmp.sh %s: %s", cmd, out);
-}
-
 /* ---- a) agents killed with a large result or statement in the rings ---- */
 
 struct victim {
@@ -384,10 +374,10 @@ Test(outage, postgresql_fast_stopped_under_write_load_loses_nothing, .timeout = 
 		kids[i] = h_fork(writer, &wa[i]);
 	}
 	cr_assert(h_until(w_warm, w, 30000), "the write load never got going");
-	pg_ctl("pause");
+	h_pgtmp("pause");
 	cr_assert(h_until(w_all_failed, w, 20000), "some agent saw no error during the outage");
 	cr_assert(h_until(w_breaker, w, 20000), "the breaker never opened");
-	pg_ctl("start");
+	h_pgtmp("start");
 	t_restart = h_now_ms();
 	w->restarted = 1;
 	cr_assert(h_until(w_all_back, w, 20000), "not every agent succeeded within 20 s of the restart");

@@ -229,17 +229,6 @@ Test(recovery, terminated_backends_retry_only_what_is_safe, .timeout = 60)
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
-static void pg_outage(const char *cmd)
-{
-	char buf[1024], bin[512], out[2048];
-	const char *dir = getenv("PGB_TEST_PGDIR");
-
-	cr_assert_not_null(dir, "PGB_TEST_PGDIR is not set");
-	const char *argv[] = { "/bin/sh", h_bin("tools/pgtmp.sh", bin, sizeof(bin)), cmd, dir, NULL };
-	(void)buf;
-	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "pgtmp.sh %s: %s", cmd, out);
-}
-
 Test(recovery, breaker_opens_when_postgresql_stops_and_closes_after, .timeout = 120)
 {
 	const char *args[] = { "--min-pool-size", "2", "--breaker-threshold", "2",
@@ -253,7 +242,7 @@ Test(recovery, breaker_opens_when_postgresql_stops_and_closes_after, .timeout = 
 	h_broker_start(&br, args);
 	c = h_connect(&br);
 	cr_assert_eq(h_num(c, "select 1"), 1);
-	pg_outage("pause");
+	h_pgtmp("pause");
 	/* every statement gets an answer, fast, and the breaker opens */
 	for (int i = 0; i < 40 && !saw_breaker; i++) {
 		t0 = h_now_ms();
@@ -265,7 +254,7 @@ Test(recovery, breaker_opens_when_postgresql_stops_and_closes_after, .timeout = 
 		usleep(50000);
 	}
 	cr_assert(saw_breaker, "the breaker never opened");
-	pg_outage("start");
+	h_pgtmp("start");
 	/* the pool refills and statements succeed again within seconds */
 	t0 = h_now_ms();
 	while (!ok && h_now_ms() - t0 < 15000) {

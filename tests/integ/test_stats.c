@@ -1087,16 +1087,6 @@ Test(stats, live_view_resized_then_quit_keeps_the_shell_screen, .timeout = 60,
  * counters in the segment: enable once breaker_failures/breaker_opened are
  * filled in by the broker). ------------------------------------------------ */
 
-static void pg_ctl(const char *cmd)
-{
-	char bin[512];
-	const char *dir = getenv("PGB_TEST_PGDIR");
-
-	cr_assert_not_null(dir, "PGB_TEST_PGDIR is not set");
-	const char *argv[] = { "/bin/sh", h_bin("tools/pgtmp.sh", bin, sizeof(bin)), cmd, dir, NULL };
-	cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "pgtmp.sh %s: %s", cmd, out);
-}
-
 /* After the test, pass or fail: PostgreSQL runs again for the next one. */
 static void pg_running(void)
 {
@@ -1143,7 +1133,7 @@ Test(stats, stopped_postgresql_is_unhealthy_with_the_breaker_open, .timeout = 12
 	h_broker_start(&br, args);
 	c = h_connect(&br);
 	cr_assert_eq(h_num(c, "select 1"), 1);
-	pg_ctl("pause");
+	h_pgtmp("pause");
 	cr_assert(h_until(breaker_open_and_unhealthy, c, 20000), "%s", out);
 	d = json_now(NULL);
 	cr_assert_geq(jnum(d, "breaker.times_opened"), 1);
@@ -1151,7 +1141,7 @@ Test(stats, stopped_postgresql_is_unhealthy_with_the_breaker_open, .timeout = 12
 	cr_assert_str_neq(jstr(d, "breaker.last_change"), "");
 	cr_assert(strstr(jstr(d, "health.reasons[0]"), "circuit breaker"), "%s", out);
 	cr_assert(strstr(jstr(d, "health.recommendations[0]"), "PostgreSQL"), "%s", out);
-	pg_ctl("start");
+	h_pgtmp("start");
 	cr_assert(h_until(healthy_again, c, 30000), "not healthy after PostgreSQL came back: %s",
 		  out);
 	pgb_finish(c);
