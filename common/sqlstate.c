@@ -34,7 +34,8 @@ static const struct sqlstate_info table[] = {
 	  "the server refused the connection, so nothing was sent"),
 	E("08006", "connection_failure", TRANSIENT, RAN_UNKNOWN,
 	  "the connection broke after sending; pgbroker uses it inside a transaction: "
-	  "the transaction is gone, unless the statement was its COMMIT"),
+	  "the transaction is gone, unless the statement was its COMMIT; and for every "
+	  "later statement until ROLLBACK (a lost session: until pgb_reset)"),
 	E("08007", "transaction_resolution_unknown", TRANSIENT, RAN_UNKNOWN,
 	  "the connection broke while the statement ran: it may or may not have been applied"),
 	E("08P01", "protocol_violation", PERMANENT, RAN_UNKNOWN,
