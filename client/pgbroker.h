@@ -24,6 +24,7 @@ enum { PGB_CONNECTION_OK = 0, PGB_CONNECTION_BAD = 1 };
 #define PGB_SQLSTATE_TOO_MANY         "PB008" /* too many statements in flight or waiting */
 #define PGB_SQLSTATE_UNSUPPORTED      "PB009" /* e.g. COPY, which the broker does not relay */
 #define PGB_SQLSTATE_BACKEND_FAILED   "PB010" /* could not connect to PostgreSQL */
+#define PGB_SQLSTATE_BATCH_ABORTED    "PB011" /* another statement of the pgb_batch failed */
 
 /* Connect to the broker whose run directory is dir (NULL: $PGBROKER_DIR, else
  * the broker's default: /run/pgbroker for root, $XDG_RUNTIME_DIR/pgbroker or

@@ -356,3 +356,35 @@ Test(sqlstate, connect_errors_name_their_sqlstate_and_refusals)
 		cr_expect_str_eq(text, "connect");
 	}
 }
+
+/* Every code of the broker's own (PBnnn) has its macro in the public
+ * header, named for the table's name: PB011 batch_aborted is
+ * PGB_SQLSTATE_BATCH_ABORTED "PB011". */
+Test(sqlstate, every_broker_code_has_a_public_macro)
+{
+	const char *root = getenv("PGB_ROOT");
+	char path[1024], want[128], *hdr, *at;
+	const struct sqlstate_info *t;
+	size_t n, k;
+
+	snprintf(path, sizeof(path), "%s/client/pgbroker.h", root && *root ? root : ".");
+	hdr = slurp(path);
+	if (!hdr)
+		hdr = slurp("../../client/pgbroker.h");
+	if (!hdr)
+		cr_skip_test("client/pgbroker.h not found (run from the repository root or set PGB_ROOT)");
+	t = sqlstate_table(&n);
+	for (size_t i = 0; i < n; i++) {
+		if (strncmp(t[i].code, "PB", 2) != 0 || strlen(t[i].code) != 5)
+			continue;
+		k = (size_t)snprintf(want, sizeof(want), "#define PGB_SQLSTATE_");
+		for (const char *c = t[i].name; *c && k + 1 < sizeof(want); c++)
+			want[k++] = (char)(*c >= 'a' && *c <= 'z' ? *c - 'a' + 'A' : *c);
+		want[k] = '\0';
+		at = strstr(hdr, want);
+		cr_expect(at && strncmp(at + k + strspn(at + k, " \t") + 1, t[i].code, 5) == 0 &&
+				  at[k + strspn(at + k, " \t")] == '"',
+			  "client/pgbroker.h lacks: %s \"%s\"", want, t[i].code);
+	}
+	free(hdr);
+}
