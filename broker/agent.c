@@ -169,9 +169,13 @@ void agent_accept(struct broker *b, int fd)
 		return;
 	}
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || !peer_allowed(b, fd, &cr)) {
-		log_warn("refused agent pid %d uid %d: not allowed", (int)cr.pid, (int)cr.uid);
+		char why[sizeof(((struct reg_reply *)0)->message)];
+
+		snprintf(why, sizeof(why), "uid %d gid %d not allowed by this broker (allow_uids, allow_gids)",
+			 (int)cr.uid, (int)cr.gid);
+		log_warn("refused agent pid %d: %s", (int)cr.pid, why);
 		b->st.c.agents_refused++;
-		refuse(fd, -EACCES, "uid not allowed by this broker");
+		refuse(fd, -EACCES, why);
 		return;
 	}
 	if (b->nfree == 0 || !(a = calloc(1, sizeof(*a)))) {
