@@ -20,6 +20,7 @@
 #include "broker.h"
 #include "classify.h"
 #include "clock.h"
+#include "errform.h"
 #include "futex.h"
 
 #define HELLO_TIMEOUT_NS (5 * 1000000000LL)
@@ -865,7 +866,7 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 		return;
 	}
 	va_start(ap, fmt);
-	vsnprintf(rs->msg, sizeof(rs->msg), fmt, ap);
+	errform_v(rs->msg, sizeof(rs->msg), fmt, ap);
 	va_end(ap);
 	rs->id = id;
 	snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s", sqlstate);

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "chan.h"
+#include "errform.h"
 #include "futex.h"
 #include "proto.h"
 #include "rundir.h"
@@ -184,7 +185,7 @@ static pgb_result *local_error(const char *sqlstate, const char *fmt, ...)
 		return NULL;
 	r->magic = RESULT_LIVE;
 	va_start(ap, fmt);
-	vsnprintf(r->local_err, sizeof(r->local_err), fmt, ap);
+	errform_v(r->local_err, sizeof(r->local_err), fmt, ap);
 	va_end(ap);
 	snprintf(r->v.head.sqlstate, sizeof(r->v.head.sqlstate), "%s", sqlstate);
 	r->v.err = r->local_err;
@@ -675,7 +676,7 @@ bad:
 	free(blob);
 	memset(r, 0, sizeof(*r));
 	r->magic = RESULT_LIVE;
-	snprintf(r->local_err, sizeof(r->local_err), "malformed response from broker");
+	snprintf(r->local_err, sizeof(r->local_err), ERRFORM_PREFIX "malformed response from broker\n");
 	snprintf(r->v.head.sqlstate, sizeof(r->v.head.sqlstate), "%s", PGB_SQLSTATE_BAD_REQUEST);
 	r->v.err = r->local_err;
 	r->v.cmd = "";
@@ -1037,8 +1038,12 @@ PGB_API long long pgb_send(pgb_conn *c, const char *sql, int nparams,
 		rf |= REQ_INDEPENDENT;
 	id = send_request(c, sql, nparams, values, rf, NULL, 0, &err);
 	if (!id) {
-		if (c)
-			set_error(c, "%s", pgb_result_error(err));
+		if (c) {
+			int len;
+			const char *text = errform_text(pgb_result_error(err), &len);
+
+			set_error(c, "%.*s", len, text);
+		}
 		pgb_clear(err);
 		return -1;
 	}
@@ -1166,8 +1171,11 @@ int pgbi_in_transaction(const pgb_conn *c)
 
 static void fill_errors(pgb_result **results, int from, int n, const pgb_result *why)
 {
+	int len;
+	const char *text = errform_text(pgb_result_error(why), &len);
+
 	for (int i = from; i < n; i++)
-		results[i] = local_error(pgb_sqlstate(why), "not run: %s", pgb_result_error(why));
+		results[i] = local_error(pgb_sqlstate(why), "not run: %.*s", len, text);
 }
 
 PGB_API int pgb_batch(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_result **results)

@@ -112,6 +112,43 @@ Test(core, errors_keep_sqlstate_and_connection)
 	pgb_finish(c);
 }
 
+/* One form for every error message, PostgreSQL's, the broker's and the
+ * library's own: "ERROR:  text\n", as libpq's PQresultErrorMessage. Frees r. */
+static void expect_error_form(pgb_result *r, const char *sqlstate, const char *what)
+{
+	const char *m = pgb_result_error(r);
+	size_t n = strlen(m);
+
+	cr_assert_not(pgb_result_ok(r), "%s succeeded", what);
+	cr_expect_str_eq(pgb_sqlstate(r), sqlstate, "%s: %s", what, m);
+	cr_expect(strncmp(m, "ERROR:  ", 8) == 0 && n > 9 && m[8] != ' ',
+		  "%s: the message does not start with \"ERROR:  \": \"%s\"", what, m);
+	cr_expect(n > 1 && m[n - 1] == '\n' && m[n - 2] != '\n',
+		  "%s: the message does not end with one newline: \"%s\"", what, m);
+	cr_expect_null(strstr(m + 1, "ERROR:  "), "%s: two prefixes: \"%s\"", what, m);
+	pgb_clear(r);
+}
+
+Test(core, every_error_message_has_the_same_form)
+{
+	pgb_conn *c = h_connect(&br);
+	const char *zero[] = { "0" };
+	struct pgb_stmt batch[] = {
+		{ .sql = "select 1" },
+		{ .sql = "select 1 / $1::int", .nparams = 1, .values = zero },
+	};
+	pgb_result *res[2];
+
+	expect_error_form(pgb_exec(c, "select 1/0"), "22012", "PostgreSQL's error");
+	cr_assert_eq(pgb_batch(c, batch, 2, res), -1);
+	expect_error_form(res[0], "PB011", "the broker's PB011");
+	expect_error_form(res[1], "22012", "PostgreSQL's error in a batch");
+	expect_error_form(pgb_exec(c, NULL), "PB006", "the library's PB006");
+	expect_error_form(pgb_exec_params(c, "select $1", -1, NULL), "PB006",
+			  "the library's bad parameter count");
+	pgb_finish(c);
+}
+
 Test(core, commands_report_rows_affected)
 {
 	pgb_conn *c = h_connect(&br);
