@@ -750,10 +750,20 @@ static int live(struct view *v, int utf8)
 			put(&sc, "poolstat: %s", err);
 			put(&sc, "retrying every second (q quits)");
 		} else {
-			/* Fixed part: 11 lines + 2 per reason shown; the rest is the table. */
+			/* The table takes every line the rest leaves. Its size
+			 * comes from a frame without rows: the fixed part, the
+			 * reasons shown and the "(N in all)" line. When all rows
+			 * fit, that last line holds a row instead. */
 			int reasons = rows >= 24 ? 2 : 1;
+			uint32_t all;
 
-			table = rows - 12 - 2 * reasons - 1;
+			render(v, &sc, 1, 0, reasons);
+			all = v->s.nbackends > v->s.nagents ? v->s.nbackends : v->s.nagents;
+			table = rows - sc.n;
+			if (table >= 0 && all <= (uint32_t)table + 1)
+				table = (int)all;
+			memset(&sc, 0, sizeof(sc));
+			sc.utf8 = utf8;
 			render(v, &sc, 1, table > 0 ? table : 0, reasons);
 		}
 		n = sc.n < rows ? sc.n : rows;

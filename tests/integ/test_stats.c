@@ -1083,6 +1083,76 @@ Test(stats, live_view_resized_then_quit_keeps_the_shell_screen, .timeout = 60,
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
+/* The pane as the live view drew it: how many lines hold text, and how
+ * many of them are backend/agent rows ("  3 idle  4711 ..."). */
+struct pane_fill {
+	int want_lines;
+	int lines, rows;
+};
+
+static int pane_filled(void *arg)
+{
+	struct pane_fill *f = arg;
+	char *save, *l;
+
+	if (tmux("capture-pane", "-p", "-t", "pgbtest", NULL) != 0)
+		return 0;
+	f->lines = f->rows = 0;
+	for (l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		unsigned slot;
+		char state[16];
+		int pid;
+
+		if (l[strspn(l, " ")] == '\0')
+			continue;
+		f->lines++;
+		if (sscanf(l, "%u %15s %d", &slot, state, &pid) == 3)
+			f->rows++;
+	}
+	return f->lines == f->want_lines && f->rows > 0;
+}
+
+/* With more backends and agents than the screen holds, the live view
+ * fills the terminal: the table takes every line the fixed part leaves,
+ * at 80x24 and at 60x15 alike. */
+Test(stats, live_view_fills_the_terminal_with_rows, .timeout = 60, .fini = tmux_gone)
+{
+	const char *version[] = { "/usr/bin/env", "tmux", "-V", NULL };
+	struct pane_fill big = { .want_lines = 24 }, small = { .want_lines = 15 };
+	char cmd[1200], bin[512];
+	pgb_conn *agents[30];
+
+	if (h_run(version, out, sizeof(out)) != 0)
+		cr_skip_test("tmux is not installed");
+	h_broker_start(&br, (const char *const[]){ "--health-interval-ms", "200",
+						   "--min-pool-size", "20", NULL });
+	for (size_t i = 0; i < sizeof(agents) / sizeof(agents[0]); i++)
+		agents[i] = h_connect(&br);
+	snprintf(tmux_sock, sizeof(tmux_sock), "pgbtest%d", (int)getpid());
+	snprintf(cmd, sizeof(cmd), "exec %s %s", h_bin("tools/poolstat", bin, sizeof(bin)), br.dir);
+	{
+		const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "new-session", "-d",
+				       "-s", "pgbtest", "-x", "80", "-y", "24", cmd, NULL };
+
+		cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux: %s", out);
+	}
+	cr_assert(h_until(pane_filled, &big, 10000),
+		  "80x24: %d of 24 lines drawn, %d rows:\n%s", big.lines, big.rows, out);
+	{
+		const char *argv[] = { "/usr/bin/env", "tmux", "-L", tmux_sock, "resize-window",
+				       "-t", "pgbtest", "-x", "60", "-y", "15", NULL };
+
+		cr_assert_eq(h_run(argv, out, sizeof(out)), 0, "tmux resize-window: %s", out);
+	}
+	cr_assert(h_until(pane_filled, &small, 10000),
+		  "60x15: %d of 15 lines drawn, %d rows:\n%s", small.lines, small.rows, out);
+	cr_assert_eq(tmux("send-keys", "-t", "pgbtest", "q", NULL), 0);
+	cr_assert(h_until(session_gone, NULL, 5000), "q did not quit the live view");
+	for (size_t i = 0; i < sizeof(agents) / sizeof(agents[0]); i++)
+		pgb_finish(agents[i]);
+	cr_assert_eq(h_broker_stop(&br), 0);
+}
+
 /* ---- PostgreSQL stops: unhealthy, breaker open (needs the breaker's
  * counters in the segment: enable once breaker_failures/breaker_opened are
  * filled in by the broker). ------------------------------------------------ */
