@@ -107,6 +107,14 @@ if ! kill -0 "$BPID" 2>/dev/null; then
 	broker_log_tail
 	[ "$rc" -eq 0 ] && rc=1
 else
+	# The rows and the rate of a snapshot are those of the broker's last
+	# health sample (every second): wait for one taken after the agents
+	# left, so that the snapshot shows the pool as the run left it.
+	i=0
+	while [ "$i" -lt 50 ] && ! timeout 10 tools/poolstat --json "$RUNDIR" 2>/dev/null |
+		grep -q '"agents":\[\]'; do
+		sleep 0.1; i=$((i + 1))
+	done
 	timeout 10 tools/poolstat --once "$RUNDIR" || true
 	stop_pid "$BPID" 15
 	BPID=

@@ -315,7 +315,7 @@ static void render(struct view *v, struct screen *sc, int live, int rows, int re
 		    d->connect_error);
 	if (d->breaker_retry_ms > v->now_ms)
 		put(sc, "  next connect in %lld ms", (long long)(d->breaker_retry_ms - v->now_ms));
-	put(sc, "queries: %llu total  %llu failed (%.2f%% ok)  %llu retried  %.1f/s",
+	put(sc, "queries: %llu total  %llu failed (%.2f%% ok)  %llu retried  %.1f/s now",
 	    (unsigned long long)d->c.statements, (unsigned long long)d->c.failed,
 	    100.0 * success_ratio(d), (unsigned long long)d->c.retried, rate_now(h));
 	put(sc, "latency ms: p50 %.1f p95 %.1f p99 %.1f max %.1f  acquire ms: avg %.1f p99 %.1f",
