@@ -154,6 +154,7 @@ ok "$nj JavaScript blocks parse (node --check)"
 
 ns=0
 nflags=0
+nfiles=0
 for blk in "$TMP"/blocks/*.sh "$TMP"/blocks/*.sh-run; do
 	[ -e "$blk" ] || continue
 	where=$(cat "${blk%.*}.where")
@@ -177,9 +178,35 @@ for blk in "$TMP"/blocks/*.sh "$TMP"/blocks/*.sh-run; do
 			nflags=$((nflags + 1))
 		done
 	done <"$TMP/lines"
+	# A file of an installed pgbroker (/usr/local/..., make install's default
+	# PREFIX) must be one that make install puts there: one of the files
+	# tools/check-install.sh checks after a real install.
+	for w in $(grep -o '/usr/local/[A-Za-z0-9_./-]*' "$blk" || :); do
+		rel=${w#/usr/local/}
+		case $rel in */) continue ;; esac
+		grep -Eq "^[0-7]+ $rel\$|^$rel\$|\"[0-7]+ $rel\$" tools/check-install.sh ||
+			fail "$where: make install does not install $w"
+		nfiles=$((nfiles + 1))
+	done
 	ns=$((ns + 1))
 done
-ok "$ns shell blocks parse; the $nflags flags they give pgbroker, poolstat and poolbench exist"
+ok "$ns shell blocks parse; the $nflags flags they give pgbroker, poolstat and poolbench exist, and the $nfiles installed files they name"
+
+# --- poolstat's outputs are all documented --------------------------------
+
+doc=docs/poolstat.md
+metrics=$(sed -n 's/.*\(GAUGE\|COUNTER\|PROM\)("\([a-z_0-9]*\)".*/\2/p' tools/poolstat.c | sort -u)
+keys=$(grep -o '\\"[a-z_0-9]*\\":' tools/poolstat.c | tr -d '\\":' | sort -u)
+# Patterns rewritten beyond these must not pass unnoticed.
+[ "$(printf '%s\n' $metrics | wc -l)" -ge 20 ] || fail "found only $(printf '%s ' $metrics)metrics in tools/poolstat.c"
+[ "$(printf '%s\n' $keys | wc -l)" -ge 60 ] || fail "found only $(printf '%s\n' $keys | wc -l) JSON keys in tools/poolstat.c"
+for m in $metrics; do
+	grep -Eq -- "pgbroker_$m([^a-z_0-9]|\$)" "$doc" || fail "$doc does not document the metric pgbroker_$m"
+done
+for k in $keys; do
+	grep -qw -- "$k" "$doc" || fail "$doc: the --json schema lacks the key $k"
+done
+ok "$doc names all $(printf '%s\n' $metrics | wc -l) Prometheus metrics and $(printf '%s\n' $keys | wc -l) JSON keys of poolstat"
 
 # --- the walk-throughs ("sh run") -------------------------------------------
 
