@@ -259,22 +259,35 @@ static char *slurp(const char *path)
 	return buf;
 }
 
+/* A file of the repository by its path from the top (rel): below $PGB_ROOT,
+ * else the current directory, else two levels up; skips the test when it
+ * is nowhere. */
+static char *slurp_repo(const char *rel)
+{
+	const char *root = getenv("PGB_ROOT");
+	char path[1024];
+	char *text;
+
+	snprintf(path, sizeof(path), "%s/%s", root && *root ? root : ".", rel);
+	text = slurp(path);
+	if (!text) {
+		snprintf(path, sizeof(path), "../../%s", rel);
+		text = slurp(path);
+	}
+	if (!text)
+		cr_skip_test("%s not found (run from the repository root or set PGB_ROOT)", rel);
+	return text;
+}
+
 /* docs/sqlstates.md's "SQLSTATE classification" table must be this table.
  * A mismatch prints the row as it should read. */
 Test(sqlstate, docs_show_the_table)
 {
-	const char *root = getenv("PGB_ROOT");
-	char path[1024], row[1024];
+	char row[1024];
 	const struct sqlstate_info *t;
-	char *doc;
+	char *doc = slurp_repo("docs/sqlstates.md");
 	size_t n;
 
-	snprintf(path, sizeof(path), "%s/docs/sqlstates.md", root && *root ? root : ".");
-	doc = slurp(path);
-	if (!doc)
-		doc = slurp("../../docs/sqlstates.md");
-	if (!doc)
-		cr_skip_test("docs/sqlstates.md not found (run from the repository root or set PGB_ROOT)");
 	cr_assert_not_null(strstr(doc, "SQLSTATE classification"));
 	t = sqlstate_table(&n);
 	for (size_t i = 0; i < n; i++) {
@@ -362,17 +375,11 @@ Test(sqlstate, connect_errors_name_their_sqlstate_and_refusals)
  * PGB_SQLSTATE_BATCH_ABORTED "PB011". */
 Test(sqlstate, every_broker_code_has_a_public_macro)
 {
-	const char *root = getenv("PGB_ROOT");
-	char path[1024], want[128], *hdr, *at;
+	char want[128], *at;
+	char *hdr = slurp_repo("client/pgbroker.h");
 	const struct sqlstate_info *t;
 	size_t n, k;
 
-	snprintf(path, sizeof(path), "%s/client/pgbroker.h", root && *root ? root : ".");
-	hdr = slurp(path);
-	if (!hdr)
-		hdr = slurp("../../client/pgbroker.h");
-	if (!hdr)
-		cr_skip_test("client/pgbroker.h not found (run from the repository root or set PGB_ROOT)");
 	t = sqlstate_table(&n);
 	for (size_t i = 0; i < n; i++) {
 		if (strncmp(t[i].code, "PB", 2) != 0 || strlen(t[i].code) != 5)
