@@ -92,6 +92,7 @@ struct pgb_result {
 	const char **vals;
 	uint32_t *lens;
 	char local_err[256];
+	char *primary;           /* an error without fields: its text alone (malloc) */
 };
 
 /* A child of fork() shares its parent's channel; it must never use it.
@@ -174,6 +175,20 @@ static void set_error(pgb_conn *c, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* An error without PostgreSQL's fields (the broker's own, or one made
+ * here): keep its text without "ERROR:  " and the newline, the primary
+ * message pgb_result_error_field answers. Out of memory it answers NULL. */
+static void keep_primary(pgb_result *r)
+{
+	const char *text;
+	int len;
+
+	if (r->v.head.ok || r->v.diag_len || !r->v.err)
+		return;
+	text = errform_text(r->v.err, &len);
+	r->primary = strndup(text, (size_t)len);
+}
+
 static pgb_result *local_error(const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 static pgb_result *local_error(const char *sqlstate, const char *fmt, ...)
@@ -190,6 +205,7 @@ static pgb_result *local_error(const char *sqlstate, const char *fmt, ...)
 	snprintf(r->v.head.sqlstate, sizeof(r->v.head.sqlstate), "%s", sqlstate);
 	r->v.err = r->local_err;
 	r->v.cmd = "";
+	keep_primary(r);
 	return r;
 }
 
@@ -668,6 +684,7 @@ static pgb_result *build_result(uint8_t *blob, uint64_t n)
 	if (resp_parse(blob, n, &r->v, r->fnames, r->vals, r->lens) < 0)
 		goto bad;
 	r->blob = blob;
+	keep_primary(r);
 	return r;
 bad:
 	free(r->fnames);
@@ -680,6 +697,7 @@ bad:
 	snprintf(r->v.head.sqlstate, sizeof(r->v.head.sqlstate), "%s", PGB_SQLSTATE_BAD_REQUEST);
 	r->v.err = r->local_err;
 	r->v.cmd = "";
+	keep_primary(r);
 	return r;
 }
 
@@ -1398,7 +1416,7 @@ PGB_API const char *pgb_result_error_field(const pgb_result *r, int field)
 	case PGB_DIAG_SQLSTATE:
 		return r->v.head.sqlstate;
 	case PGB_DIAG_MESSAGE_PRIMARY:
-		return r->v.err;
+		return r->primary;
 	default:
 		return NULL;
 	}
@@ -1418,6 +1436,7 @@ PGB_API void pgb_clear(pgb_result *r)
 #endif
 	*(volatile uint32_t *)&r->magic = RESULT_DEAD;  /* must survive the free below */
 	free(r->blob);
+	free(r->primary);
 	free(r->fnames);
 	free(r->vals);
 	free(r->lens);

@@ -136,8 +136,9 @@ int pgb_fmod(const pgb_result *r, int col);
 #define PGB_DIAG_SOURCE_FUNCTION 'R'
 /* One field of a failed result's error, as PQresultErrorField: NULL when
  * the result succeeded or the error has no such field. A broker's own
- * error (class PB) has severity "ERROR", its SQLSTATE and its message as
- * primary message, nothing else. Valid until pgb_clear. */
+ * error (class PB) has severity "ERROR", its SQLSTATE and its message's
+ * text (without "ERROR:  " and the newline) as primary message, nothing
+ * else. Valid until pgb_clear. */
 const char *pgb_result_error_field(const pgb_result *r, int field);
 
 /* --- Batch, parallel and asynchronous statements --- */

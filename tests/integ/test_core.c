@@ -113,7 +113,8 @@ Test(core, errors_keep_sqlstate_and_connection)
 }
 
 /* One form for every error message, PostgreSQL's, the broker's and the
- * library's own: "ERROR:  text\n", as libpq's PQresultErrorMessage. Frees r. */
+ * library's own: "ERROR:  text\n", as libpq's PQresultErrorMessage, and the
+ * text alone as the primary message field. Frees r. */
 static void expect_error_form(pgb_result *r, const char *sqlstate, const char *what)
 {
 	const char *m = pgb_result_error(r);
@@ -126,6 +127,10 @@ static void expect_error_form(pgb_result *r, const char *sqlstate, const char *w
 	cr_expect(n > 1 && m[n - 1] == '\n' && m[n - 2] != '\n',
 		  "%s: the message does not end with one newline: \"%s\"", what, m);
 	cr_expect_null(strstr(m + 1, "ERROR:  "), "%s: two prefixes: \"%s\"", what, m);
+	/* The primary message is the text alone, as in libpq. */
+	m = pgb_result_error_field(r, PGB_DIAG_MESSAGE_PRIMARY);
+	cr_expect(m && *m && strncmp(m, "ERROR", 5) != 0 && !strchr(m, '\n'),
+		  "%s: primary message \"%s\"", what, m ? m : "(null)");
 	pgb_clear(r);
 }
 

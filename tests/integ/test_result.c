@@ -260,7 +260,14 @@ Test(result, error_fields_match_libpq)
 	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SEVERITY), "ERROR");
 	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SEVERITY_NONLOCALIZED), "ERROR");
 	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SQLSTATE), PGB_SQLSTATE_UNSUPPORTED);
-	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_MESSAGE_PRIMARY), pgb_result_error(r));
+	{
+		/* the message is "ERROR:  ", the primary message and a newline */
+		char full[512];
+
+		snprintf(full, sizeof(full), "ERROR:  %s\n",
+			 pgb_result_error_field(r, PGB_DIAG_MESSAGE_PRIMARY));
+		cr_assert_str_eq(full, pgb_result_error(r));
+	}
 	cr_assert_null(pgb_result_error_field(r, PGB_DIAG_MESSAGE_DETAIL));
 	cr_assert_null(pgb_result_error_field(r, PGB_DIAG_TABLE_NAME));
 	pgb_clear(r);
