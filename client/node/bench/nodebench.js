@@ -89,7 +89,8 @@ async function run(variant, workload, n, target) {
     const done = new Promise((res) => p.on('exit', () => res(buf.split('\n')[1] || '')));
     return { p, ready, done };
   });
-  await Promise.race([Promise.all(outs.map((o) => o.ready)), Promise.all(outs.map((o) => o.done))]);
+  // Each agent is connected, or has already ended (a failed start).
+  await Promise.all(outs.map((o) => Promise.race([o.ready, o.done])));
   for (const o of outs) o.p.stdin.end('go\n');
   const lines = await Promise.all(outs.map((o) => o.done));
   let total = 0;
