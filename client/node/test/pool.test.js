@@ -33,6 +33,17 @@ test('a script that ran its queries exits by itself', () => {
   assert.equal(r.stdout.trim(), 'done');
 });
 
+test('a throw in code run from a result is an uncaught exception, not an abort', () => {
+  const script = `const { Pool } = require(${JSON.stringify(path.resolve(__dirname, '..'))});
+    process.on('uncaughtException', (e) => { console.log('caught ' + e.message); process.exit(3); });
+    const p = new Pool({ dir: ${JSON.stringify(ctx.br.dir)} });
+    p.query('select 1').then(() => process.nextTick(() => { throw new Error('boom'); }));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
+  assert.equal(r.signal, null, r.stderr);
+  assert.equal(r.status, 3, r.stderr);
+  assert.equal(r.stdout.trim(), 'caught boom');
+});
+
 test('connect(): statements in order on one session; BEGIN ... COMMIT', async () => {
   await ctx.pool.query('drop table if exists pl_t; create table pl_t (k int)');
   const c = await ctx.pool.connect();
