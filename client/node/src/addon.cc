@@ -1,8 +1,8 @@
 // The native half of the pgbroker package: one Conn per libpgbroker
 // connection. Statements go out with pgb_send and never wait; a uv_poll on
 // pgb_socket() fires when results arrive, and they are handed to JavaScript
-// in one call per wake-up. The poll keeps the process alive only while
-// statements are in flight. pgb_batch, which waits, runs on the
+// in one call per wake-up. The poll is active (and keeps the process alive)
+// only while statements are in flight. pgb_batch, which waits, runs on the
 // libuv thread pool with a connection of its own.
 #include <napi.h>
 #include <uv.h>
@@ -223,21 +223,14 @@ private:
 		return out;
 	}
 
-	// The poll stays started for the connection's life (no epoll_ctl per
-	// statement) and is referenced only while something is in flight: an
-	// idle process keeps no handle alive. Idle, the fd fires only for a
-	// broker that went away; then pgb_socket() is -1 and the poll stops.
+	// Poll while something is in flight, not otherwise: an idle process
+	// keeps no handle alive.
 	void Rearm()
 	{
 		int fd = conn_ ? pgb_socket(conn_) : -1;
+		bool want = conn_ && pgb_in_flight(conn_) > 0 && fd >= 0;
 
-		if (fd < 0) {
-			if (polling_)
-				uv_poll_stop(poll_);
-			polling_ = false;
-			return;
-		}
-		if (!poll_) {
+		if (want && !poll_) {
 			poll_ = new uv_poll_t;
 			if (uv_poll_init(loop_, poll_, fd) != 0) {
 				delete poll_;
@@ -246,14 +239,13 @@ private:
 			}
 			poll_->data = this;
 		}
-		if (!polling_) {
+		if (want && !polling_) {
 			uv_poll_start(poll_, UV_READABLE | UV_DISCONNECT, OnReadable);
 			polling_ = true;
+		} else if (!want && polling_) {
+			uv_poll_stop(poll_);
+			polling_ = false;
 		}
-		if (pgb_in_flight(conn_) > 0)
-			uv_ref(reinterpret_cast<uv_handle_t *>(poll_));
-		else
-			uv_unref(reinterpret_cast<uv_handle_t *>(poll_));
 	}
 
 	static void OnReadable(uv_poll_t *h, int status, int events)

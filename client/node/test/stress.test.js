@@ -29,6 +29,7 @@ test(`${AGENTS} Node agent processes x ${SECONDS} s: zero failures`, { timeout: 
     let inserted = 0;
     for (const r of results) {
       assert.equal(r.code, 0, `agent ${r.i} exited ${r.code} ${r.sig}: ${r.stderr}`);
+      assert.ok(r.stdout.trim(), `agent ${r.i} exited ${r.code} without its report: ${r.stderr}`);
       const o = JSON.parse(r.stdout);
       assert.equal(o.failed, 0, `agent ${r.i}: ${o.errors.join('; ')}`);
       assert.ok(o.ok > 0, `agent ${r.i} did nothing`);
