@@ -122,4 +122,8 @@ void health_timers(struct broker *b, int64_t *next_ns)
 	}
 	if (m->next_ns < *next_ns)
 		*next_ns = m->next_ns;
+	/* The heartbeat: every pass publishes it (stats_publish), so an idle
+	 * loop must not sleep longer than STATS_BEAT_MS. */
+	if (b->now_ns + STATS_BEAT_MS * MS < *next_ns)
+		*next_ns = b->now_ns + STATS_BEAT_MS * MS;
 }

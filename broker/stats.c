@@ -62,6 +62,7 @@ int stats_open(struct broker *b)
 	seg->max_agents = (uint32_t)b->cfg.max_agents;
 	seg->backends_off = be_off;
 	seg->agents_off = ag_off;
+	seg->pid_ns = stats_pid_ns();
 	b->seg = seg;
 	b->st.started_ms = wall_ms();
 	b->st.broker_pid = getpid();
@@ -115,6 +116,8 @@ void stats_publish(struct broker *b)
 	stats_write_begin(&b->seg->seq);
 	memcpy(&b->seg->d, &b->st, sizeof(b->st));
 	stats_write_end(&b->seg->seq);
+	/* Every pass, and health_timers makes a pass at least every STATS_BEAT_MS. */
+	__atomic_store_n(&b->seg->heartbeat_ms, b->st.updated_ms, __ATOMIC_RELEASE);
 	b->st_dirty = 0;
 }
 

@@ -13,6 +13,12 @@
 
 #define PGB_API __attribute__((visibility("default")))
 
+_Static_assert((int)PGB_HEALTHY == (int)HEALTH_HEALTHY &&
+	       (int)PGB_DEGRADED == (int)HEALTH_DEGRADED &&
+	       (int)PGB_UNHEALTHY == (int)HEALTH_UNHEALTHY &&
+	       (int)PGB_STARTING == (int)HEALTH_STARTING,
+	       "pgb_health.status and poolstat's exit status are the same numbers");
+
 /* Append one line to buf (cut when full). */
 static void add_line(char *buf, size_t n, const char *line)
 {

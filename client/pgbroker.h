@@ -294,17 +294,22 @@ int pgb_transaction(pgb_conn *c, pgb_txn_fn fn, void *arg, const struct pgb_txn_
 
 /* --- Pool health, read from the broker's stats segment --- */
 
-/* pgb_health.status; the same numbers as poolstat's exit status. */
-enum { PGB_HEALTHY = 0, PGB_DEGRADED = 1, PGB_UNHEALTHY = 2, PGB_NO_BROKER = 3 };
+/* pgb_health.status; the same numbers as poolstat's exit status. An open
+ * circuit breaker is always PGB_UNHEALTHY; PGB_STARTING: the broker runs but
+ * has not taken its first health sample yet (not healthy either);
+ * PGB_NO_BROKER also when the broker's heartbeat is over 2 s old or its
+ * process is gone. */
+enum { PGB_HEALTHY = 0, PGB_DEGRADED = 1, PGB_UNHEALTHY = 2, PGB_NO_BROKER = 3,
+       PGB_STARTING = 4 };
 
 struct pgb_health {
-	int status;                 /* PGB_HEALTHY .. PGB_UNHEALTHY; PGB_NO_BROKER on failure */
+	int status;                 /* PGB_HEALTHY .. PGB_UNHEALTHY, PGB_STARTING; PGB_NO_BROKER on failure */
 	int healthy;                /* 1 when status is PGB_HEALTHY */
 	int total, idle, active;    /* backends: open or opening, idle, running a statement */
 	int waiting;                /* statements waiting for a backend */
 	double utilization_percent; /* busy backends (active + pinned) / max_pool_size */
 	long long timestamp_ms;     /* when the broker published this (Unix time, ms) */
-	char status_name[16];       /* "healthy", "degraded", "unhealthy" or "no broker" */
+	char status_name[16];       /* "healthy", "degraded", "unhealthy", "starting" or "no broker" */
 	char reasons[2048];         /* what is wrong, one per line; "" when healthy */
 	char recommendations[2048]; /* what to do, one per line, in the order of reasons */
 	char error[512];            /* why pgb_pool_health failed; "" on success */

@@ -301,6 +301,10 @@ int stats_read(const struct stats_seg *s, struct stats_snap *out)
 	}
 	if (tries == READ_TRIES)
 		return -EAGAIN;
+	out->heartbeat_ms = __atomic_load_n(&s->heartbeat_ms, __ATOMIC_ACQUIRE);
+	out->pid_ns = s->pid_ns;
+	stats_clean_text(out->d.connect_code, sizeof(out->d.connect_code));
+	stats_clean_text(out->d.connect_error, sizeof(out->d.connect_error));
 	for (tries = 0; tries < READ_TRIES; tries++) {
 		uint32_t a = seq_enter(&s->hseq), nb, na;
 
@@ -332,35 +336,76 @@ int stats_read(const struct stats_seg *s, struct stats_snap *out)
 	return -EAGAIN;
 }
 
-int stats_alive(const struct stats_data *d, int64_t now_ms)
+static const char misconfigured_advice[] =
+	"fix the DSN, the role, its password, the database or pg_hba.conf, then reload; "
+	"statements fail fast with PB010 and this message meanwhile";
+static const char breaker_advice[] =
+	"PostgreSQL is unreachable: check that it runs and accepts connections (the broker "
+	"log has libpq's reason); statements fail fast with PB002 meanwhile";
+
+/* The breaker's misconfigured state as a health reason, with what the
+ * server said: by the broker's sample and by a reader between samples. */
+static void misconfigured_reason(const struct stats_data *d, struct stats_health *h)
 {
-	if (now_ms - d->updated_ms <= STATS_STALE_MS)
-		return 0;
-	if (d->broker_pid > 0 && (kill(d->broker_pid, 0) == 0 || errno == EPERM))
-		return 1;
-	return -ESRCH;
+	char text[STATS_TEXT];
+
+	snprintf(text, sizeof(text), "misconfigured: PostgreSQL refuses the broker's "
+		 "connections%s%s: %.112s", *d->connect_code ? ", SQLSTATE " : "",
+		 d->connect_code, d->connect_error);
+	health_add_reason(h, HEALTH_R_MISCONFIGURED, HEALTH_UNHEALTHY, text,
+			  misconfigured_advice);
+}
+
+uint64_t stats_pid_ns(void)
+{
+	struct stat st;
+
+	return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+int stats_alive(const struct stats_snap *s, int64_t now_ms, char *why, size_t n)
+{
+	int64_t age = now_ms - s->heartbeat_ms;
+	int32_t pid = s->d.broker_pid;
+
+	if (age > STATS_STALE_MS) {
+		snprintf(why, n, "its heartbeat is %lld.%llu s old", (long long)(age / 1000),
+			 (unsigned long long)(age % 1000 / 100));
+		return -ESRCH;
+	}
+	if (pid > 0 && s->pid_ns && s->pid_ns == stats_pid_ns() && kill(pid, 0) < 0 &&
+	    errno == ESRCH) {
+		snprintf(why, n, "it is not running");
+		return -ESRCH;
+	}
+	return 0;
 }
 
 int stats_verdict(struct stats_snap *s, const char *dir, int64_t now_ms, char *err,
 		  size_t errlen)
 {
-	long long behind = (long long)((now_ms - s->d.updated_ms) / 1000);
-	int rc = stats_alive(&s->d, now_ms);
-	char text[STATS_TEXT];
+	char why[64], text[STATS_TEXT];
 
-	if (rc < 0) {
-		snprintf(err, errlen, "no broker at %s: stale stats segment left by pid %d "
-			 "(last update %lld s ago)", dir, (int)s->d.broker_pid, behind);
+	if (stats_alive(s, now_ms, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "no broker at %s: stale stats segment left by pid %d (%s)",
+			 dir, (int)s->d.broker_pid, why);
 		return -ESRCH;
 	}
 	if (s->h.status > HEALTH_UNHEALTHY)
 		s->h.status = HEALTH_UNHEALTHY;
-	if (rc > 0) {
-		snprintf(text, sizeof(text), "the broker (pid %d) has not published its stats "
-			 "for %lld s", (int)s->d.broker_pid, behind);
-		health_add_reason(&s->h, HEALTH_R_STALE, HEALTH_UNHEALTHY, text,
-				  "the broker is stuck or stopped: look at its log, and at its "
-				  "stack with gdb -p PID");
+	if (s->d.breaker_state == 3 && s->h.status != HEALTH_UNHEALTHY) {
+		misconfigured_reason(&s->d, &s->h);
+	} else if ((s->d.breaker_state == 1 || s->d.breaker_state == 2) &&
+		   s->h.status != HEALTH_UNHEALTHY) {
+		snprintf(text, sizeof(text), "circuit breaker %s after %u consecutive connection "
+			 "failures", stats_breaker_name(s->d.breaker_state), s->d.breaker_failures);
+		health_add_reason(&s->h, HEALTH_R_BREAKER, HEALTH_UNHEALTHY, text,
+				  breaker_advice);
+	} else if (!s->h.sample_ms && s->h.status == HEALTH_HEALTHY) {
+		health_add_reason(&s->h, HEALTH_R_STARTING, HEALTH_DEGRADED,
+				  "no health sample yet: the broker has just started",
+				  "ask again after health_interval_ms (default 1 s)");
+		s->h.status = HEALTH_STARTING;
 	}
 	return (int)s->h.status;
 }
@@ -391,6 +436,7 @@ const char *health_status_name(uint32_t status)
 	case HEALTH_HEALTHY: return "healthy";
 	case HEALTH_DEGRADED: return "degraded";
 	case HEALTH_UNHEALTHY: return "unhealthy";
+	case HEALTH_STARTING: return "starting";
 	default: return "unknown";
 	}
 }
@@ -572,22 +618,14 @@ void health_classify(const struct stats_data *d, struct stats_health *h,
 	}
 
 	if (d->breaker_state == 3) {
-		snprintf(text, sizeof(text), "misconfigured: PostgreSQL refuses the broker's "
-			 "connections%s%s: %.112s", *d->connect_code ? ", SQLSTATE " : "",
-			 d->connect_code, d->connect_error);
-		health_add_reason(h, HEALTH_R_MISCONFIGURED, HEALTH_UNHEALTHY, text,
-				  "fix the DSN, the role, its password, the database or "
-				  "pg_hba.conf, then reload; statements fail fast with PB010 and "
-				  "this message meanwhile");
+		misconfigured_reason(d, h);
 	} else if (d->breaker_state == 1 || d->breaker_state == 2) {
 		snprintf(text, sizeof(text), "circuit breaker %s after %u failed connection attempts "
 			 "(opened %llu times): %.84s", stats_breaker_name(d->breaker_state),
 			 d->breaker_failures, (unsigned long long)d->breaker_opened,
 			 d->connect_error);
 		health_add_reason(h, HEALTH_R_BREAKER, HEALTH_UNHEALTHY, text,
-				  "PostgreSQL is unreachable: check that it runs and accepts "
-				  "connections (the broker log has libpq's reason); statements "
-				  "fail fast with PB002 meanwhile");
+				  breaker_advice);
 	} else if (d->pool.total == d->pool.connecting && d->connect_fails > 0) {
 		snprintf(text, sizeof(text), "no backend connected: the last %u connection "
 			 "attempts failed: %.120s", d->connect_fails, d->connect_error);

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 4u          /* bump on any change of the structs below */
+#define STATS_VERSION 5u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
 
 /* Latency histograms: log-scaled buckets of microseconds, four per power of
@@ -22,9 +22,11 @@
 #define STATS_REASONS 8    /* health reasons at most */
 #define STATS_TEXT    192  /* one reason or recommendation, NUL-terminated */
 
-/* A writer that is behind by this much is no broker at all. The broker
- * publishes at least once per loop pass, and a pass lasts at most 1 s. */
-#define STATS_STALE_MS 5000
+/* The broker refreshes the segment's heartbeat at least every STATS_BEAT_MS;
+ * a heartbeat older than STATS_STALE_MS is a broker gone (dead, stopped or
+ * stuck): readers say "no broker". */
+#define STATS_BEAT_MS 500
+#define STATS_STALE_MS 2000
 
 struct stats_hist {
 	uint64_t count;
@@ -113,7 +115,11 @@ struct stats_agent {
 	uint64_t statements, errors;
 };
 
-enum health_status { HEALTH_HEALTHY = 0, HEALTH_DEGRADED = 1, HEALTH_UNHEALTHY = 2 };
+/* HEALTH_STARTING (no health sample yet) is only a reader's verdict; 3 is
+ * PGB_NO_BROKER in pgbroker.h. */
+enum health_status {
+	HEALTH_HEALTHY = 0, HEALTH_DEGRADED = 1, HEALTH_UNHEALTHY = 2, HEALTH_STARTING = 4,
+};
 
 enum health_reason_code {
 	HEALTH_R_UTILIZATION = 1,
@@ -123,8 +129,9 @@ enum health_reason_code {
 	HEALTH_R_BREAKER,
 	HEALTH_R_UNREACHABLE,
 	HEALTH_R_CAPACITY,
-	HEALTH_R_STALE,          /* only readers add it: the broker stopped publishing */
+	HEALTH_R_STALE,          /* unused since layout 5: a stale heartbeat is no broker */
 	HEALTH_R_MISCONFIGURED,  /* PostgreSQL refuses the broker's login or database */
+	HEALTH_R_STARTING,       /* only readers add it: no health sample yet */
 };
 
 struct stats_reason {
@@ -182,6 +189,10 @@ struct stats_seg {
 	uint32_t max_agents;     /* rows at agents_off: max_agents */
 	uint64_t backends_off;
 	uint64_t agents_off;
+	uint64_t pid_ns;         /* the broker's pid namespace (inode of /proc/self/ns/pid), 0 unknown */
+	/* Outside both seqlocks: the broker stores it (wall clock, ms) at least
+	 * every STATS_BEAT_MS, readers load it alone. */
+	int64_t heartbeat_ms;
 	/* Two seqlocks, odd while the broker writes what they guard: seq the
 	 * small stats_data (once per loop pass), hseq the large rest (once per
 	 * health sample), so that a reader of either rarely has to retry. */
@@ -248,6 +259,8 @@ struct stats_snap {
 	struct stats_agent *agents;       /* cap_agents rows, or NULL */
 	uint32_t cap_backends, cap_agents;
 	uint32_t nbackends, nagents;      /* rows copied */
+	int64_t heartbeat_ms;             /* the segment's heartbeat when read */
+	uint64_t pid_ns;                  /* the broker's pid namespace, 0 unknown */
 };
 
 /* A mapped, checked segment. */
@@ -275,16 +288,22 @@ int stats_check(const void *seg, size_t len, char *err, size_t errlen);
 int stats_read(const struct stats_seg *s, struct stats_snap *out);
 /* Make a NUL-terminated text of at most n bytes (from shared memory) safe
  * to print: each C0 or C1 control character, DEL and each byte that is not
- * part of valid UTF-8 becomes '?'. stats_read does it to every reason. */
+ * part of valid UTF-8 becomes '?'. stats_read does it to every reason and
+ * to the connect error. */
 void stats_clean_text(char *s, size_t n);
-/* Is the writer of this snapshot alive? 0 fresh, 1 alive but not publishing
- * for STATS_STALE_MS, -ESRCH when its process is gone (a stale segment). */
-int stats_alive(const struct stats_data *d, int64_t now_ms);
+/* The pid namespace of this process (inode of /proc/self/ns/pid), 0 unknown. */
+uint64_t stats_pid_ns(void);
+/* Is the writer of this snapshot alive? 0, or -ESRCH when its heartbeat is
+ * older than STATS_STALE_MS, or when its pid is not running and it is in
+ * our pid namespace (another namespace's pid says nothing here); why says
+ * which. */
+int stats_alive(const struct stats_snap *s, int64_t now_ms, char *why, size_t n);
 
-/* A reader's verdict on a snapshot it just read: the health status (the
- * broker's, made unhealthy with a HEALTH_R_STALE reason when the broker is
- * alive but stopped publishing), or -ESRCH with err set when the broker that
- * wrote it is gone. */
+/* A reader's verdict on a snapshot it just read: -ESRCH with err set when
+ * the broker that wrote it is gone (stats_alive); else the broker's health
+ * status, made unhealthy when the breaker is open, half-open or
+ * misconfigured now (the sample may be older), else HEALTH_STARTING while
+ * there is no sample yet. */
 int stats_verdict(struct stats_snap *s, const char *dir, int64_t now_ms, char *err,
 		  size_t errlen);
 

@@ -1,7 +1,7 @@
 /* poolstat: show a broker's pool from its stats segment, never talking to
  * the broker. A live top-like view, one plain snapshot (--once), JSON
  * (--json) or the Prometheus text format (--prometheus). The exit status
- * follows health: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker. */
+ * follows health: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker, 4 starting. */
 #include <errno.h>
 #include <langinfo.h>
 #include <locale.h>
@@ -56,7 +56,8 @@ static void usage(FILE *f)
 		"  --prometheus   Prometheus text exposition format\n"
 		"  -h, --help     show this text\n"
 		"  -V, --version  print the version\n"
-		"exit status: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker or unreadable segment\n");
+		"exit status: 0 healthy, 1 degraded, 2 unhealthy, 3 no broker (or its heartbeat is\n"
+		"  over 2 s old, or an unreadable or untrusted segment), 4 starting (no sample yet)\n");
 }
 
 /* Map, read and unmap: a broker that restarted has a new file. Returns 0,
@@ -536,8 +537,8 @@ static void print_json(struct view *v, FILE *f)
 /* ---- --prometheus ---- */
 
 /* One metric with its HELP and TYPE lines: one sample; with label, one sample
- * per entry of by up to the first without a key; with hist, a summary in
- * seconds. */
+ * per entry of by up to the first without a key; with hist, a histogram in
+ * seconds (prom_hist). */
 struct prom_metric {
 	const char *name, *type, *help;
 	double v;
@@ -553,17 +554,33 @@ struct prom_metric {
 #define COUNTER(n, h, x) { PROM(n, "counter", h), .v = (double)(x) }
 #define PROM_UP(x) GAUGE("up", "1 when a live broker published this segment", x)
 
+/* The broker's log histogram as a Prometheus histogram: cumulative counts
+ * at every power of two of microseconds from 1 us to 2^36 us (bucket edges
+ * of the log histogram, so the counts are exact, and the same for every
+ * broker, so that they add up across brokers), then +Inf, _sum, _count. A
+ * bucket counts the values below its edge (microsecond resolution). */
+static void prom_hist(FILE *f, const char *name, const struct stats_hist *h)
+{
+	unsigned long long cum = 0;
+	unsigned i = 0;
+
+	for (unsigned k = 0; k <= 36; k++) {
+		uint64_t edge = (uint64_t)1 << k;
+
+		for (; i < STATS_BUCKETS && stats_bucket_high(i) <= edge; i++)
+			cum += h->bucket[i];
+		fprintf(f, "%s_bucket{le=\"%.9g\"} %llu\n", name, (double)edge / 1e6, cum);
+	}
+	fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+		(unsigned long long)h->count, name, (double)h->sum_us / 1e6, name,
+		(unsigned long long)h->count);
+}
+
 static void prom_print(FILE *f, const struct prom_metric *m)
 {
-	static const double q[] = { 0.5, 0.95, 0.99, 1.0 };
-
 	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, m->type);
 	if (m->hist) {
-		for (unsigned i = 0; i < sizeof(q) / sizeof(q[0]); i++)
-			fprintf(f, "%s{quantile=\"%g\"} %.6f\n", m->name, q[i],
-				(double)stats_hist_pct(m->hist, q[i]) / 1e6);
-		fprintf(f, "%s_sum %.6f\n%s_count %llu\n", m->name, (double)m->hist->sum_us / 1e6,
-			m->name, (unsigned long long)m->hist->count);
+		prom_hist(f, m->name, m->hist);
 	} else if (m->label) {
 		for (unsigned i = 0; i < sizeof(m->by) / sizeof(m->by[0]) && m->by[i].key; i++)
 			fprintf(f, "%s{%s=\"%s\"} %llu\n", m->name, m->label, m->by[i].key,
@@ -609,16 +626,17 @@ static void print_prometheus(struct view *v, FILE *f)
 		  .by = { { "idle", c->closed_idle }, { "broken", c->closed_broken },
 			  { "validation", c->closed_validation },
 			  { "lifetime", c->closed_lifetime } } },
-		{ PROM("statement_duration_seconds", "summary",
+		{ PROM("statement_duration_seconds", "histogram",
 		       "statement round trip in the broker, arrival to result"), .hist = &d->stmt },
-		{ PROM("acquire_wait_seconds", "summary", "wait for a free backend"),
+		{ PROM("acquire_wait_seconds", "histogram", "wait for a free backend"),
 		  .hist = &d->acquire },
 		GAUGE("breaker_state", "circuit breaker: 0 closed, 1 open, 2 half-open, 3 misconfigured",
 		      d->breaker_state),
 		GAUGE("breaker_consecutive_failures", "consecutive connection failures",
 		      d->breaker_failures),
 		COUNTER("breaker_opened_total", "times the breaker opened", d->breaker_opened),
-		GAUGE("health_status", "0 healthy, 1 degraded, 2 unhealthy", v->status),
+		GAUGE("health_status", "0 healthy, 1 degraded, 2 unhealthy, 4 starting (no sample yet)",
+		      v->status),
 		GAUGE("health_success_ratio", "statements that succeeded over the health window",
 		      v->s.h.success_pct / 100.0),
 		GAUGE("health_acquire_avg_seconds",

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -36,8 +38,14 @@ static void setup(void)
 	cr_assert_eq(chmod(base, 01777), 0);
 }
 
+static pid_t forger;
+
 static void teardown(void)
 {
+	if (forger > 0) {
+		kill(forger, SIGKILL);
+		waitpid(forger, NULL, 0);
+	}
 	if (br.pid > 0)
 		h_broker_kill(&br);
 	h_user_del(&other);
@@ -438,6 +446,7 @@ static void forge_segment(const char *dir, char *path, size_t n)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	seg->d.updated_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	seg->d.broker_pid = getpid();
+	seg->heartbeat_ms = seg->d.updated_ms;
 	seg->h.sample_ms = seg->d.updated_ms;
 	seg->h.status = HEALTH_UNHEALTHY;
 	seg->h.nreasons = 1;
@@ -451,6 +460,24 @@ static void forge_segment(const char *dir, char *path, size_t n)
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(write(fd, img, (size_t)len), len);
 	close(fd);
+	/* Alive: a forger keeps its heartbeat fresh as a broker would. */
+	forger = fork();
+	cr_assert_neq(forger, -1);
+	if (forger == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		fd = open(path, O_RDWR);
+		seg = fd < 0 ? MAP_FAILED : mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE,
+						 MAP_SHARED, fd, 0);
+		if (seg == MAP_FAILED)
+			_exit(1);
+		for (;;) {
+			clock_gettime(CLOCK_REALTIME, &ts);
+			__atomic_store_n(&seg->heartbeat_ms,
+					 (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+					 __ATOMIC_RELEASE);
+			usleep(100000);
+		}
+	}
 }
 
 static int poolstat_run(const char *mode, const char *dir, char *out, size_t n)

@@ -793,20 +793,47 @@ Test(stats, verdict_on_a_stale_segment)
 	static struct stats_snap s;
 	char err[256];
 
-	s.d.updated_ms = 1000000;
+	s.d.updated_ms = s.heartbeat_ms = 1000000;
+	s.h.sample_ms = 999000;
 	s.d.broker_pid = getpid();
+	s.pid_ns = stats_pid_ns();
 	cr_assert_eq(stats_verdict(&s, "/x", 1000000 + 1000, err, sizeof(err)), HEALTH_HEALTHY);
-	/* alive (it is us) but silent: unhealthy, with a reason */
-	cr_assert_eq(stats_verdict(&s, "/x", 1000000 + STATS_STALE_MS + 1000, err, sizeof(err)),
-		     HEALTH_UNHEALTHY);
-	cr_assert_not_null(find_reason(&s.h, HEALTH_R_STALE));
-	/* its process is gone: no broker */
-	memset(&s, 0, sizeof(s));
-	s.d.updated_ms = 1000000;
-	s.d.broker_pid = 0x3ffffff0;   /* beyond pid_max */
-	cr_assert_eq(stats_verdict(&s, "/x", 1000000 + STATS_STALE_MS + 1000, err, sizeof(err)),
+	/* alive (it is us) but its heartbeat is over 2 s old: gone */
+	cr_assert_eq(stats_verdict(&s, "/x", 1000000 + STATS_STALE_MS + 1, err, sizeof(err)),
 		     -ESRCH);
-	cr_assert(strstr(err, "no broker at /x"), "%s", err);
+	cr_assert(strstr(err, "no broker at /x") && strstr(err, "heartbeat is 2.0 s old"), "%s",
+		  err);
+	/* a fresh heartbeat, but its process is gone: no broker */
+	s.d.broker_pid = 0x3ffffff0;   /* beyond pid_max */
+	cr_assert_eq(stats_verdict(&s, "/x", 1000000 + 500, err, sizeof(err)), -ESRCH);
+	cr_assert(strstr(err, "not running"), "%s", err);
+	/* ... unless it runs in another pid namespace, where that pid says nothing */
+	s.pid_ns = stats_pid_ns() + 1;
+	cr_assert_eq(stats_verdict(&s, "/x", 1000000 + 500, err, sizeof(err)), HEALTH_HEALTHY,
+		     "%s", err);
+}
+
+Test(stats, verdict_no_sample_yet_and_an_open_breaker_are_not_healthy)
+{
+	static struct stats_snap s;
+	char err[256];
+
+	s.d.updated_ms = s.heartbeat_ms = 1000000;
+	s.d.broker_pid = getpid();
+	cr_assert_eq(stats_verdict(&s, "/x", 1000000, err, sizeof(err)), HEALTH_STARTING);
+	cr_assert_str_eq(health_status_name(HEALTH_STARTING), "starting");
+	cr_assert_not_null(find_reason(&s.h, HEALTH_R_STARTING));
+	/* The breaker opened after the last sample: unhealthy at once. */
+	for (uint32_t state = 1; state <= 2; state++) {
+		memset(&s.h, 0, sizeof(s.h));
+		s.h.sample_ms = 999000;
+		s.d.breaker_state = state;
+		cr_assert_eq(stats_verdict(&s, "/x", 1000000, err, sizeof(err)), HEALTH_UNHEALTHY);
+		cr_assert_not_null(find_reason(&s.h, HEALTH_R_BREAKER));
+		/* and before the first sample too */
+		memset(&s.h, 0, sizeof(s.h));
+		cr_assert_eq(stats_verdict(&s, "/x", 1000000, err, sizeof(err)), HEALTH_UNHEALTHY);
+	}
 }
 
 /* ---- texts read from shared memory --------------------------------------- */
