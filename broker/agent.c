@@ -23,7 +23,6 @@
 #include "errform.h"
 #include "futex.h"
 
-#define HELLO_TIMEOUT_NS (5 * 1000000000LL)
 #define SERVICE_BUDGET 64     /* frames read per agent per pass */
 
 static void response_free(struct response *rs)
@@ -150,6 +149,66 @@ static void send_reply(int fd, const struct reg_reply *rep, const int *fds, int 
 		log_debug("registration reply not sent: %s", strerror(errno));
 }
 
+static void agent_free(struct broker *b, struct agent *a);
+
+/* A warning that a flood would repeat (refusals, silent connections): a
+ * few lines per window, then one count ("... N more suppressed"). */
+static void __attribute__((format(printf, 3, 4)))
+warn_limited(struct broker *b, struct ratelimit *rl, const char *fmt, ...)
+{
+	uint64_t told = 0;
+	char line[512];
+	va_list ap;
+
+	if (log_level < LV_WARN || !ratelimit_take(rl, b->now_ns / 1000000, &told))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (told)
+		log_warn("%s (and %llu more like it suppressed)", line, (unsigned long long)told);
+	else
+		log_warn("%s", line);
+}
+
+/* At the end of a window: the count of what it suppressed. */
+static void warn_flush(struct broker *b, struct ratelimit *rl, const char *what,
+		       int64_t *next_ns)
+{
+	int64_t next_ms = INT64_MAX;
+	uint64_t n = ratelimit_flush(rl, b->now_ns / 1000000, &next_ms);
+
+	if (n)
+		log_warn("... %llu more %s suppressed", (unsigned long long)n, what);
+	if (next_ms != INT64_MAX && next_ms * 1000000 < *next_ns)
+		*next_ns = next_ms * 1000000;
+}
+
+/* max_agents is reached: the connection that has waited longest without
+ * registering makes room, so connections that never say hello cannot lock
+ * out an agent that does (it says hello at once). 0 when one went. */
+static int drop_oldest_silent(struct broker *b)
+{
+	struct list *pos;
+
+	for (pos = b->hello.next; pos != &b->hello; pos = pos->next) {
+		struct agent *old = list_entry(pos, struct agent, hello_link);
+
+		if (old->doom)
+			continue;	/* already on its way out */
+		warn_limited(b, &b->rl_silent, "closed the connection of pid %d uid %d: not "
+			     "registered after %lld ms, and max_agents=%d is reached", (int)old->pid,
+			     (int)old->uid,
+			     (long long)(b->now_ns - (old->hello_deadline_ns -
+						      (int64_t)b->cfg.hello_timeout_ms * 1000000)) /
+				     1000000,
+			     b->cfg.max_agents);
+		agent_free(b, old);
+		return 0;
+	}
+	return -1;
+}
+
 static void refuse(int fd, int status, const char *why)
 {
 	struct reg_reply rep = { .magic = REG_MAGIC, .version = CHAN_VERSION, .status = status };
@@ -174,14 +233,30 @@ void agent_accept(struct broker *b, int fd)
 
 		snprintf(why, sizeof(why), "uid %d gid %d not allowed by this broker (allow_uids, allow_gids)",
 			 (int)cr.uid, (int)cr.gid);
-		log_warn("refused agent pid %d: %s", (int)cr.pid, why);
+		warn_limited(b, &b->rl_refused, "refused agent pid %d: %s", (int)cr.pid, why);
 		b->st.c.agents_refused++;
 		refuse(fd, -EACCES, why);
 		return;
 	}
+	if (b->cfg.max_agents_per_uid &&
+	    uidcount_get(&b->per_uid, cr.uid) >= (uint32_t)b->cfg.max_agents_per_uid) {
+		warn_limited(b, &b->rl_refused, "refused agent pid %d uid %d: max_agents_per_uid=%d "
+			     "reached", (int)cr.pid, (int)cr.uid, b->cfg.max_agents_per_uid);
+		b->st.c.agents_refused++;
+		refuse(fd, -EUSERS, "too many agents of this uid (max_agents_per_uid reached)");
+		return;
+	}
+	if (b->nfree == 0)
+		(void)drop_oldest_silent(b);
 	if (b->nfree == 0 || !(a = calloc(1, sizeof(*a)))) {
-		log_warn("refused agent pid %d: max_agents=%d reached", (int)cr.pid,
-			 b->cfg.max_agents);
+		warn_limited(b, &b->rl_refused, "refused agent pid %d: max_agents=%d reached",
+			     (int)cr.pid, b->cfg.max_agents);
+		b->st.c.agents_refused++;
+		refuse(fd, -EUSERS, "too many agents (max_agents reached)");
+		return;
+	}
+	if (uidcount_add(&b->per_uid, cr.uid) < 0) {	/* not with <= max_agents uids */
+		free(a);
 		b->st.c.agents_refused++;
 		refuse(fd, -EUSERS, "too many agents (max_agents reached)");
 		return;
@@ -193,8 +268,9 @@ void agent_accept(struct broker *b, int fd)
 	a->pid = cr.pid;
 	a->uid = cr.uid;
 	a->since_ms = wall_ms();
-	a->hello_deadline_ns = b->now_ns + HELLO_TIMEOUT_NS;
+	a->hello_deadline_ns = b->now_ns + (int64_t)b->cfg.hello_timeout_ms * 1000000;
 	list_init(&a->queue);
+	list_init(&a->held);
 	list_init(&a->active);
 	a->efd = -1;
 	a->bell_fd = -1;
@@ -459,16 +535,58 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 	request_queue(b, a, r);
 }
 
+/* Backends one agent may hold at once: its independent statements, plus
+ * its serial statement (running or waiting to) or its transaction's
+ * backend as one. */
+static uint32_t backends_per_agent(const struct broker *b)
+{
+	if (b->cfg.max_backends_per_agent)
+		return (uint32_t)b->cfg.max_backends_per_agent;
+	return b->cfg.max_pool_size > 2 ? (uint32_t)b->cfg.max_pool_size / 2 : 1;
+}
+
+static int agent_at_limit(const struct broker *b, const struct agent *a)
+{
+	return a->nindep + (a->running || a->pinned || a->nqueued ? 1 : 0) >= backends_per_agent(b);
+}
+
+/* An independent statement goes to the pool, counted. */
+static void indep_submit(struct broker *b, struct agent *a, struct request *r)
+{
+	r->counted = 1;
+	a->nindep++;
+	pool_submit(b, r);
+}
+
+/* One of the agent's backends is free again: its statements held back go
+ * on, oldest first, as far as the limit lets them. */
+static void indep_release(struct broker *b, struct agent *a)
+{
+	while (!list_empty(&a->held) && !agent_at_limit(b, a) && !a->doom) {
+		struct request *r = list_entry(list_pop(&a->held), struct request, link);
+
+		r->held = 0;
+		indep_submit(b, a, r);
+	}
+}
+
 static void request_queue(struct broker *b, struct agent *a, struct request *r)
 {
 	a->nbytes += r->nbytes;
 	if ((r->flags & (REQ_INDEPENDENT | REQ_RESET)) == REQ_INDEPENDENT && !a->pinned &&
 	    !a->lost) {
-		/* Beside the agent's other statements, on any backend. */
+		/* Beside the agent's other statements, on any backend, unless it
+		 * holds its share of the pool: then it waits its turn here, not
+		 * in the broker's queue ahead of other agents. */
 		list_add_tail(&a->active, &r->alink);
 		a->nactive++;
 		a->statements++;
-		pool_submit(b, r);
+		if (agent_at_limit(b, a) || !list_empty(&a->held)) {
+			r->held = 1;
+			list_add_tail(&a->held, &r->link);
+			return;
+		}
+		indep_submit(b, a, r);
 		return;
 	}
 	list_add_tail(&a->queue, &r->link);
@@ -600,7 +718,10 @@ static void agent_kick(struct broker *b, struct agent *a)
 	if (a->kicking)
 		return;
 	a->kicking = 1;
-	while (!a->running && !a->doom && !list_empty(&a->queue)) {
+	/* A serial statement waits while the agent's independent ones hold its
+	 * share of the pool (agent_request_done kicks again). */
+	while (!a->running && !a->doom && !list_empty(&a->queue) &&
+	       a->nindep < backends_per_agent(b)) {
 		struct request *r = list_entry(list_pop(&a->queue), struct request, link);
 
 		a->nqueued--;
@@ -625,9 +746,12 @@ void agent_request_done(struct broker *b, struct request *r)
 		a->nbytes -= r->nbytes;
 		if (a->running == r)
 			a->running = NULL;
+		if (r->counted)
+			a->nindep--;
 	}
 	request_free(r);
 	if (a) {
+		indep_release(b, a);
 		agent_kick(b, a);
 		agent_unthrottle(b, a);
 	}
@@ -1014,7 +1138,16 @@ static void agent_free(struct broker *b, struct agent *a)
 	struct list *pos;
 
 	list_del(&a->hello_link);
+	uidcount_del(&b->per_uid, a->uid);
 	a->state = AG_GONE;
+	/* Held back, never given to the pool: nobody else will free them. */
+	while ((pos = list_pop(&a->held))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		list_del(&r->alink);
+		a->nactive--;
+		request_free(r);
+	}
 	pool_agent_gone(b, a);
 	while ((pos = list_pop(&a->queue)))
 		request_free(list_entry(pos, struct request, link));
@@ -1054,6 +1187,9 @@ void agent_run_doomed(struct broker *b)
 
 		if (strcmp(a->doom, "hang-up") == 0)
 			log_hangup(a);
+		else if (a->state == AG_HELLO)
+			warn_limited(b, &b->rl_silent, "agent %u (pid %d uid %d) disconnected: %s",
+				     a->slot, (int)a->pid, (int)a->uid, a->doom);
 		else
 			log_warn("agent %u (pid %d) disconnected: %s", a->slot, (int)a->pid, a->doom);
 		if (strcmp(a->doom, "hang-up") != 0 && a->state == AG_READY)
@@ -1067,6 +1203,8 @@ void agent_timers(struct broker *b, int64_t *next_ns)
 	struct list *pos, *tmp;
 	int64_t send_timeout = (int64_t)b->cfg.send_timeout_ms * 1000000;
 
+	warn_flush(b, &b->rl_refused, "refused agents", next_ns);
+	warn_flush(b, &b->rl_silent, "connections closed before registering", next_ns);
 	/* Out of descriptors, accepting paused: try again now? */
 	if (b->accept_retry_ns && b->now_ns >= b->accept_retry_ns) {
 		b->accept_retry_ns = 0;
@@ -1084,7 +1222,7 @@ void agent_timers(struct broker *b, int64_t *next_ns)
 			break;
 		}
 		list_del(&a->hello_link);
-		agent_fail(b, a, "no registration within 5 s");
+		agent_fail(b, a, "not registered within hello_timeout_ms");
 	}
 	list_for_each_safe(pos, tmp, &b->blocked) {
 		struct agent *a = list_entry(pos, struct agent, blocked_link);

@@ -12,8 +12,10 @@
 #include "list.h"
 #include "loop.h"
 #include "proto.h"
+#include "ratelimit.h"
 #include "stats.h"
 #include "stmtcache.h"
+#include "uidcount.h"
 
 /* A loop completion's tag: kind | slot | generation (see tag_make). */
 enum tag_kind {
@@ -66,6 +68,8 @@ struct request {
 	uint32_t stale_id;        /* run as text after prepared statement stale_id of */
 	uint32_t stale_slot;      /* ...backend stale_slot failed: stale if the text works */
 	struct list alink;        /* agent->active while it left the agent queue */
+	int counted;              /* independent, one of its agent's nindep */
+	int held;                 /* independent, on agent->held: over max_backends_per_agent */
 	/* REQ_BATCH: the statements, their parameters, their results */
 	uint32_t nsub;
 	struct req_view *subs;
@@ -122,6 +126,9 @@ struct agent {
 	struct list queue;        /* requests not yet running, in order */
 	uint32_t nqueued;
 	struct request *running;  /* the serial statement this agent has in flight */
+	uint32_t nindep;          /* independent statements given to the pool */
+	struct list held;         /* independent ones held back: the agent holds
+				     max_backends_per_agent backends already */
 	int kicking;              /* agent_kick is on the stack */
 	struct list active;       /* every request out of the queue: running,
 				     waiting for a backend, or retrying */
@@ -218,6 +225,9 @@ struct broker {
 	uint32_t nagents;
 	uint32_t agent_gen;
 	struct list hello;        /* agents that have not said hello yet, oldest first */
+	struct uidcount per_uid;  /* agents per uid, registered or saying hello */
+	struct ratelimit rl_refused;  /* warnings about refused agents */
+	struct ratelimit rl_silent;   /* about connections closed before their hello */
 	struct list wake;         /* agents to wake at the end of this pass */
 	struct list ready;        /* agents with unread requests (budget ran out) */
 	struct list blocked;      /* agents whose response ring is full */
@@ -255,6 +265,9 @@ struct broker {
 /* log.c */
 enum { LV_ERROR = 0, LV_WARN, LV_INFO, LV_DEBUG };
 extern int log_level;
+/* Warnings a flood would repeat: this many per window, then a count. */
+#define WARN_BURST 5
+#define WARN_WINDOW_MS 10000
 void log_open(int level, int use_syslog);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_error(...) log_msg(LV_ERROR, __VA_ARGS__)

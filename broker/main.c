@@ -373,12 +373,15 @@ int main(int argc, char **argv)
 	list_init(&b->doomed);
 	b->agents = calloc((size_t)b->cfg.max_agents, sizeof(*b->agents));
 	b->free_slots = calloc((size_t)b->cfg.max_agents, sizeof(*b->free_slots));
-	if (!b->agents || !b->free_slots) {
+	if (!b->agents || !b->free_slots ||
+	    uidcount_init(&b->per_uid, (uint32_t)b->cfg.max_agents) < 0) {
 		log_error("out of memory");
 		return 1;
 	}
 	for (int i = b->cfg.max_agents - 1; i >= 0; i--)
 		b->free_slots[b->nfree++] = (uint32_t)i;
+	ratelimit_init(&b->rl_refused, WARN_BURST, WARN_WINDOW_MS);
+	ratelimit_init(&b->rl_silent, WARN_BURST, WARN_WINDOW_MS);
 	b->now_ns = clock_ns();
 	if (setup_loop(b) < 0)
 		return 2;	/* no usable event loop: a restart would not help */
@@ -432,6 +435,7 @@ int main(int argc, char **argv)
 	piddir_release(b);
 	free(b->agents);
 	free(b->free_slots);
+	uidcount_free(&b->per_uid);
 	sql_class_exit();
 	log_info("stopped");
 	return rc < 0 ? 1 : 0;

@@ -138,6 +138,15 @@ static const struct key_def keys[] = {
 	INT_KEY(max_inflight_per_agent, "PGBROKER_MAX_INFLIGHT_PER_AGENT", KIND_COUNT,
 		256, 1, 65536,
 		"statements one agent may have outstanding"),
+	INT_KEY_OR_0(max_backends_per_agent, "PGBROKER_MAX_BACKENDS_PER_AGENT", KIND_COUNT,
+		0, 1, 10000,
+		"backends one agent may hold at once: its independent statements plus its "
+		"serial statement or transaction (0 = half of max_pool_size, at least 1); "
+		"its other statements wait their turn"),
+	INT_KEY_OR_0(max_agents_per_uid, "PGBROKER_MAX_AGENTS_PER_UID", KIND_COUNT, 0, 1, 65536,
+		"agents one uid may have registered or registering at once (0 = max_agents)"),
+	INT_KEY(hello_timeout_ms, "PGBROKER_HELLO_TIMEOUT_MS", KIND_MS, 5000, 10, 600000,
+		"close a connection that has not registered this long after it connected"),
 	INT_KEY(max_waiting, "PGBROKER_MAX_WAITING", KIND_COUNT, 100000, 1, 10000000,
 		"statements waiting for a backend, all agents together"),
 	INT_KEY(send_timeout_ms, "PGBROKER_SEND_TIMEOUT_MS", KIND_MS, 30000, 1, MS_MAX,
@@ -720,7 +729,9 @@ int config_validate(const struct pgb_config *cfg, char *err, size_t errlen)
 	    check_le("pool_size", cfg->pool_size, "max_pool_size",
 		     cfg->max_pool_size, err, errlen) < 0 ||
 	    check_le("retry_delay_ms", cfg->retry_delay_ms, "retry_max_delay_ms",
-		     cfg->retry_max_delay_ms, err, errlen) < 0)
+		     cfg->retry_max_delay_ms, err, errlen) < 0 ||
+	    check_le("max_backends_per_agent", cfg->max_backends_per_agent, "max_pool_size",
+		     cfg->max_pool_size, err, errlen) < 0)
 		return -1;
 	return check_dir(cfg->dir, err, errlen);
 }

@@ -36,6 +36,9 @@ struct pgb_config {
 	int max_request_kb;         /* largest statement + params accepted */
 	int max_agents;
 	int max_inflight_per_agent;
+	int max_backends_per_agent; /* backends one agent holds at once; 0: half of max_pool_size */
+	int max_agents_per_uid;     /* registrations (and hellos) per uid; 0: no cap but max_agents */
+	int hello_timeout_ms;       /* a connection that has not registered by then is closed */
 	int max_waiting;            /* statements waiting for a backend, all agents */
 	int send_timeout_ms;        /* agent that stops reading its responses */
 	int idle_in_transaction_timeout_ms; /* set on every backend */

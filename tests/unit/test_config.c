@@ -982,6 +982,49 @@ Test(config, validate_cross_key_rules)
 	}
 }
 
+/* The per-agent limits: their defaults, their ranges, and a share of the
+ * pool that the pool cannot have. */
+Test(config, per_agent_limits)
+{
+	static const struct {
+		const char *key, *value, *want;   /* want NULL: accepted */
+	} cases[] = {
+		{ "max_backends_per_agent", "0", NULL },
+		{ "max_backends_per_agent", "3", NULL },
+		{ "max_backends_per_agent", "-1", "max_backends_per_agent" },
+		{ "max_agents_per_uid", "0", NULL },
+		{ "max_agents_per_uid", "64", NULL },
+		{ "max_agents_per_uid", "65537", "max_agents_per_uid" },
+		{ "hello_timeout_ms", "200", NULL },
+		{ "hello_timeout_ms", "0", "hello_timeout_ms" },
+		{ "hello-timeout-ms", "600001", "hello_timeout_ms" },
+	};
+	struct pgb_config cfg;
+	char err[ERRLEN] = "";
+
+	config_defaults(&cfg);
+	cr_assert_eq(cfg.max_backends_per_agent, 0, "default: half of max_pool_size");
+	cr_assert_eq(cfg.max_agents_per_uid, 0);
+	cr_assert_eq(cfg.hello_timeout_ms, 5000);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int rc = config_set(&cfg, cases[i].key, cases[i].value, err, sizeof(err));
+
+		if (!cases[i].want) {
+			cr_expect_eq(rc, 0, "%s=%s: %s", cases[i].key, cases[i].value, err);
+		} else {
+			cr_expect_eq(rc, -1, "%s=%s accepted", cases[i].key, cases[i].value);
+			cr_expect(strstr(err, cases[i].want), "%s", err);
+		}
+	}
+	config_defaults(&cfg);
+	cfg.max_pool_size = 4;
+	cfg.pool_size = 4;
+	cfg.min_pool_size = 1;
+	cfg.max_backends_per_agent = 5;
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_str_eq(err, "max_backends_per_agent (5) must not exceed max_pool_size (4)");
+}
+
 /* Valid one by one, but max_pool_size cannot be reached when a statement
  * gives up (acquire_timeout_ms) before the pool may grow past pool_size
  * (reserve_timeout_ms): said, not refused. */
