@@ -1187,8 +1187,11 @@ static int breaker_open_and_unhealthy(void *arg)
 
 	pgb_clear(pgb_exec(c, "select 1"));
 	d = json_now(&rc);
+	/* The reasons come from the next health sample after the breaker
+	 * opened: wait for that sample, not only for the state. */
 	return rc == 2 && strcmp(jstr(d, "breaker.state"), "open") == 0 &&
-	       strcmp(jstr(d, "health.status"), "unhealthy") == 0;
+	       strcmp(jstr(d, "health.status"), "unhealthy") == 0 &&
+	       strstr(jstr(d, "health.reasons[0]"), "circuit breaker") != NULL;
 }
 
 static int healthy_again(void *arg)
