@@ -128,8 +128,10 @@ tools/no_uring: tools/no_uring.o
 # tools/bench.o: poolbench's pure parts (tests/unit/test_poolbench.c);
 # broker/cork.o: the broker's send() (tests/unit/test_cork.c);
 # broker/classify.o: the statement classifier (unit tests, and the
-# integration test that compares it with what the server did).
-$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o broker/cork.o broker/classify.o
+# integration test that compares it with what the server did);
+# broker/policy.o: its retry decisions (tests/unit/test_policy.c).
+$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o broker/cork.o broker/classify.o \
+	broker/policy.o
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) $(PG_QUERY_LIBS) -lm
 

@@ -1,4 +1,6 @@
-/* pgbroker daemon: the objects every broker module works on. */
+/* pgbroker daemon: the objects every broker module works on. Only the
+ * shared structs live here; each module declares its functions in its own
+ * header (docs/architecture.md). */
 #ifndef PGB_BROKER_H
 #define PGB_BROKER_H
 
@@ -36,6 +38,8 @@ static inline uint64_t tag_make(enum tag_kind k, uint32_t slot, uint32_t gen)
 #define TAG_KIND(t) ((enum tag_kind)((t) >> 56))
 #define TAG_SLOT(t) ((uint32_t)((t) >> 32) & 0xffffff)
 #define TAG_GEN(t)  ((uint32_t)(t))
+
+#define MS 1000000LL   /* nanoseconds in a millisecond */
 
 struct agent;
 struct backend;
@@ -261,83 +265,5 @@ struct broker {
 	int64_t now_ns;
 	int now_stale;            /* a loop wait ran since now_ns was read */
 };
-
-/* log.c */
-enum { LV_ERROR = 0, LV_WARN, LV_INFO, LV_DEBUG };
-extern int log_level;
-/* Warnings a flood would repeat: this many per window, then a count. */
-#define WARN_BURST 5
-#define WARN_WINDOW_MS 10000
-void log_open(int level, int use_syslog);
-void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#define log_error(...) log_msg(LV_ERROR, __VA_ARGS__)
-#define log_warn(...)  do { if (log_level >= LV_WARN) log_msg(LV_WARN, __VA_ARGS__); } while (0)
-#define log_info(...)  do { if (log_level >= LV_INFO) log_msg(LV_INFO, __VA_ARGS__); } while (0)
-#define log_debug(...) do { if (log_level >= LV_DEBUG) log_msg(LV_DEBUG, __VA_ARGS__); } while (0)
-
-/* piddir.c: the run directory and its pid file. piddir_take: 0, or -errno
- * after logging why and what to do: -EPERM when the directory or a file in
- * it is not safe to use, -EWOULDBLOCK when another broker runs on it. */
-int piddir_take(struct broker *b);
-void piddir_release(struct broker *b);
-
-/* agent.c */
-int agent_listen(struct broker *b);
-void agent_accept_arm(struct broker *b);
-void agent_accept(struct broker *b, int fd);
-void agent_on_hello(struct broker *b, struct agent *a, int res);
-void agent_service(struct broker *b, struct agent *a, int from_bell);
-void agent_fail(struct broker *b, struct agent *a, const char *why);
-void agent_run_doomed(struct broker *b);
-void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res);
-void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
-			 const char *sqlstate, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
-void agent_request_done(struct broker *b, struct request *r);
-void agent_lose(struct agent *a, enum agent_lost what);
-void agent_flush(struct broker *b, struct agent *a);
-void agent_wake(struct broker *b, struct agent *a);
-void agent_run_wakes(struct broker *b);
-void agent_run_ready(struct broker *b);
-void agent_timers(struct broker *b, int64_t *next_ns);
-void agent_close_all(struct broker *b);
-int agent_all_sent(const struct broker *b);
-struct agent *agent_by_tag(struct broker *b, uint64_t tag);
-void request_free(struct request *r);
-
-/* pool.c */
-int result_ok(const PGresult *x);
-int pool_init(struct broker *b);
-void pool_submit(struct broker *b, struct request *r);
-void pool_on_poll(struct broker *b, struct backend *be, int res);
-void pool_agent_gone(struct broker *b, struct agent *a);
-void pool_agent_reset(struct broker *b, struct agent *a);
-void pool_timers(struct broker *b, int64_t *next_ns);
-void pool_close_all(struct broker *b);
-struct backend *pool_by_tag(struct broker *b, uint64_t tag);
-void pool_shutdown(struct broker *b);
-void pool_cancel_all(struct broker *b);
-int pool_quiet(struct broker *b);
-void pool_reconfigure(struct broker *b, const struct pgb_config *old);
-void pool_on_cancel(struct broker *b);
-void pool_flush(struct broker *b);
-
-/* stats.c */
-int stats_open(struct broker *b);
-void stats_fill(struct broker *b);
-void stats_publish(struct broker *b);
-void stats_publish_sample(struct broker *b, struct stats_health *h);
-void stats_close(struct broker *b);
-
-/* health.c */
-int health_init(struct broker *b);
-void health_timers(struct broker *b, int64_t *next_ns);
-void health_free(struct broker *b);
-void health_configure(struct broker *b);
-
-/* notify.c: service manager readiness (sd_notify), a no-op without it */
-void notify_ready(const char *status);
-void notify_reloading(void);
-void notify_stopping(void);
 
 #endif

@@ -8,9 +8,11 @@
 #include <string.h>
 
 #include "broker.h"
+#include "brstats.h"
+#include "health.h"
+#include "log.h"
 #include "clock.h"
 
-#define MS 1000000LL
 
 struct health_mon {
 	struct health_limits lim;

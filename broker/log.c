@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "log.h"
 
 int log_level = LV_INFO;
 static int to_syslog;

@@ -12,7 +12,19 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "agent.h"
+#include "backend.h"
+#include "brstats.h"
 #include "classify.h"
+#include "exec.h"
+#include "health.h"
+#include "listen.h"
+#include "log.h"
+#include "notify.h"
+#include "pipeline.h"
+#include "piddir.h"
+#include "pool.h"
+#include "waitq.h"
 #include "clock.h"
 #include "version.h"
 

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "notify.h"
 
 #ifdef HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "log.h"
+#include "piddir.h"
 #include "clock.h"
 #include "rundir.h"
 

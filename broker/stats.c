@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "brstats.h"
+#include "health.h"
+#include "log.h"
 #include "clock.h"
 
 #define STATS_TMP STATS_FILE ".tmp"

@@ -1,7 +1,7 @@
 /* Prepared statements cached per backend, keyed by statement text, and a
  * small table of how often each text was seen lately (only texts that
  * repeat are worth a Prepare). Pure data structures: the broker decides
- * when to prepare and what the server knows (see broker/pool.c). */
+ * when to prepare and what the server knows (see broker/pipeline.c). */
 #ifndef PGB_STMTCACHE_H
 #define PGB_STMTCACHE_H
 

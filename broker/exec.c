@@ -1,0 +1,473 @@
+/* Running statements on a backend: sending one (or a batch), reading
+ * its results, and finishing it: retry, answer, pin or release. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "backend.h"
+#include "broker.h"
+#include "exec.h"
+#include "log.h"
+#include "pipeline.h"
+#include "policy.h"
+#include "request.h"
+#include "response.h"
+#include "waitq.h"
+
+static void be_start_batch(struct broker *b, struct backend *be, struct request *r);
+
+/* Keep a moving average of how long statements execute. */
+void exec_time(struct broker *b, int64_t ns)
+{
+	b->exec_ewma_ns += (ns - b->exec_ewma_ns) / 8;
+}
+
+void exec_start(struct broker *b, struct backend *be, struct request *r)
+{
+	int ok, rc;
+
+	be->in_txn = PQtransactionStatus(be->pg) != PQTRANS_IDLE;
+	be->req = r;
+	be->head_ns = b->now_ns;
+	r->be = be;
+	if (r->session && r->agent && !r->agent->session_pinned &&
+	    (!r->agent->pinned || r->agent->pinned == be)) {
+		log_debug("agent %u changes session state: keeping backend %u for its session",
+			  r->agent->slot, be->slot);
+		r->agent->session_pinned = 1;
+		b->st.c.session_pins++;
+	}
+	if (r->session > be->discard)
+		be->discard = r->session;
+	if (b->cfg.reset_query_always && !be->discard)
+		be->discard = DISCARD_ALL;
+
+	/* A pipeline costs a little more per statement (extended protocol)
+	 * and pays only when others can join it: start one when busy. */
+	if (r->pipe_ok && be->state != BE_PINNED && b->nbusy + 1 >= b->busy_target) {
+		pipe_start(b, be, r);	/* pipe_send counts its wait */
+		return;
+	}
+	if (!r->attempts)
+		stats_hist_add(&b->st.acquire,
+			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
+	be_set_state(b, be, BE_BUSY);
+	if (r->nsub) {
+		be_start_batch(b, be, r);
+		return;
+	}
+	if (r->v.nparams == 0)
+		ok = PQsendQuery(be->pg, r->v.sql);
+	else
+		ok = PQsendQueryParams(be->pg, r->v.sql, (int)r->v.nparams, NULL, r->params,
+				       NULL, NULL, 0);
+	if (!ok) {
+		/* Nothing went out: safe to run it elsewhere. */
+		log_debug("backend %u: send failed: %s", be->slot, PQerrorMessage(be->pg));
+		be->req = NULL;
+		r->be = NULL;
+		/* Not in the agent's transaction or session: those are gone
+		 * with the connection, and r with them (fail_request). */
+		if (!be->in_txn && be->owner != r->agent) {
+			b->st.c.retried++;
+			be_close(b, be, CLOSE_BROKEN);
+			if (r->agent)
+				pool_submit(b, r);
+			else
+				agent_request_done(b, r);
+			return;
+		}
+		be->req = r;
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	rc = be_flush(be);
+	if (rc < 0) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be->flushing = rc == 1;
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+/* A batch goes out as one pipeline: every statement, one Sync. Until
+ * the Sync the statements form one implicit transaction, so an error
+ * rolls all of them back. */
+static void be_start_batch(struct broker *b, struct backend *be, struct request *r)
+{
+	int rc;
+
+	r->bdone = 0;
+	for (uint32_t i = 0; i < r->nsub; i++) {
+		if (r->bres[i])
+			PQclear(r->bres[i]);
+		r->bres[i] = NULL;
+	}
+	if (!PQenterPipelineMode(be->pg))
+		goto broken;
+	for (uint32_t i = 0; i < r->nsub; i++)
+		if (!PQsendQueryParams(be->pg, r->subs[i].sql, (int)r->subs[i].nparams, NULL,
+				       r->sparams[i], NULL, NULL, 0))
+			goto broken;
+	if (!PQpipelineSync(be->pg))
+		goto broken;
+	rc = be_flush(be);
+	if (rc < 0)
+		goto broken;
+	be->flushing = rc == 1;
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+	return;
+broken:
+	log_debug("backend %u: batch send failed: %s", be->slot, PQerrorMessage(be->pg));
+	be_close(b, be, CLOSE_BROKEN);
+}
+
+/* Results of a pipelined batch: one per statement, each followed by a
+ * NULL, then the Sync. Returns 1 when the batch is complete. */
+static int batch_result(struct backend *be, struct request *r, PGresult *x)
+{
+	if (!x) {
+		if (r->bdone < r->nsub && r->bres[r->bdone])
+			r->bdone++;
+		return 0;
+	}
+	if (PQresultStatus(x) == PGRES_PIPELINE_SYNC) {
+		PQclear(x);
+		return 1;
+	}
+	if (r->bdone < r->nsub && !r->bres[r->bdone])
+		r->bres[r->bdone] = x;
+	else
+		PQclear(x);
+	(void)be;
+	return 0;
+}
+
+/* The statement succeeded (a NULL result did not). */
+int result_ok(const PGresult *x)
+{
+	ExecStatusType st = x ? PQresultStatus(x) : PGRES_FATAL_ERROR;
+
+	return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
+}
+
+/* Answer a finished batch: every result, or, when one failed, its error
+ * and for every other statement a PB011 naming the one that failed. The
+ * caller counts the batch as one statement. */
+static void batch_respond(struct broker *b, struct agent *a, struct request *r)
+{
+	uint32_t failed = r->nsub;
+	char msg[256];
+
+	for (uint32_t i = 0; i < r->nsub && failed == r->nsub; i++)
+		if (!result_ok(r->bres[i]))
+			failed = i;
+	if (failed < r->nsub) {
+		const char *state = r->bres[failed] ?
+			PQresultErrorField(r->bres[failed], PG_DIAG_SQLSTATE) : NULL;
+
+		snprintf(msg, sizeof(msg), "not applied: statement %u of the batch failed (%s)",
+			 failed + 1, state ? state : "no result");
+	}
+	for (uint32_t i = 0; i < r->nsub; i++) {
+		if (!a)
+			break;
+		a->resp_more = i + 1 < r->nsub;
+		if (failed < r->nsub && i != failed) {
+			agent_respond_error(b, a, r->id, "PB011", "%s", msg);
+		} else if (r->bres[i]) {
+			agent_respond(b, a, r->id, r->bres[i]);
+			r->bres[i] = NULL;
+		} else {
+			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+		}
+	}
+	if (a)
+		a->resp_more = 0;
+}
+
+/* PQexec's rule: the last result, but an error wins. */
+void exec_keep_result(struct backend *be, PGresult *x)
+{
+	if (!be->res || PQresultStatus(x) == PGRES_FATAL_ERROR ||
+	    PQresultStatus(be->res) != PGRES_FATAL_ERROR) {
+		if (be->res)
+			PQclear(be->res);
+		be->res = x;
+	} else {
+		PQclear(x);
+	}
+}
+
+/* r, run as text after its prepared statement failed, worked: that
+ * statement is stale. Ids are never reused on a slot, so a backend
+ * reconnected meanwhile has no such entry. */
+void exec_stale_forget(struct broker *b, struct request *r)
+{
+	if (!r->stale_id)
+		return;
+	stmt_cache_forget(&b->backends[r->stale_slot].stmts, r->stale_id);
+	stmt_heat_cool(b->heat, stmt_hash(r->v.sql, (int)r->v.nparams));
+	r->stale_id = 0;
+}
+
+static void statement_done(struct broker *b, struct backend *be)
+{
+	struct request *r = be->req;
+	PGresult *res = be->res;
+	PGTransactionStatusType ts = PQtransactionStatus(be->pg);
+	struct agent *a = r ? r->agent : NULL;
+	int retry = 0;
+
+	if (PQstatus(be->pg) == CONNECTION_BAD) {
+		/* The connection died under the statement (a FATAL such as
+		 * 57P01 may have come first): its fate is unknown unless it ran
+		 * inside a transaction, which is certainly gone. */
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	be->res = NULL;
+	be->req = NULL;
+	if (r) {
+		int ok = result_ok(res);
+		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+		r->be = NULL;
+		be->served++;
+		exec_time(b, b->now_ns - be->head_ns);
+		if (r->nsub) {
+			ok = 1;
+			state = NULL;
+			for (uint32_t i = 0; i < r->nsub && ok; i++)
+				if (!result_ok(r->bres[i])) {
+					ok = 0;
+					if (r->bres[i])
+						state = PQresultErrorField(r->bres[i],
+									   PG_DIAG_SQLSTATE);
+				}
+		}
+		/* Ran in the agent's session (not beside it): the answer tells
+		 * whether that is inside a transaction now. */
+		if (a && (!a->pinned || a->pinned == be))
+			a->txn_open = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+		/* Not a text that may have committed part of its work first
+		 * (CALL, DO, a COMMIT between statements): that part would run
+		 * twice. */
+		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && policy_rolled_back(state) &&
+		    !be->unsupported && policy_all_or_nothing(&r->v, r->subs, r->nsub) &&
+		    waitq_retry(b, r, state)) {
+			retry = 1;
+		} else {
+			b->st.c.statements++;
+			if (!ok || be->unsupported)
+				b->st.c.failed++;
+			if (state && strcmp(state, "57014") == 0)
+				b->st.c.statement_timeouts++;
+			stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
+			if (ok)
+				exec_stale_forget(b, r);
+			if (r->nsub)
+				batch_respond(b, a, r);
+			else if (a && be->unsupported)
+				agent_respond_error(b, a, r->id, "PB009",
+						    "COPY is not supported through pgbroker");
+			else if (a && res)
+				agent_respond(b, a, r->id, res), res = NULL;
+			else if (a)
+				agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+		}
+	}
+	if (res)
+		PQclear(res);
+	be->unsupported = 0;
+
+	if (PQstatus(be->pg) == CONNECTION_BAD || ts == PQTRANS_UNKNOWN ||
+	    ts == PQTRANS_ACTIVE) {
+		if (r && !retry)
+			agent_request_done(b, r);
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	if (a && !a->doom && (!a->pinned || a->pinned == be) &&
+	    (ts != PQTRANS_IDLE || (a->session_pinned && be->discard))) {
+		/* Inside a transaction, or holding session state: this backend
+		 * is the agent's until that ends. */
+		be->owner = a;
+		a->pinned = be;
+		be->last_used_ns = b->now_ns;
+		be->validated_ns = b->now_ns;
+		be_set_state(b, be, BE_PINNED);
+		be_arm(b, be, POLLIN);
+	} else {
+		if (a && a->pinned == be)
+			a->pinned = NULL;
+		if (a)
+			be->last_used_ns = b->now_ns;
+		if (ts != PQTRANS_IDLE)
+			be_reset(b, be, "ROLLBACK");
+		else
+			waitq_release(b, be);
+	}
+	if (r && !retry)
+		agent_request_done(b, r);
+}
+
+/* Read whatever the server sent; complete the statement when it is done. */
+static void drain(struct broker *b, struct backend *be)
+{
+	for (;;) {
+		PGresult *x;
+
+		if (be->copy_out) {
+			char *buf;
+			int n;
+
+			while ((n = PQgetCopyData(be->pg, &buf, 1)) > 0)
+				PQfreemem(buf);
+			if (n == 0)
+				break;
+			be->copy_out = 0;
+		}
+		if (PQisBusy(be->pg))
+			break;
+		x = PQgetResult(be->pg);
+		if (be->req && be->req->nsub && be->state == BE_BUSY) {
+			if (x && (PQresultStatus(x) == PGRES_COPY_IN ||
+				  PQresultStatus(x) == PGRES_COPY_OUT ||
+				  PQresultStatus(x) == PGRES_COPY_BOTH)) {
+				PQclear(x);
+				be_close(b, be, CLOSE_BROKEN);
+				return;
+			}
+			if (batch_result(be, be->req, x)) {
+				if (pipe_exit(be->pg) < 0) {
+					be_close(b, be, CLOSE_BROKEN);
+					return;
+				}
+				statement_done(b, be);
+				return;
+			}
+			continue;
+		}
+		if (!x) {
+			if (be->state == BE_RESET) {
+				if (PQtransactionStatus(be->pg) == PQTRANS_IDLE &&
+				    PQstatus(be->pg) == CONNECTION_OK && !be->dirty)
+					waitq_release(b, be);
+				else
+					be_close(b, be, CLOSE_VALIDATION);
+			} else {
+				statement_done(b, be);
+			}
+			return;
+		}
+		switch (PQresultStatus(x)) {
+		case PGRES_COPY_IN:
+			be->unsupported = 1;
+			PQclear(x);
+			PQputCopyEnd(be->pg, "COPY FROM STDIN is not supported through pgbroker");
+			be->flushing = be_flush(be) == 1;
+			break;
+		case PGRES_COPY_OUT:
+			be->unsupported = 1;
+			be->copy_out = 1;
+			PQclear(x);
+			break;
+		case PGRES_COPY_BOTH:
+			PQclear(x);
+			be->unsupported = 1;
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		default:
+			if (be->state != BE_RESET) {
+				exec_keep_result(be, x);
+				break;
+			}
+			/* The broker's own statement must succeed, or the
+			 * backend is not trusted again. */
+			if (PQresultStatus(x) == PGRES_FATAL_ERROR)
+				be->dirty = 1;
+			if (be->probe) {
+				be->probe = 0;
+				be_capacity_result(b, x);
+			}
+			PQclear(x);
+			break;
+		}
+	}
+	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+}
+
+void pool_on_poll(struct broker *b, struct backend *be, int res)
+{
+	be->poll_events = 0;   /* one-shot: it fired */
+	if (be->state == BE_CONNECTING) {
+		be_on_connect_poll(b, be);
+		return;
+	}
+	if (res < 0 && res != -ECANCELED) {
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	if (be->flushing && (res & POLLOUT)) {
+		int rc = be_flush(be);
+
+		if (rc < 0) {
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		}
+		be->flushing = rc == 1;
+	}
+	if ((res & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(be->pg)) {
+		log_info("backend %u (pid %d) lost: %s", be->slot, be->pg_pid,
+			 PQerrorMessage(be->pg));
+		be_close(b, be, CLOSE_BROKEN);
+		return;
+	}
+	/* LISTEN keeps an agent's backend, but no notification reaches the
+	 * agent: libpq would hold every one until the connection closes. */
+	for (PGnotify *n; (n = PQnotifies(be->pg));)
+		PQfreemem(n);
+	switch (be->state) {
+	case BE_RESET:
+		if (be->parked) {
+			/* Waiting for a cancel thread: input now means trouble. */
+			if (PQstatus(be->pg) == CONNECTION_BAD)
+				be_close(b, be, CLOSE_BROKEN);
+			else
+				be_arm(b, be, POLLIN);
+			break;
+		}
+		drain(b, be);
+		break;
+	case BE_BUSY:
+		if (be->piped)
+			pipe_drain(b, be);
+		else
+			drain(b, be);
+		break;
+	case BE_IDLE:
+	case BE_PINNED:
+		/* Nothing is expected: a server that speaks now is closing. */
+		if (PQstatus(be->pg) == CONNECTION_BAD) {
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		}
+		while (!PQisBusy(be->pg)) {
+			PGresult *x = PQgetResult(be->pg);
+
+			if (!x)
+				break;
+			PQclear(x);
+		}
+		if (PQstatus(be->pg) == CONNECTION_BAD) {
+			be_close(b, be, CLOSE_BROKEN);
+			return;
+		}
+		be_arm(b, be, POLLIN);
+		break;
+	default:
+		break;
+	}
+}

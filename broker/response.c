@@ -1,0 +1,242 @@
+/* Responses: results queued per agent and streamed as frames into
+ * its response ring as far as there is room. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+#include "broker.h"
+#include "errform.h"
+#include "exec.h"
+#include "response.h"
+
+void response_free(struct response *rs)
+{
+	if (rs->res)
+		PQclear(rs->res);
+	free(rs->diag);
+	free(rs);
+}
+
+static const char *pg_value(void *ctx, uint32_t row, uint32_t col, uint32_t *len)
+{
+	PGresult *res = ctx;
+
+	if (PQgetisnull(res, (int)row, (int)col))
+		return NULL;
+	*len = (uint32_t)PQgetlength(res, (int)row, (int)col);
+	return PQgetvalue(res, (int)row, (int)col);
+}
+
+static const char *pg_fname(void *ctx, uint32_t col)
+{
+	return PQfname(ctx, (int)col);
+}
+
+static void pg_ftype(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod)
+{
+	*oid = PQftype(ctx, (int)col);
+	*typmod = PQfmod(ctx, (int)col);
+}
+
+static const char *pg_diag(void *ctx, int code)
+{
+	return PQresultErrorField(ctx, code);
+}
+
+/* The error fields a failed result carries, packed for the response (the
+ * success path never comes here). 0, or -ENOMEM. */
+static int pack_diag(struct response *rs, PGresult *res)
+{
+	static const char codes[] = "SVCMDHPpqWstcdnFLR";
+	uint32_t need = resp_diag_pack(NULL, 0, codes, pg_diag, res);
+
+	if (need == 0)
+		return 0;
+	rs->diag = malloc(need);
+	if (!rs->diag)
+		return -ENOMEM;
+	resp_diag_pack(rs->diag, need, codes, pg_diag, res);
+	rs->src.diag = rs->diag;
+	rs->src.diag_len = need;
+	return 0;
+}
+
+/* PostgreSQL's status as the response states it. */
+static uint32_t resp_status_of(const PGresult *res)
+{
+	switch (res ? PQresultStatus(res) : PGRES_FATAL_ERROR) {
+	case PGRES_EMPTY_QUERY:
+		return RESP_EMPTY_QUERY;
+	case PGRES_COMMAND_OK:
+		return RESP_COMMAND_OK;
+	case PGRES_TUPLES_OK:
+	case PGRES_SINGLE_TUPLE:
+		return RESP_TUPLES_OK;
+	case PGRES_COPY_OUT:
+		return RESP_COPY_OUT;
+	case PGRES_COPY_IN:
+	case PGRES_COPY_BOTH:
+		return RESP_COPY_IN;
+	default:
+		return RESP_FATAL_ERROR;
+	}
+}
+
+static void respond(struct broker *b, struct agent *a, struct response *rs)
+{
+	if (a->resp_more)
+		rs->src.head.flags |= RESP_MORE;
+	/* a lost transaction still waits for the agent's ROLLBACK */
+	if (a->txn_open || a->lost == LOST_TXN)
+		rs->src.head.flags |= RESP_IN_TXN;
+	list_add_tail(&a->responses, &rs->link);
+	a->nresponses++;
+	agent_flush(b, a);
+}
+
+void agent_respond_tag(struct broker *b, struct agent *a, uint32_t id, const char *tag)
+{
+	struct response *rs = calloc(1, sizeof(*rs));
+
+	if (!rs) {
+		agent_fail(b, a, "out of memory for a response");
+		return;
+	}
+	snprintf(rs->msg, sizeof(rs->msg), "%s", tag);
+	rs->id = id;
+	rs->src.head.ok = 1;
+	rs->src.err = "";
+	rs->src.cmd = rs->msg;
+	resp_measure(&rs->src);
+	respond(b, a, rs);
+}
+
+void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
+			 const char *sqlstate, const char *fmt, ...)
+{
+	struct response *rs = calloc(1, sizeof(*rs));
+	va_list ap;
+
+	if (!rs) {
+		agent_fail(b, a, "out of memory for a response");
+		return;
+	}
+	va_start(ap, fmt);
+	errform_v(rs->msg, sizeof(rs->msg), fmt, ap);
+	va_end(ap);
+	rs->id = id;
+	snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s", sqlstate);
+	rs->src.head.status = RESP_FATAL_ERROR;
+	rs->src.err = rs->msg;
+	rs->src.cmd = "";
+	resp_measure(&rs->src);
+	a->errors++;
+	respond(b, a, rs);
+}
+
+void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res)
+{
+	struct response *rs;
+	int ok = result_ok(res);
+
+	rs = calloc(1, sizeof(*rs));
+	if (!rs) {
+		PQclear(res);
+		agent_fail(b, a, "out of memory for a response");
+		return;
+	}
+	rs->id = id;
+	rs->res = res;
+	rs->src.head.ok = ok;
+	rs->src.head.status = ok ? resp_status_of(res) : RESP_FATAL_ERROR;
+	if (!ok) {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		snprintf(rs->src.head.sqlstate, sizeof(rs->src.head.sqlstate), "%s",
+			 state ? state : "XX000");
+		a->errors++;
+		if (pack_diag(rs, res) < 0) {
+			response_free(rs);
+			agent_fail(b, a, "out of memory for a response");
+			return;
+		}
+	}
+	rs->src.head.ntuples = (uint32_t)PQntuples(res);
+	rs->src.head.nfields = (uint32_t)PQnfields(res);
+	rs->src.head.cmd_tuples = strtoull(PQcmdTuples(res), NULL, 10);
+	rs->src.err = PQresultErrorMessage(res);
+	rs->src.cmd = PQcmdStatus(res);
+	rs->src.ctx = res;
+	rs->src.fname = pg_fname;
+	rs->src.ftype = pg_ftype;
+	rs->src.value = pg_value;
+	if (resp_measure(&rs->src) == 0) {
+		response_free(rs);
+		agent_respond_error(b, a, id, "PB004", "result too large to deliver (over 2 GiB)");
+		return;
+	}
+	respond(b, a, rs);
+}
+
+/* Stream queued responses into the response ring as far as it has room. */
+void agent_flush(struct broker *b, struct agent *a)
+{
+	uint32_t max_frame = a->resp.size / 2;
+
+	while (!list_empty(&a->responses) && !a->doom) {
+		struct response *rs = list_entry(a->responses.next, struct response, link);
+		uint64_t left = rs->src.head.total - rs->cur.done;
+		int64_t space = ring_space(&a->resp);
+		uint32_t room, n;
+
+		if (space < 0) {
+			agent_fail(b, a, "response ring corrupt");
+			return;
+		}
+		room = ring_frame_room((uint32_t)space);
+		if (room > max_frame)
+			room = max_frame;
+		if (room < left && room < a->resp.size / 8) {
+			__atomic_store_n(&a->chan->resp.need_space, 1, __ATOMIC_SEQ_CST);
+			if (!a->blocked_since_ns) {
+				a->blocked_since_ns = b->now_ns;
+				list_add_tail(&b->blocked, &a->blocked_link);
+			}
+			/* The agent may have drained the ring meanwhile. */
+			if (ring_space(&a->resp) > space)
+				continue;
+			a->blocked_space = space;
+			return;
+		}
+		n = left < room ? (uint32_t)left : room;
+		struct frame_hdr h = {
+			.type = FRAME_RESP, .id = rs->id, .aux = (uint32_t)rs->src.head.total,
+			.flags = rs->cur.done == 0 ? FRAME_FIRST : 0,
+		};
+		h.len = n;
+		if (rs->cur.done + n == rs->src.head.total)
+			h.flags |= FRAME_LAST;
+		ring_write_hdr(&a->resp, &h);
+		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, n);
+		ring_publish(&a->resp, n);
+		agent_wake(b, a);
+		/* The agent made room, so it reads: send_timeout_ms bounds a
+		 * stall, not a long result streamed to a slow reader. */
+		if (a->blocked_since_ns)
+			a->blocked_since_ns = b->now_ns;
+		if (rs->cur.done == rs->src.head.total) {
+			list_del(&rs->link);
+			a->nresponses--;
+			response_free(rs);
+			agent_unthrottle(b, a);
+		}
+	}
+	if (a->blocked_since_ns) {
+		a->blocked_since_ns = 0;
+		list_del(&a->blocked_link);
+		__atomic_store_n(&a->chan->resp.need_space, 0, __ATOMIC_RELAXED);
+	}
+}

@@ -1,0 +1,271 @@
+/* Statements waiting for a backend: submitting, handing a freed
+ * backend to the oldest waiter, the retry backoff list, and their timers. */
+#include <poll.h>
+#include <stdio.h>
+
+#include "backend.h"
+#include "backoff.h"
+#include "broker.h"
+#include "classify.h"
+#include "exec.h"
+#include "log.h"
+#include "pipeline.h"
+#include "pool.h"
+#include "request.h"
+#include "response.h"
+#include "waitq.h"
+
+/* A backend is free for the next statement: the oldest waiter gets it. */
+void waitq_release(struct broker *b, struct backend *be)
+{
+	be->owner = NULL;
+	be->validated_ns = b->now_ns;
+	if (be->cancel_pending) {
+		/* Never reuse it while a cancel meant for the last statement
+		 * may still arrive: it would hit the next agent's statement. */
+		be->parked = 1;
+		be_set_state(b, be, BE_RESET);
+		be_arm(b, be, POLLIN);
+		return;
+	}
+	if (be->discard == DISCARD_CLOSE) {
+		be->discard = 0;
+		be_close(b, be, CLOSE_UNCLEAN);
+		return;
+	}
+	if (be->discard) {
+		be->discard = 0;
+		stmt_cache_clear(&be->stmts);
+		be_reset(b, be, "DISCARD ALL");
+		return;
+	}
+	if (b->now_ns >= be->retire_ns) {
+		be_close(b, be, CLOSE_LIFETIME);
+		return;
+	}
+	if (be->cfg_gen != b->cfg_gen || b->ntotal > (uint32_t)b->cfg.max_pool_size) {
+		be_close(b, be, CLOSE_RELOAD);
+		return;
+	}
+	if (!list_empty(&b->waitq)) {
+		struct request *r = list_entry(list_pop(&b->waitq), struct request, link);
+
+		r->waiting = 0;
+		b->nwaiting--;
+		exec_start(b, be, r);
+		return;
+	}
+	be_set_state(b, be, BE_IDLE);
+	be_arm(b, be, POLLIN);
+}
+
+/* Answer a request with the broker's own error and retire it. */
+static void finish_error(struct broker *b, struct request *r, const char *state, const char *msg)
+{
+	b->st.c.statements++;
+	b->st.c.failed++;
+	if (r->agent)
+		agent_respond_error(b, r->agent, r->id, state, "%s", msg);
+	agent_request_done(b, r);
+}
+
+/* Run r again after a backoff, if attempts and the deadline allow. */
+int waitq_retry(struct broker *b, struct request *r, const char *why)
+{
+	struct backoff bo = {
+		.base_ms = b->cfg.retry_delay_ms,
+		.cap_ms = b->cfg.retry_max_delay_ms,
+		.jitter_pct = 100,
+		.rng = b->rng,
+	};
+	int64_t delay;
+
+	if (r->attempts >= b->cfg.retry_attempts || b->stopping)
+		return 0;
+	delay = backoff_delay_ms(&bo, r->attempts + 1) * MS;
+	b->rng = bo.rng;
+	if (b->now_ns + delay - r->start_ns > (int64_t)b->cfg.acquire_timeout_ms * MS)
+		return 0;
+	r->attempts++;
+	r->due_ns = b->now_ns + delay;
+	b->st.c.retried++;
+	log_debug("retrying a statement (%s), attempt %d in %lld ms", why, r->attempts,
+		  (long long)(delay / MS));
+	list_add_tail(&b->delayed, &r->link);
+	return 1;
+}
+
+/* Why statements fail fast while the breaker is open or misconfigured:
+ * the SQLSTATE for the agent, and the message. */
+const char *waitq_fail_fast_error(struct broker *b, char *msg, size_t n)
+{
+	long long next = (long long)(breaker_retry_at(&b->breaker) - b->now_ns / MS);
+
+	if (next < 0)
+		next = 0;
+	if (b->breaker.state == BREAKER_MISCONFIGURED) {
+		snprintf(msg, n, "PostgreSQL refuses the broker's connections (misconfigured%s%s): "
+			 "%s; next try in %lld ms", *b->last_connect_code ? ", SQLSTATE " : "",
+			 b->last_connect_code, b->last_connect_error, next);
+		return "PB010";
+	}
+	snprintf(msg, n, "circuit breaker open after %d failed connection attempts (%s); "
+		 "next try in %lld ms", b->breaker.failures, b->last_connect_error, next);
+	return "PB002";
+}
+
+/* The breaker opened, or the probe failed: nobody waits out the acquire
+ * timeout for nothing. */
+void waitq_fail_all(struct broker *b)
+{
+	struct list *pos;
+	char msg[512];
+	const char *code = waitq_fail_fast_error(b, msg, sizeof(msg));
+
+	while ((pos = list_pop(&b->waitq))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		r->waiting = 0;
+		b->nwaiting--;
+		finish_error(b, r, code, msg);
+	}
+}
+
+void pool_submit(struct broker *b, struct request *r)
+{
+	struct agent *a = r->agent;
+	struct backend *be;
+
+	if (b->stopping == STOP_FAST) {
+		finish_error(b, r, "PB005", "broker is shutting down");
+		return;
+	}
+	if (!r->attempts) {
+		unsigned fl = sql_classify(r->v.sql);
+
+		for (uint32_t i = 1; i < r->nsub; i++)
+			fl |= sql_classify(r->subs[i].sql) & (SQL_SESSION | SQL_UNCLEAN);
+		r->session = (fl & SQL_UNCLEAN) ? DISCARD_CLOSE : (fl & SQL_SESSION) ? DISCARD_ALL : 0;
+		r->pipe_ok = !r->session && !r->nsub && (fl & SQL_PIPELINABLE);
+	}
+	/* The agent's statements run in its transaction or session. Not an
+	 * independent one sent before that began and back now for a retry:
+	 * the pinned backend may be busy with the agent's next statement. */
+	if (a->pinned && r == a->running) {
+		exec_start(b, a->pinned, r);
+		return;
+	}
+	/* Few busy backends, each with a pipeline of many agents' statements,
+	 * beat many backends on few cores: join a quick pipeline once the
+	 * busy backends are enough to keep the cores busy. */
+	if (r->pipe_ok && !(r->flags & REQ_SPREAD) && list_empty(&b->waitq) &&
+	    (b->nbusy >= b->busy_target || list_empty(&b->idle)) && (be = pipe_pick(b))) {
+		pipe_join(b, be, r);
+		return;
+	}
+	while (!list_empty(&b->idle)) {
+		be = list_entry(b->idle.next, struct backend, link);
+		if (PQstatus(be->pg) != CONNECTION_OK) {
+			be_close(b, be, CLOSE_VALIDATION);
+			continue;
+		}
+		exec_start(b, be, r);
+		return;
+	}
+	if (breaker_failing_fast(&b->breaker, b->now_ns / MS)) {
+		char msg[512];
+		const char *code = waitq_fail_fast_error(b, msg, sizeof(msg));
+
+		finish_error(b, r, code, msg);
+		return;
+	}
+	if (b->nwaiting >= (uint32_t)b->cfg.max_waiting) {
+		finish_error(b, r, "PB008", "too many statements waiting for a backend (max_waiting)");
+		return;
+	}
+	r->enq_ns = b->now_ns;
+	r->waiting = 1;
+	list_add_tail(&b->waitq, &r->link);
+	b->nwaiting++;
+	pool_grow(b);
+}
+
+static const char *acquire_error(struct broker *b, char *buf, size_t n)
+{
+	if (b->breaker.state == BREAKER_MISCONFIGURED)
+		waitq_fail_fast_error(b, buf, n);
+	else if (b->connect_fails)
+		snprintf(buf, n, "no backend within acquire_timeout_ms=%d: cannot connect to "
+			 "PostgreSQL: %s", b->cfg.acquire_timeout_ms, b->last_connect_error);
+	else
+		snprintf(buf, n, "no backend free within acquire_timeout_ms=%d (pool %u/%d busy)",
+			 b->cfg.acquire_timeout_ms, b->ntotal, b->cfg.max_pool_size);
+	return buf;
+}
+
+void waitq_timers(struct broker *b, int64_t *next_ns)
+{
+	int64_t acq = (int64_t)b->cfg.acquire_timeout_ms * MS;
+	struct list *pos, *tmp;
+
+	while (!list_empty(&b->waitq)) {
+		struct request *r = list_entry(b->waitq.next, struct request, link);
+		char msg[512];
+
+		if (r->enq_ns + acq > b->now_ns) {
+			if (r->enq_ns + acq < *next_ns)
+				*next_ns = r->enq_ns + acq;
+			if (r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS > b->now_ns &&
+			    r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS < *next_ns)
+				*next_ns = r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS;
+			break;
+		}
+		list_del(&r->link);
+		r->waiting = 0;
+		b->nwaiting--;
+		b->st.c.acquire_timeouts++;
+		b->st.c.statements++;
+		b->st.c.failed++;
+		agent_respond_error(b, r->agent, r->id, b->connect_fails ? "PB010" : "PB001", "%s",
+				    acquire_error(b, msg, sizeof(msg)));
+		agent_request_done(b, r);
+	}
+	list_for_each_safe(pos, tmp, &b->delayed) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		if (r->due_ns > b->now_ns) {
+			if (r->due_ns < *next_ns)
+				*next_ns = r->due_ns;
+			continue;
+		}
+		list_del(&r->link);
+		r->due_ns = 0;
+		if (r->agent)
+			pool_submit(b, r);
+		else
+			agent_request_done(b, r);
+	}
+}
+
+/* Stop taking statements: waiting ones are answered now. */
+void pool_shutdown(struct broker *b)
+{
+	struct list *pos;
+
+	while ((pos = list_pop(&b->waitq))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		r->waiting = 0;
+		b->nwaiting--;
+		b->st.c.statements++;
+		b->st.c.failed++;
+		agent_respond_error(b, r->agent, r->id, "PB005", "broker is shutting down");
+		agent_request_done(b, r);
+	}
+	while ((pos = list_pop(&b->delayed))) {
+		struct request *r = list_entry(pos, struct request, link);
+
+		r->due_ns = 0;
+		finish_error(b, r, "PB005", "broker is shutting down");
+	}
+}
