@@ -217,7 +217,8 @@ bench:
 	$(MAKE) all
 	sh tools/bench.sh
 
-# libFuzzer on the request decoder and the ring (tests/fuzz/fuzz_req.c), built
+# libFuzzer on the request decoder, the ring and the channel's framing
+# (tests/fuzz/fuzz_req.c), built
 # by clang into build-fuzz/ (never mixed with the gcc objects), seeded with
 # valid encodings, run for FUZZ_SECONDS. `make soak`: SOAK_SECONDS of mixed
 # load with agents killed at random (tools/soak.sh), not part of `make test`.
@@ -226,7 +227,9 @@ FUZZ_SECONDS ?= 60
 FUZZ_DIR     := build-fuzz
 FUZZ_CFLAGS  := -std=gnu11 -g -O1 -D_GNU_SOURCE -Icommon $(CFLAGS_WARN) \
 	-fno-omit-frame-pointer -fno-sanitize-recover=all
-FUZZ_DEPS    := common/proto.c common/proto.h common/ring.c common/ring.h tests/fuzz/fuzz_req.c
+FUZZ_DEPS    := common/proto.c common/proto.h common/ring.c common/ring.h common/chan.c \
+	common/chan.h tests/fuzz/fuzz_req.c
+FUZZ_OBJ     := $(FUZZ_DIR)/obj/proto.o $(FUZZ_DIR)/obj/ring.o $(FUZZ_DIR)/obj/chan.o
 .PHONY: fuzz soak
 fuzz:
 	@sh tools/deps.sh --fuzz
@@ -236,17 +239,17 @@ fuzz:
 	./$(FUZZ_DIR)/fuzz_req -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus $(FUZZ_DIR)/seeds
 
-$(FUZZ_DIR)/obj/%.o: common/%.c common/proto.h common/ring.h
+$(FUZZ_DIR)/obj/%.o: common/%.c common/proto.h common/ring.h common/chan.h
 	@mkdir -p $(FUZZ_DIR)/obj
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
 
-$(FUZZ_DIR)/fuzz_req: $(FUZZ_DEPS) $(FUZZ_DIR)/obj/proto.o $(FUZZ_DIR)/obj/ring.o
+$(FUZZ_DIR)/fuzz_req: $(FUZZ_DEPS) $(FUZZ_OBJ)
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ \
-		tests/fuzz/fuzz_req.c $(FUZZ_DIR)/obj/proto.o $(FUZZ_DIR)/obj/ring.o
+		tests/fuzz/fuzz_req.c $(FUZZ_OBJ)
 
-$(FUZZ_DIR)/gen_seeds: $(FUZZ_DEPS) $(FUZZ_DIR)/obj/proto.o $(FUZZ_DIR)/obj/ring.o
+$(FUZZ_DIR)/gen_seeds: $(FUZZ_DEPS) $(FUZZ_OBJ)
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -DFUZZ_SEED_MAIN -fsanitize=address,undefined -o $@ \
-		tests/fuzz/fuzz_req.c $(FUZZ_DIR)/obj/proto.o $(FUZZ_DIR)/obj/ring.o
+		tests/fuzz/fuzz_req.c $(FUZZ_OBJ)
 
 soak:
 	@sh tools/deps.sh

@@ -81,8 +81,7 @@ static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struc
 
 	if (a->bell_armed || a->doom)
 		return 0;
-	__atomic_store_n(&a->chan->broker_armed, 1, __ATOMIC_SEQ_CST);
-	v = __atomic_load_n(&a->chan->broker_bell, __ATOMIC_SEQ_CST);
+	v = chan_bell_arm(&a->chan->broker_armed, &a->chan->broker_bell);
 	if (ring_has_data(&a->req) && !agent_backlogged(b, a))
 		return 1;
 	/* A response waits for room: the agent may have made some while
@@ -124,13 +123,9 @@ void agent_run_wakes(struct broker *b)
 		struct agent *a = list_entry(pos, struct agent, wake_link);
 
 		a->want_wake = 0;
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&a->chan->agent_sleeping, __ATOMIC_RELAXED)) {
-			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
+		if (chan_bell_ring(&a->chan->agent_bell, &a->chan->agent_sleeping))
 			loop_futex_wake(b->loop, &a->chan->agent_bell);
-		}
-		if (__atomic_load_n(&a->chan->fd_armed, __ATOMIC_RELAXED) &&
-		    __atomic_exchange_n(&a->chan->fd_armed, 0, __ATOMIC_SEQ_CST))
+		if (chan_fd_take(a->chan))
 			loop_eventfd_signal(b->loop, a->efd);
 	}
 }
@@ -154,7 +149,7 @@ void agent_service(struct broker *b, struct agent *a, int from_bell)
 
 	if (from_bell) {
 		a->bell_armed = 0;
-		__atomic_store_n(&a->chan->broker_armed, 0, __ATOMIC_RELAXED);
+		chan_bell_disarm(&a->chan->broker_armed);
 	}
 	for (;;) {
 		request_read(b, a, &budget);
@@ -209,7 +204,7 @@ static void log_hangup(const struct agent *a)
 
 	if (a->state != AG_READY || !a->chan)
 		log_debug("agent %u (pid %d) left before registering", a->slot, (int)a->pid);
-	else if (!__atomic_load_n(&a->chan->agent_bye, __ATOMIC_ACQUIRE))
+	else if (!chan_said_bye(a->chan))
 		log_info("agent %u (pid %d) died (no pgb_finish): %u statement%s in flight%s",
 			 a->slot, (int)a->pid, inflight, inflight == 1 ? "" : "s", txn);
 	else if (inflight || *txn)
@@ -242,7 +237,7 @@ void agent_free(struct broker *b, struct agent *a)
 	list_del(&a->wake_link);
 	list_del(&a->ready_link);
 	list_del(&a->blocked_link);
-	free(a->in_blob);
+	chan_rx_reset(&a->rx);
 	/* An armed bell, or (epoll) the bell eventfd the agent also holds. */
 	if (a->bell_armed || a->bell_fd >= 0)
 		loop_cancel(b->loop, a->bell_fd, tag_make(TAG_BELL, a->slot, a->gen));
@@ -337,8 +332,7 @@ void agent_close_all(struct broker *b)
 		if (a->chan) {
 			uint64_t one = 1;
 
-			__atomic_store_n(&a->chan->broker_state, BROKER_CLOSING, __ATOMIC_SEQ_CST);
-			__atomic_add_fetch(&a->chan->agent_bell, 1, __ATOMIC_SEQ_CST);
+			chan_set_closing(a->chan);
 			futex_wake(&a->chan->agent_bell);
 			/* an agent polling pgb_socket() must wake up too */
 			if (a->efd >= 0)

@@ -121,11 +121,7 @@ struct agent {
 	int ready;                /* on the ready list: has more to read */
 	struct list ready_link;
 
-	/* request being assembled from frames */
-	uint8_t *in_blob;
-	uint64_t in_total, in_got;
-	uint32_t in_id;
-	int in_discard;           /* too large: frames dropped until FRAME_LAST */
+	struct chan_rx rx;        /* request being assembled from frames */
 
 	struct list queue;        /* requests not yet running, in order */
 	uint32_t nqueued;

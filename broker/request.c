@@ -322,12 +322,21 @@ void agent_request_done(struct broker *b, struct request *r)
 /* Copy frames out of the request ring into whole requests. */
 void request_read(struct broker *b, struct agent *a, int *budget)
 {
+	static const char *const broken[] = {
+		[-CHAN_RX_CORRUPT] = "request ring corrupt",
+		[-CHAN_RX_TYPE] = "unknown frame type",
+		[-CHAN_RX_NESTED] = "new request inside an unfinished one",
+		[-CHAN_RX_LENGTH] = "request length out of range",
+		[-CHAN_RX_NOMEM] = "request length out of range",
+		[-CHAN_RX_SEQUENCE] = "request frame out of sequence",
+		[-CHAN_RX_LONG] = "request frame longer than its request",
+		[-CHAN_RX_SHORT] = "request shorter than announced",
+	};
 	uint64_t max = (uint64_t)b->cfg.max_request_kb * 1024;
 	int consumed = 0;
 
 	while (*budget > 0 && !a->doom) {
-		struct frame_hdr h;
-		int rc;
+		enum chan_rx_rc rc;
 
 		if (agent_backlogged(b, a)) {
 			/* Backpressure: leave the rest in the ring until this
@@ -335,67 +344,26 @@ void request_read(struct broker *b, struct agent *a, int *budget)
 			a->throttled = 1;
 			break;
 		}
-		rc = ring_peek(&a->req, &h);
-		if (rc == 0)
+		rc = chan_rx_frame(&a->rx, &a->req, FRAME_REQ, sizeof(struct req_head), max);
+		if (rc == CHAN_RX_EMPTY)
 			break;
 		(*budget)--;
-		if (rc < 0 || h.type != FRAME_REQ) {
-			agent_fail(b, a, rc < 0 ? "request ring corrupt" : "unknown frame type");
+		if (rc < 0) {
+			agent_fail(b, a, broken[-rc]);
 			return;
 		}
-		if (h.flags & FRAME_FIRST) {
-			if (a->in_blob || a->in_discard) {
-				agent_fail(b, a, "new request inside an unfinished one");
-				return;
-			}
-			a->in_id = h.id;
-			a->in_total = h.aux;
-			a->in_got = 0;
-			if (a->in_total > max)
-				a->in_discard = 1;
-			else if (a->in_total < sizeof(struct req_head) ||
-				 !(a->in_blob = malloc(a->in_total))) {
-				agent_fail(b, a, "request length out of range");
-				return;
-			}
-		} else if ((!a->in_blob && !a->in_discard) || h.id != a->in_id) {
-			agent_fail(b, a, "request frame out of sequence");
-			return;
-		}
-		if (h.len > a->in_total - a->in_got) {
-			agent_fail(b, a, "request frame longer than its request");
-			return;
-		}
-		if (a->in_blob)
-			ring_read(&a->req, 0, a->in_blob + a->in_got, h.len);
-		a->in_got += h.len;
-		ring_consume(&a->req, &h);
 		consumed = 1;
-		if (!(h.flags & FRAME_LAST))
-			continue;
-		if (a->in_got != a->in_total) {
-			agent_fail(b, a, "request shorter than announced");
-			return;
-		}
-		if (a->in_discard) {
+		if (rc == CHAN_RX_DROPPED) {
 			char msg[160];
 
 			snprintf(msg, sizeof(msg),
 				 "statement of %llu bytes exceeds max_request_kb=%d",
-				 (unsigned long long)a->in_total, b->cfg.max_request_kb);
-			enqueue_error(b, a, a->in_id, "PB004", msg);
-		} else {
-			request_new(b, a, a->in_blob, a->in_total, a->in_id);
+				 (unsigned long long)a->rx.total, b->cfg.max_request_kb);
+			enqueue_error(b, a, a->rx.id, "PB004", msg);
+		} else if (rc == CHAN_RX_DONE) {
+			request_new(b, a, chan_rx_take(&a->rx), a->rx.total, a->rx.id);
 		}
-		a->in_blob = NULL;
-		a->in_discard = 0;
 	}
-	/* The agent stores need_space, then (fenced) loads our head; we stored
-	 * head, so fence before loading need_space, or each may miss the
-	 * other's store and the agent sleeps out a whole wait slice. */
-	if (consumed) {
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&a->chan->req.need_space, __ATOMIC_RELAXED))
-			agent_wake(b, a);
-	}
+	if (consumed && chan_space_wanted(&a->chan->req))
+		agent_wake(b, a);
 }

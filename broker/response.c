@@ -184,23 +184,18 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 /* Stream queued responses into the response ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a)
 {
-	uint32_t max_frame = a->resp.size / 2;
-
 	while (!list_empty(&a->responses) && !a->doom) {
 		struct response *rs = list_entry(a->responses.next, struct response, link);
-		uint64_t left = rs->src.head.total - rs->cur.done;
-		int64_t space = ring_space(&a->resp);
-		uint32_t room, n;
+		struct frame_hdr h = { .type = FRAME_RESP, .id = rs->id };
+		int64_t space, n = chan_frame_next(&a->resp, &h, rs->src.head.total, rs->cur.done,
+						   &space);
 
-		if (space < 0) {
+		if (n < 0) {
 			agent_fail(b, a, "response ring corrupt");
 			return;
 		}
-		room = ring_frame_room((uint32_t)space);
-		if (room > max_frame)
-			room = max_frame;
-		if (room < left && room < a->resp.size / 8) {
-			__atomic_store_n(&a->chan->resp.need_space, 1, __ATOMIC_SEQ_CST);
+		if (n == 0) {
+			chan_want_space(&a->chan->resp);
 			if (!a->blocked_since_ns) {
 				a->blocked_since_ns = b->now_ns;
 				list_add_tail(&b->blocked, &a->blocked_link);
@@ -211,17 +206,8 @@ void agent_flush(struct broker *b, struct agent *a)
 			a->blocked_space = space;
 			return;
 		}
-		n = left < room ? (uint32_t)left : room;
-		struct frame_hdr h = {
-			.type = FRAME_RESP, .id = rs->id, .aux = (uint32_t)rs->src.head.total,
-			.flags = rs->cur.done == 0 ? FRAME_FIRST : 0,
-		};
-		h.len = n;
-		if (rs->cur.done + n == rs->src.head.total)
-			h.flags |= FRAME_LAST;
-		ring_write_hdr(&a->resp, &h);
-		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, n);
-		ring_publish(&a->resp, n);
+		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, (uint32_t)n);
+		chan_frame_publish(&a->resp, &h);
 		agent_wake(b, a);
 		/* The agent made room, so it reads: send_timeout_ms bounds a
 		 * stall, not a long result streamed to a slow reader. */
@@ -237,6 +223,6 @@ void agent_flush(struct broker *b, struct agent *a)
 	if (a->blocked_since_ns) {
 		a->blocked_since_ns = 0;
 		list_del(&a->blocked_link);
-		__atomic_store_n(&a->chan->resp.need_space, 0, __ATOMIC_RELAXED);
+		chan_space_ok(&a->chan->resp);
 	}
 }

@@ -65,9 +65,7 @@ struct pgb_conn {
 	struct stash *stash, *stash_tail;
 	/* A response whose frames are still arriving: kept between calls, so
 	 * that pgb_try_result never waits for the rest. */
-	uint8_t *part;
-	uint64_t part_total, part_got;
-	uint32_t part_id;
+	struct chan_rx part;
 	struct flight *flights;  /* requests whose final response is outstanding */
 	uint32_t nflights, capflights;
 	struct pgb_conn_stats stats;
@@ -444,8 +442,7 @@ PGB_API const char *pgb_error_message(const pgb_conn *c)
 
 static void part_drop(pgb_conn *c)
 {
-	free(c->part);
-	c->part = NULL;
+	chan_rx_reset(&c->part);
 }
 
 static void stash_drop(pgb_conn *c)
@@ -467,7 +464,7 @@ PGB_API void pgb_finish(pgb_conn *c)
 	/* In a forked child only drop our references; the parent's channel
 	 * and socket stay untouched (unmapping is private to this process). */
 	if (c->chan && !inherited(c))
-		__atomic_store_n(&c->chan->agent_bye, 1, __ATOMIC_RELEASE);
+		chan_say_bye(c->chan);
 	conns_del(c);
 	conn_close(c);
 	part_drop(c);
@@ -488,16 +485,14 @@ static int64_t now_ns(void)
  * io_uring loop waits on, or the eventfd its epoll loop polls. */
 static void notify_broker(pgb_conn *c)
 {
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&c->chan->broker_armed, __ATOMIC_RELAXED)) {
-		__atomic_add_fetch(&c->chan->broker_bell, 1, __ATOMIC_SEQ_CST);
-		if (c->bfd < 0) {
-			futex_wake(&c->chan->broker_bell);
-		} else {
-			static const uint64_t one = 1;
+	if (!chan_bell_ring(&c->chan->broker_bell, &c->chan->broker_armed))
+		return;
+	if (c->bfd < 0) {
+		futex_wake(&c->chan->broker_bell);
+	} else {
+		static const uint64_t one = 1;
 
-			(void)!write(c->bfd, &one, sizeof(one));
-		}
+		(void)!write(c->bfd, &one, sizeof(one));
 	}
 }
 
@@ -506,7 +501,7 @@ static int broker_gone(pgb_conn *c)
 {
 	struct pollfd p = { .fd = c->sock, .events = POLLIN | POLLRDHUP };
 
-	if (__atomic_load_n(&c->chan->broker_state, __ATOMIC_ACQUIRE) == BROKER_CLOSING)
+	if (chan_closing(c->chan))
 		return 1;
 	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLIN)))
 		return 1;
@@ -569,15 +564,14 @@ static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 		if (wait_done(c, what, need))
 			return 0;
 		if (what == WAIT_SPACE)
-			__atomic_store_n(&ch->req.need_space, 1, __ATOMIC_RELAXED);
-		__atomic_store_n(&ch->agent_sleeping, 1, __ATOMIC_SEQ_CST);
-		v = __atomic_load_n(&ch->agent_bell, __ATOMIC_SEQ_CST);
+			chan_want_space(&ch->req);
+		v = chan_bell_arm(&ch->agent_sleeping, &ch->agent_bell);
 		if (wait_done(c, what, need)) {
-			__atomic_store_n(&ch->agent_sleeping, 0, __ATOMIC_RELAXED);
+			chan_bell_disarm(&ch->agent_sleeping);
 			continue;
 		}
 		int rc = futex_wait(&ch->agent_bell, v, WAIT_SLICE_NS);
-		__atomic_store_n(&ch->agent_sleeping, 0, __ATOMIC_RELAXED);
+		chan_bell_disarm(&ch->agent_sleeping);
 		/* Check on EINTR too: a process that takes a signal more often
 		 * than once a slice would never see a slice time out. */
 		if ((rc == -ETIMEDOUT || rc == -EINTR) && broker_gone(c)) {
@@ -598,8 +592,7 @@ static pgb_result *broken(pgb_conn *c, const char *why)
 /* The broker went away: the connection is bad. 1 when it said goodbye. */
 static int mark_gone(pgb_conn *c)
 {
-	int closing = c->chan &&
-		__atomic_load_n(&c->chan->broker_state, __ATOMIC_ACQUIRE) == BROKER_CLOSING;
+	int closing = c->chan && chan_closing(c->chan);
 
 	c->status = PGB_CONNECTION_BAD;
 	set_error(c, closing ? "broker shut down" : "broker gone");
@@ -626,20 +619,14 @@ static int drain_responses(pgb_conn *c);
 static int send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t id)
 {
 	uint64_t off = 0;
-	uint32_t max_frame = c->ring_size / 2;
 
 	while (off < total) {
-		int64_t space = ring_space(&c->req);
-		uint64_t left = total - off;
-		uint32_t room, n;
+		struct frame_hdr h = { .type = FRAME_REQ, .id = id };
+		int64_t n = chan_frame_next(&c->req, &h, total, off, NULL);
 
-		if (space < 0)
+		if (n < 0)
 			return -EPROTO;
-		room = ring_frame_room((uint32_t)space);
-		if (room > max_frame)
-			room = max_frame;
-		/* Wait for a useful amount of room rather than dribbling. */
-		if (room < left && room < c->ring_size / 8) {
+		if (n == 0) {
 			int rc;
 
 			notify_broker(c);
@@ -649,16 +636,10 @@ static int send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t 
 				return -EPIPE;
 			continue;
 		}
-		n = left < room ? (uint32_t)left : room;
-		struct frame_hdr h = {
-			.len = n, .type = FRAME_REQ, .id = id, .aux = (uint32_t)total,
-			.flags = (off == 0 ? FRAME_FIRST : 0) | (off + n == total ? FRAME_LAST : 0),
-		};
-		ring_write_hdr(&c->req, &h);
-		ring_write(&c->req, FRAME_HDR, blob + off, n);
-		ring_publish(&c->req, n);
-		off += n;
-		__atomic_store_n(&c->chan->req.need_space, 0, __ATOMIC_RELAXED);
+		ring_write(&c->req, FRAME_HDR, blob + off, (uint32_t)n);
+		chan_frame_publish(&c->req, &h);
+		off += (uint64_t)n;
+		chan_space_ok(&c->chan->req);
 		notify_broker(c);
 	}
 	return 0;
@@ -709,14 +690,11 @@ static pgb_result *recv_next(pgb_conn *c, int block, uint32_t *id)
 {
 	*id = 0;
 	for (;;) {
-		struct frame_hdr h;
-		int rc = ring_peek(&c->resp, &h);
+		enum chan_rx_rc rc = chan_rx_frame(&c->part, &c->resp, FRAME_RESP, 0, UINT64_MAX);
+		pgb_result *r;
 
-		if (rc < 0) {
-			part_drop(c);
-			return broken(c, "response ring is corrupt");
-		}
-		if (rc == 0) {
+		switch (rc) {
+		case CHAN_RX_EMPTY:
 			if (!block)
 				return NULL;
 			if (wait_broker(c, WAIT_RESPONSE, 0) < 0) {
@@ -724,45 +702,29 @@ static pgb_result *recv_next(pgb_conn *c, int block, uint32_t *id)
 				return gone_error(c);
 			}
 			continue;
-		}
-		if (h.type != FRAME_RESP) {
-			part_drop(c);
+		case CHAN_RX_PART:
+		case CHAN_RX_DONE:
+			break;
+		case CHAN_RX_CORRUPT:
+			return broken(c, "response ring is corrupt");
+		case CHAN_RX_TYPE:
 			return broken(c, "unexpected frame in the response ring");
-		}
-		if (h.flags & FRAME_FIRST) {
-			part_drop(c);
-			c->part_total = h.aux;
-			c->part_got = 0;
-			c->part_id = h.id;
-			c->part = malloc(h.aux ? h.aux : 1);
-			if (!c->part)
-				return broken(c, "out of memory for a response");
-		}
-		if (!c->part || h.len > c->part_total - c->part_got || h.id != c->part_id) {
-			part_drop(c);
+		case CHAN_RX_NOMEM:
+			return broken(c, "out of memory for a response");
+		case CHAN_RX_SHORT:
+			return broken(c, "response truncated");
+		default:
 			return broken(c, "response frames out of order");
 		}
-		ring_read(&c->resp, 0, c->part + c->part_got, h.len);
-		c->part_got += h.len;
-		ring_consume(&c->resp, &h);
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&c->chan->resp.need_space, __ATOMIC_RELAXED))
+		if (chan_space_wanted(&c->chan->resp))
 			notify_broker(c);
-		if (h.flags & FRAME_LAST) {
-			uint8_t *blob = c->part;
-			pgb_result *r;
-
-			c->part = NULL;
-			if (c->part_got != c->part_total) {
-				free(blob);
-				return broken(c, "response truncated");
-			}
-			*id = c->part_id;
-			r = build_result(blob, c->part_total);
-			if (r)
-				c->in_txn = (r->v.head.flags & RESP_IN_TXN) != 0;
-			return r;
-		}
+		if (rc != CHAN_RX_DONE)
+			continue;
+		*id = c->part.id;
+		r = build_result(chan_rx_take(&c->part), c->part.total);
+		if (r)
+			c->in_txn = (r->v.head.flags & RESP_IN_TXN) != 0;
+		return r;
 	}
 }
 
@@ -1154,12 +1116,12 @@ PGB_API pgb_result *pgb_try_result(pgb_conn *c, long long *id)
 		return next_result(c, id, 0);
 	/* Clear the eventfd first, then look: a result published after the
 	 * look finds fd_armed set and signals the fd again. */
-	was_armed = __atomic_load_n(&c->chan->fd_armed, __ATOMIC_RELAXED);
+	was_armed = chan_fd_armed(c->chan);
 	signalled = read(c->efd, &n, sizeof(n)) == (ssize_t)sizeof(n);
 	r = next_result(c, id, 0);
 	if (r)
 		return r;
-	__atomic_store_n(&c->chan->fd_armed, 1, __ATOMIC_SEQ_CST);
+	chan_fd_arm(c->chan);
 	if (ring_has_data(&c->resp))
 		return next_result(c, id, 0);
 	/* Armed since the last call and still not signalled: perhaps woken

@@ -4,15 +4,20 @@
  * ring_consume) with control words taken from the input. Also the response
  * parser the client runs on the broker's output (resp_parse_head,
  * resp_parse), and the producer side's view of a hostile consumer head
- * (ring_space).
+ * (ring_space). And the channel's framing (common/chan.c) both sides
+ * share: the reassembler (chan_rx_frame) on a hostile ring, and the frame
+ * writer (chan_frame_next) round-tripping a message through it.
  *
- * Input: byte 0 selects the decoder (mod 4), the rest is its input:
+ * Input: byte 0 selects the decoder (mod 5), the rest is its input:
  *   0  a request blob
  *   1  a batch blob
  *   2  a ring: u8 size selector (64 << (b % 7) bytes), u32 our head, u32 the
  *      consumer head seen by a producer, u8 k (1 + k % 8 tail values), k u32
  *      producer tails used in turn on successive peeks, then the ring bytes
  *   3  a response blob
+ *   4  the channel: as 2, but frames are reassembled by chan_rx_frame
+ *      (min a request head, max 16 << (high nibble of the size byte)), then
+ *      the ring bytes go as one message through chan_frame_next and back
  *
  * Built with -DFUZZ_SEED_MAIN instead of -fsanitize=fuzzer it is a program
  * that writes a seed corpus of valid encodings into the directory argv[1].
@@ -23,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chan.h"
 #include "proto.h"
 #include "ring.h"
 
@@ -140,35 +146,59 @@ static uint32_t get32(const uint8_t *p)
 	return v;
 }
 
-static void fuzz_ring(const uint8_t *in, size_t n)
-{
-	struct ring_ctl ctl;
-	struct ring r;
+/* Modes 2 and 4 read a ring from the input: size, our position, the
+ * consumer head, up to 8 producer tails, then the ring's bytes (calloc'd,
+ * the caller frees). Returns NULL when the input is too short. */
+struct ring_input {
 	uint32_t size, pos, head, tails[8];
 	unsigned k;
+	uint8_t sel;           /* the size byte, whole */
+	const uint8_t *rest;   /* the bytes after the tails, n of them */
+	size_t n;
+};
+
+static uint8_t *ring_input(const uint8_t *in, size_t n, struct ring_input *ri)
+{
 	uint8_t *ring;
 
 	if (n < 10)
-		return;
-	size = 64u << (in[0] % 7);
+		return NULL;
+	ri->sel = in[0];
+	ri->size = 64u << (in[0] % 7);
 	/* our own position is trusted: always on a frame boundary */
-	pos = get32(in + 1) & ~(FRAME_ALIGN - 1);
-	head = get32(in + 5);
-	k = 1 + in[9] % 8;
+	ri->pos = get32(in + 1) & ~(FRAME_ALIGN - 1);
+	ri->head = get32(in + 5);
+	ri->k = 1 + in[9] % 8;
 	in += 10;
 	n -= 10;
-	for (unsigned i = 0; i < k; i++) {
+	for (unsigned i = 0; i < ri->k; i++) {
 		if (n >= 4) {
-			tails[i] = get32(in);
+			ri->tails[i] = get32(in);
 			in += 4;
 			n -= 4;
 		} else {
-			tails[i] = pos;
+			ri->tails[i] = ri->pos;
 		}
 	}
-	ring = calloc(1, size);
+	ring = calloc(1, ri->size);
 	CHECK(ring);
-	memcpy(ring, in, n < size ? n : size);
+	memcpy(ring, in, n < ri->size ? n : ri->size);
+	ri->rest = in;
+	ri->n = n;
+	return ring;
+}
+
+static void fuzz_ring(const uint8_t *in, size_t n)
+{
+	struct ring_input ri;
+	struct ring_ctl ctl;
+	struct ring r;
+	uint8_t *ring = ring_input(in, n, &ri);
+	uint32_t size = ri.size, pos = ri.pos, head = ri.head, *tails = ri.tails;
+	unsigned k = ri.k;
+
+	if (!ring)
+		return;
 	memset(&ctl, 0, sizeof(ctl));
 
 	/* Consumer: the broker reading an agent's request ring. */
@@ -237,6 +267,85 @@ static void fuzz_ring(const uint8_t *in, size_t n)
 	free(ring);
 }
 
+/* The channel's reassembler on a ring whose tail and bytes are the
+ * input's, then its frame writer and reassembler in step. */
+static void fuzz_chan(const uint8_t *in, size_t n)
+{
+	struct ring_input ri;
+	struct ring_ctl ctl;
+	struct ring r, w;
+	struct chan_rx rx = { 0 };
+	uint8_t *ring = ring_input(in, n, &ri);
+	uint32_t size = ri.size, pos = ri.pos;
+	uint64_t max = 16ull << (ri.sel >> 4);
+
+	if (!ring)
+		return;
+	in = ri.rest;
+	n = ri.n;
+	memset(&ctl, 0, sizeof(ctl));
+	ring_init(&r, &ctl, ring, size);
+	r.pos = r.peer = pos;
+	for (unsigned step = 0; step < 64; step++) {
+		enum chan_rx_rc rc;
+
+		ctl.tail = ri.tails[step % ri.k];
+		rc = chan_rx_frame(&rx, &r, FRAME_REQ, sizeof(struct req_head), max);
+		CHECK(rc >= CHAN_RX_SHORT && rc <= CHAN_RX_DROPPED);
+		CHECK(rx.got <= rx.total || rc < 0);
+		if (rc == CHAN_RX_DONE) {
+			uint8_t *msg = chan_rx_take(&rx);
+			struct req_view v;
+			const char *why;
+
+			CHECK(msg && rx.got == rx.total);
+			CHECK(rx.total >= sizeof(struct req_head) && rx.total <= max);
+			if (req_decode(msg, rx.total, &v, &why) == 0)
+				use_view(&v, msg, rx.total, 0);
+			free(msg);
+		} else if (rc == CHAN_RX_DROPPED) {
+			CHECK(rx.total > max && !rx.buf);
+		} else if (rc < 0) {
+			CHECK(!rx.buf);
+			break;
+		}
+	}
+	chan_rx_reset(&rx);
+
+	/* Writer and reader in step: the input's bytes, as one message of up
+	 * to four rings, arrive whole and unchanged. */
+	uint64_t total = n < 4ull * size ? n : 4ull * size, off = 0;
+	uint8_t *got = NULL;
+
+	if (total == 0) {	/* no message is empty: a request has its head */
+		free(ring);
+		return;
+	}
+
+	memset(&ctl, 0, sizeof(ctl));
+	ring_init(&w, &ctl, ring, size);
+	ring_init(&r, &ctl, ring, size);
+	w.pos = w.peer = r.pos = r.peer = ctl.head = ctl.tail = pos;
+	do {
+		struct frame_hdr h = { .type = FRAME_RESP, .id = 9 };
+		int64_t space, len = chan_frame_next(&w, &h, total, off, &space);
+		enum chan_rx_rc rc;
+
+		CHECK(len > 0 && space == (int64_t)size);
+		CHECK(FRAME_SPAN((uint32_t)len) <= size && len <= size / 2);
+		ring_write(&w, FRAME_HDR, in + off, (uint32_t)len);
+		chan_frame_publish(&w, &h);
+		off += (uint64_t)len;
+		rc = chan_rx_frame(&rx, &r, FRAME_RESP, 0, UINT64_MAX);
+		CHECK(rc == (off == total ? CHAN_RX_DONE : CHAN_RX_PART));
+	} while (off < total);
+	got = chan_rx_take(&rx);
+	CHECK(got && rx.total == total && rx.id == 9);
+	CHECK(total == 0 || memcmp(got, in, total) == 0);
+	free(got);
+	free(ring);
+}
+
 static void fuzz_response(const uint8_t *in, size_t n)
 {
 	uint8_t *blob = dup_exact(in, n);
@@ -278,11 +387,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
 		return 0;
-	switch (data[0] % 4) {
+	switch (data[0] % 5) {
 	case 0: fuzz_request(data + 1, size - 1); break;
 	case 1: fuzz_batch(data + 1, size - 1); break;
 	case 2: fuzz_ring(data + 1, size - 1); break;
-	default: fuzz_response(data + 1, size - 1); break;
+	case 3: fuzz_response(data + 1, size - 1); break;
+	default: fuzz_chan(data + 1, size - 1); break;
 	}
 	return 0;
 }
@@ -398,6 +508,10 @@ int main(int argc, char **argv)
 		put_seed(2, rs, ring_seed(rs, 2, 0, b, (uint32_t)n));
 		put_seed(2, rs, ring_seed(rs, 2, 256 - 32, b, (uint32_t)n));
 		put_seed(2, rs, ring_seed(rs, 1, 0xfffffff0u, b, (uint32_t)n));
+		/* and for the channel's reassembler, with room for it (max 16 KiB) */
+		size_t m = ring_seed(rs, 2, 256 - 32, b, (uint32_t)n);
+		rs[0] |= 0xa0;
+		put_seed(4, rs, m);
 		free(rs);
 		free(b);
 	}
