@@ -15,7 +15,7 @@ endif
 CFLAGS_WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wformat=2 -Wno-format-nonliteral -Werror
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(CFLAGS_WARN) -MMD -MP -D_GNU_SOURCE -I. -Icommon -Iclient \
+CFLAGS  += -std=gnu11 $(CFLAGS_WARN) -MMD -MP -D_GNU_SOURCE -I. -Icommon \
 	-DPGB_VERSION_MAJOR=$(VERSION_MAJOR) -DPGB_VERSION_MINOR=$(VERSION_MINOR) \
 	-DPGB_VERSION_PATCH=$(VERSION_PATCH)
 ifeq ($(HAVE_SYSTEMD),1)
@@ -45,9 +45,13 @@ else
 Q := @
 endif
 
+# common/ is what broker and client share; libpgbroker links only the
+# common objects the client uses (each defines symbols the client calls:
+# check with nm).
 COMMON_SRC := $(wildcard common/*.c)
 COMMON_OBJ := $(COMMON_SRC:.c=.o)
-COMMON_PIC := $(COMMON_SRC:.c=.pic.o)
+LIB_COMMON := backoff breaker chan errform proto ring rundir sqlstate stats
+COMMON_PIC := $(LIB_COMMON:%=common/%.pic.o)
 BROKER_SRC := $(wildcard broker/*.c)
 BROKER_OBJ := $(BROKER_SRC:.c=.o)
 CLIENT_SRC := $(wildcard client/*.c)
@@ -74,6 +78,9 @@ $(shell printf '%s' '$(FLAGS_NOW)' > $(FLAGS_STAMP))
 endif
 
 $(FLAGS_STAMP): ;
+
+# Only the programs built on libpgbroker see its headers.
+tools/%.o tests/%.o: CFLAGS += -Iclient
 
 %.o: %.c $(FLAGS_STAMP)
 	@$(if $(Q),echo "  CC      $@")
@@ -107,7 +114,7 @@ client/libpgbroker.so: $(CLIENT_PIC) $(COMMON_PIC) client/libpgbroker.map
 	$(Q)$(CC) $(LDFLAGS) -shared -Wl,--version-script=client/libpgbroker.map \
 		-Wl,-soname,$(SONAME) -o $@ $(CLIENT_PIC) $(COMMON_PIC) -lpthread
 
-tools/poolstat: tools/poolstat.o $(COMMON_OBJ)
+tools/poolstat: tools/poolstat.o tools/json.o $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
 
@@ -116,7 +123,7 @@ tools/pgb_demo: tools/pgb_demo.o client/libpgbroker.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
 
-tools/poolbench: tools/poolbench.o tools/bench.o client/libpgbroker.a $(COMMON_OBJ)
+tools/poolbench: tools/poolbench.o tools/bench.o tools/json.o client/libpgbroker.a $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
@@ -129,13 +136,16 @@ tools/no_uring: tools/no_uring.o
 # broker/cork.o: the broker's send() (tests/unit/test_cork.c);
 # broker/classify.o: the statement classifier (unit tests, and the
 # integration test that compares it with what the server did);
-# broker/policy.o: its retry decisions (tests/unit/test_policy.c).
-$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) tools/bench.o broker/cork.o broker/classify.o \
-	broker/policy.o
+# broker/policy.o: its retry decisions (tests/unit/test_policy.c);
+# broker/config.o, broker/stmtcache.o.
+UNIT_LIBS := tools/bench.o tools/json.o broker/cork.o broker/classify.o broker/policy.o \
+	broker/config.o broker/stmtcache.o
+$(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) $(UNIT_LIBS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) $(PG_QUERY_LIBS) -lm
 
-$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a $(COMMON_OBJ) broker/classify.o
+$(INTEG_BIN): $(INTEG_SRC:.c=.o) $(INTEG_LIB) client/libpgbroker.a $(COMMON_OBJ) broker/classify.o \
+		broker/stmtcache.o
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) $(PG_QUERY_LIBS)
 

@@ -1,6 +1,7 @@
 /* One backend connection: connecting (with the breaker and the
  * server capacity check), the one armed poll, flushing, resetting, closing,
  * and cancelling on a helper thread. */
+#include <errno.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -469,7 +470,7 @@ int be_cancel(struct broker *b, struct backend *be)
 
 	if (!job || !(job->cancel = PQgetCancel(be->pg))) {
 		free(job);
-		return -1;
+		return -ENOMEM;
 	}
 	job->pending = &be->cancel_pending;
 	job->efd = b->cancel_efd;
@@ -483,7 +484,7 @@ int be_cancel(struct broker *b, struct backend *be)
 		be->cancel_pending = 0;
 		PQfreeCancel(job->cancel);
 		free(job);
-		return -1;
+		return -rc;
 	}
 	return 0;
 }

@@ -40,7 +40,7 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why);
 int be_flush(struct backend *be);
 /* Run the broker's own statement (ROLLBACK, DISCARD ALL, a ping) in BE_RESET. */
 void be_reset(struct broker *b, struct backend *be, const char *sql);
-/* Send a cancel from a helper thread; -1 when none could start. */
+/* Send a cancel from a helper thread; -errno when none could start. */
 int be_cancel(struct broker *b, struct backend *be);
 /* A cancel thread finished: parked backends whose cancel is through go back. */
 void pool_on_cancel(struct broker *b);

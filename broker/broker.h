@@ -91,7 +91,6 @@ struct response {
 	struct resp_cursor cur;
 	char msg[256];            /* broker's own error text */
 	char *diag;               /* packed error fields of a failed res, or NULL */
-	char sqlstate[8];
 };
 
 enum agent_state { AG_HELLO, AG_READY, AG_GONE };
@@ -118,8 +117,7 @@ struct agent {
 	int bell_armed;           /* a TAG_BELL wait is in the ring */
 	int want_wake;            /* on the wake list */
 	struct list wake_link;
-	int ready;                /* on the ready list: has more to read */
-	struct list ready_link;
+	struct list ready_link;   /* on broker->ready: has more to read */
 
 	struct chan_rx rx;        /* request being assembled from frames */
 
@@ -257,7 +255,6 @@ struct broker {
 	struct stats_seg *seg;
 	struct stats_data st;     /* broker's working copy, published per pass */
 	struct health_mon *health; /* health.c: sampling state */
-	int st_dirty;
 	int64_t now_ns;
 	int now_stale;            /* a loop wait ran since now_ns was read */
 };

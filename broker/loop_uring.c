@@ -9,7 +9,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <time.h>
 
+#include "log.h"
 #include "loop.h"
 
 #ifndef IORING_OP_FUTEX_WAIT
@@ -34,6 +36,19 @@ static struct io_uring *ring_of(struct loop *l)
 	return &((struct uring_loop *)l)->ring;
 }
 
+/* Submit what is queued; a failure is logged (once a second at most):
+ * the entries stay queued for the next submit, with the wait's. */
+static void uring_submit(struct io_uring *ring)
+{
+	static time_t said;
+	int rc = io_uring_submit(ring);
+
+	if (rc < 0 && rc != -EINTR && time(NULL) != said) {
+		said = time(NULL);
+		log_error("io_uring submit failed: %s", strerror(-rc));
+	}
+}
+
 /* An SQE, flushing the submission queue when it is full. */
 static struct io_uring_sqe *uring_sqe(struct loop *l)
 {
@@ -41,7 +56,7 @@ static struct io_uring_sqe *uring_sqe(struct loop *l)
 	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
 
 	while (!sqe) {
-		io_uring_submit(ring);
+		uring_submit(ring);
 		sqe = io_uring_get_sqe(ring);
 	}
 	return sqe;
@@ -137,7 +152,7 @@ static int uring_wait(struct loop *l, int64_t timeout_ns, loop_cb *cb, void *arg
 
 static void uring_flush(struct loop *l)
 {
-	io_uring_submit(ring_of(l));
+	uring_submit(ring_of(l));
 }
 
 static void uring_close(struct loop *l)

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "clock.h"
 #include "notify.h"
 
 #ifdef HAVE_SYSTEMD
@@ -17,12 +18,8 @@ void notify_ready(const char *status)
 
 void notify_reloading(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
 	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
-		   (unsigned long long)ts.tv_sec * 1000000ULL +
-		   (unsigned long long)ts.tv_nsec / 1000);
+		   (unsigned long long)clock_ns() / 1000);
 }
 
 void notify_stopping(void)

@@ -1,5 +1,6 @@
 /* Shared pipelines: autocommit statements of several agents on one
  * backend, each with its own Sync, flushed once per loop pass. */
+#include <errno.h>
 #include <poll.h>
 #include <string.h>
 
@@ -19,7 +20,7 @@
 
 /* Leave pipeline mode after the last Sync. libpq 15 may still count
  * itself busy right after handing out the Sync result until PQgetResult
- * has returned its NULL: collect that, then leave. 0 ok, -1 broken. */
+ * has returned its NULL: collect that, then leave. 0 ok, -EIO broken. */
 int pipe_exit(PGconn *pg)
 {
 	for (int tries = 0; tries < 4; tries++) {
@@ -28,12 +29,12 @@ int pipe_exit(PGconn *pg)
 		if (PQexitPipelineMode(pg))
 			return 0;
 		if (PQisBusy(pg))
-			return -1;
+			return -EIO;
 		x = PQgetResult(pg);
 		if (x)
 			PQclear(x);
 	}
-	return -1;
+	return -EIO;
 }
 
 void pipe_leave(struct broker *b, struct backend *be)
@@ -60,7 +61,7 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 	r->prep_id = 0;
 	r->prep_sent = r->prep_failed = 0;
 	if (cork_hold(be->fd) < 0)	/* until pool_flush */
-		return -1;
+		return -ENOMEM;
 	if (!r->no_prep && b->heat) {
 		uint64_t h = stmt_hash(r->v.sql, nparams);
 
@@ -85,7 +86,7 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 	ok = ok && PQpipelineSync(be->pg);	/* before libpq 17 this also flushes */
 #endif
 	if (!ok)
-		return -1;
+		return -EIO;
 	/* Sent once per loop pass (pool_flush): one write for all the
 	 * statements that joined this pipeline meanwhile. */
 	if (!be->flush_due) {

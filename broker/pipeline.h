@@ -20,7 +20,7 @@ void pipe_join(struct broker *b, struct backend *be, struct request *r);
 void pipe_drain(struct broker *b, struct backend *be);
 /* Take be off the list of pipelines (its statements are elsewhere now). */
 void pipe_leave(struct broker *b, struct backend *be);
-/* Leave pipeline mode after the last Sync: 0, or -1 when broken. */
+/* Leave pipeline mode after the last Sync: 0, or -EIO when broken. */
 int pipe_exit(PGconn *pg);
 /* Once per loop pass: send what every pipeline queued. */
 void pool_flush(struct broker *b);

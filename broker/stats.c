@@ -72,7 +72,6 @@ int stats_open(struct broker *b)
 	rc = health_init(b);
 	if (rc < 0)
 		goto fail;
-	b->st_dirty = 1;
 	stats_publish(b);
 	if (renameat(b->dir_fd, STATS_TMP, b->dir_fd, STATS_FILE) < 0) {
 		rc = -errno;
@@ -121,7 +120,6 @@ void stats_publish(struct broker *b)
 	stats_write_end(&b->seg->seq);
 	/* Every pass, and health_timers makes a pass at least every STATS_BEAT_MS. */
 	__atomic_store_n(&b->seg->heartbeat_ms, b->st.updated_ms, __ATOMIC_RELEASE);
-	b->st_dirty = 0;
 }
 
 static uint32_t backend_state(enum be_state s)

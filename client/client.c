@@ -3,6 +3,7 @@
  * matched by request id. Blocking waits are futex sleeps in bounded slices;
  * a slice that ends without an answer checks that the broker is still
  * there. The eventfd behind pgb_socket is signalled only when armed. */
+#include "clock.h"
 #include "pgbroker.h"
 #include "internal.h"
 
@@ -473,14 +474,6 @@ PGB_API void pgb_finish(pgb_conn *c)
 	free(c);
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Wake the broker if it sleeps on our channel: the futex word its
  * io_uring loop waits on, or the eventfd its epoll loop polls. */
 static void notify_broker(pgb_conn *c)
@@ -534,7 +527,7 @@ static int spin_for_response(pgb_conn *c)
 		c->spin_skips = 0;
 		limit = SPIN_MIN_NS;
 	}
-	start = now_ns();
+	start = clock_ns();
 	do {
 		for (int i = 0; i < 64; i++) {
 			if (ring_has_data(&c->resp)) {
@@ -545,7 +538,7 @@ static int spin_for_response(pgb_conn *c)
 			}
 			__builtin_ia32_pause();
 		}
-	} while (now_ns() - start < limit);
+	} while (clock_ns() - start < limit);
 	c->spin_ns /= 2;
 	return 0;
 }
@@ -740,7 +733,7 @@ static int flight_add(pgb_conn *c, uint32_t id)
 		c->flights = f;
 		c->capflights = cap;
 	}
-	c->flights[c->nflights++] = (struct flight){ .id = id, .t0 = now_ns() };
+	c->flights[c->nflights++] = (struct flight){ .id = id, .t0 = clock_ns() };
 	return 0;
 }
 
@@ -766,7 +759,7 @@ static void flight_done(pgb_conn *c, uint32_t id, const pgb_result *r)
 
 	if (i < 0)
 		return;
-	rtt = (uint64_t)(now_ns() - c->flights[i].t0);
+	rtt = (uint64_t)(clock_ns() - c->flights[i].t0);
 	c->stats.total++;
 	if (!pgb_result_ok(r))
 		c->stats.failed++;

@@ -1,5 +1,6 @@
 /* pgb_pool_health: the pool's health from the broker's stats segment,
  * read the same way poolstat reads it, without talking to the broker. */
+#include "clock.h"
 #include "pgbroker.h"
 
 #include <errno.h>
@@ -26,14 +27,6 @@ static void add_line(char *buf, size_t n, const char *line)
 
 	if (len + 1 < n)
 		snprintf(buf + len, n - len, "%s%s", len ? "\n" : "", line);
-}
-
-static int64_t now_wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 PGB_API int pgb_pool_health(const char *dir, struct pgb_health *h)
@@ -70,7 +63,7 @@ PGB_API int pgb_pool_health(const char *dir, struct pgb_health *h)
 			 "no consistent snapshot", dir, STATS_FILE);
 		goto out;
 	}
-	rc = stats_verdict(s, dir, now_wall_ms(), h->error, sizeof(h->error));
+	rc = stats_verdict(s, dir, wall_ms(), h->error, sizeof(h->error));
 	if (rc < 0)
 		goto out;
 	h->status = rc;

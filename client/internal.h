@@ -3,9 +3,34 @@
 #ifndef PGB_CLIENT_INTERNAL_H
 #define PGB_CLIENT_INTERNAL_H
 
+#include <stdint.h>
+
 #include "pgbroker.h"
 
-/* 1 when the broker's last answer on c said its session was inside a
+#define PGB_API __attribute__((visibility("default")))
+
+/* The helpers' defaults: the pool pgbroker replaces (DESIGN.md). */
+enum {
+	DEF_ATTEMPTS = 5,
+	DEF_BASE_MS = 100,
+	DEF_MAX_MS = 30000,
+	DEF_JITTER_PCT = 5,
+	DEF_BREAKER_THRESHOLD = 5,
+	DEF_BREAKER_RESET_MS = 30000,
+	BREAKER_MAX_RESET_FACTOR = 8, /* the open period doubles up to 8 x reset_ms */
+};
+
+/* outcome.c: fill an outcome; a bad argument (PGB_BAD_ARGUMENT, PB006);
+ * after a failed operation, a message for one that gave none. */
+void pgbi_outcome_set(struct pgb_outcome *o, const char *state, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+int pgbi_bad_argument(struct pgb_outcome *out, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void pgbi_outcome_tidy(struct pgb_outcome *why, int rc, const char *what);
+/* Sleep ms milliseconds, through signals. */
+void pgbi_sleep_ms(int64_t ms);
+
+/* client.c: 1 when the broker's last answer on c said its session was inside a
  * transaction (a BEGIN without its COMMIT or ROLLBACK yet). */
 int pgbi_in_transaction(const pgb_conn *c);
 

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "pgbroker.h"
 
 #define NACCOUNTS 1000
@@ -50,10 +51,7 @@ static const char *const setup_sql[] = {
 
 static double now_s(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+	return (double)clock_ns() / 1e9;
 }
 
 static uint64_t xorshift(uint64_t *s)

@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+#include "errbuf.h"
 #include "bench.h"
 #include "pgbroker.h"
 #include "stats.h"
@@ -79,18 +81,12 @@ struct ctx {
 
 static double now_s(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	return (double)clock_ns() / 1e9;
 }
 
 static uint64_t now_us(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+	return (uint64_t)clock_ns() / 1000u;
 }
 
 static void on_signal(int sig)
@@ -143,14 +139,6 @@ static int fmt(char *buf, size_t n, const char *f, ...)
 }
 
 /* Cut a trailing newline off (libpq's messages end in one). */
-static void chomp(char *s)
-{
-	size_t n = strlen(s);
-
-	while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
-		s[--n] = '\0';
-}
-
 /* Signals and priority of a forked child that is about to exec or to be an
  * agent: as they were when poolbench started. */
 static void child_setup(void)

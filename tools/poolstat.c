@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "json.h"
 #include "rundir.h"
 #include "stats.h"
@@ -33,14 +34,6 @@ struct view {
 	int64_t now_ms;
 	uint32_t status;          /* with the reader's own findings */
 };
-
-static int64_t now_wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void usage(FILE *f)
 {
@@ -98,7 +91,7 @@ static int load(struct view *v, char *err, size_t errlen)
 			 v->dir, STATS_FILE);
 		return EXIT_NO_BROKER;
 	}
-	v->now_ms = now_wall_ms();
+	v->now_ms = wall_ms();
 	rc = stats_verdict(&v->s, v->dir, v->now_ms, err, errlen);
 	if (rc < 0)
 		return EXIT_NO_BROKER;
@@ -799,7 +792,7 @@ static int live(struct view *v, int utf8)
 		len += (size_t)snprintf(out + len, sizeof(out) - len, "\033[J");
 		(void)!write(1, out, len);
 
-		wait = 1000 - now_wall_ms() % 1000;
+		wait = 1000 - wall_ms() % 1000;
 		if (poll(&pf, isatty(0) ? 1 : 0, (int)wait) > 0) {
 			char key[16];
 			ssize_t k = read(0, key, sizeof(key));

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "broker/config.h"
 #include "rundir.h"
 
 /* The default run directory of this process (tests/unit/test_rundir.c

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "stmtcache.h"
+#include "broker/stmtcache.h"
 
 Test(stmtcache, find_add_forget_clear)
 {
