@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,6 +64,7 @@ const char *bench_usage(void)
 	return "usage: poolbench [--mode broker|broker-epoll|direct|pgbouncer] [--agents N]\n"
 	       "                 [--duration S] [--epoll]\n"
 	       "                 [--workload select1|pgbench-select|tpcb|mixed] [--pool-size N]\n"
+	       "                 [--bouncer-pools 8,16,32]\n"
 	       "                 [--compare] [--agents-list 1,10,50,200] [--warmup S]\n"
 	       "                 [--json FILE] [--plot FILE.svg] [--dsn CONNINFO] [--broker PATH]\n"
 	       "       poolbench --help | --version\n"
@@ -79,6 +81,8 @@ const char *bench_usage(void)
 	       "                   seconds that run but are not measured (default 1)\n"
 	       "  --pool-size N    backends of the broker (min = max = N) and of pgbouncer\n"
 	       "                   (default: 4 per CPU, within 4..64)\n"
+	       "  --bouncer-pools L run pgbouncer once per pool size of the list (e.g.\n"
+	       "                   8,16,32); the ratios compare with its best run\n"
 	       "  --json FILE      write the results as JSON\n"
 	       "  --plot FILE.svg  draw throughput and p99 against the agent count\n"
 	       "  --dsn CONNINFO   use this PostgreSQL instead of starting a throwaway one\n"
@@ -155,7 +159,7 @@ static int parse_names(const char *s, int (*from_name)(const char *), unsigned *
 enum {
 	OPT_MODE = 1000, OPT_AGENTS, OPT_DURATION, OPT_WORKLOAD, OPT_POOL, OPT_COMPARE,
 	OPT_JSON, OPT_PLOT, OPT_LIST, OPT_DSN, OPT_WARMUP, OPT_BROKER, OPT_HELP, OPT_VERSION,
-	OPT_EPOLL,
+	OPT_EPOLL, OPT_BOUNCER_POOLS,
 };
 
 int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, size_t errlen)
@@ -168,6 +172,7 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 		{ "warmup", required_argument, NULL, OPT_WARMUP },
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "pool-size", required_argument, NULL, OPT_POOL },
+		{ "bouncer-pools", required_argument, NULL, OPT_BOUNCER_POOLS },
 		{ "compare", no_argument, NULL, OPT_COMPARE },
 		{ "epoll", no_argument, NULL, OPT_EPOLL },
 		{ "json", required_argument, NULL, OPT_JSON },
@@ -252,6 +257,15 @@ int bench_parse_args(int argc, char **argv, struct bench_opts *o, char *err, siz
 				return -1;
 			}
 			o->pool_size = (int)v;
+			break;
+		case OPT_BOUNCER_POOLS:
+			o->nbouncer_pools = bench_parse_list(optarg, o->bouncer_pools, BENCH_MAX_LIST,
+							     1, 10000);
+			if (o->nbouncer_pools < 0) {
+				errbuf_set(err, errlen, "--bouncer-pools: invalid value \"%s\" (allowed: "
+					"comma list of integers 1..10000, e.g. 8,16,32)", optarg);
+				return -1;
+			}
 			break;
 		case OPT_COMPARE:
 			o->compare = 1;
@@ -339,16 +353,30 @@ static const struct bench_result *find_run(const struct bench_result *r, int n, 
 	return NULL;
 }
 
-/* The run of mode m that goes with r[i]: the latest one before it at the
- * same workload and agent count (an agent count given twice makes two
- * steps), or NULL when there is none or it failed. */
+/* The run of mode m that goes with r[i]: the latest one before it in the
+ * same step (same workload and agent count; an agent count given twice
+ * makes two steps), the best by rate when the step ran the mode several
+ * times in a row (a pool sweep), or NULL when there is none or all failed. */
 static const struct bench_result *step_run(const struct bench_result *r, int i, int mode)
 {
-	for (int j = i - 1; j >= 0; j--)
-		if (r[j].mode == mode && r[j].workload == r[i].workload &&
-		    r[j].agents == r[i].agents)
-			return r[j].failed ? NULL : &r[j];
-	return NULL;
+	const struct bench_result *best = NULL;
+	bool seen = false;
+
+	/* Runs of one mode next to each other in one step are one sweep
+	 * (--bouncer-pools): the best of them stands for the mode. */
+	for (int j = i - 1; j >= 0; j--) {
+		if (r[j].workload != r[i].workload || r[j].agents != r[i].agents)
+			break;
+		if (r[j].mode != mode) {
+			if (seen)
+				break;
+			continue;
+		}
+		seen = true;
+		if (!r[j].failed && (!best || r[j].rate > best->rate))
+			best = &r[j];
+	}
+	return best;
 }
 
 int bench_ratios(const struct bench_result *r, int n, struct bench_ratio_row *out, int max)
@@ -470,6 +498,16 @@ static void write_epoll_ratios(FILE *f, const struct bench_result *r, int n)
 	}
 }
 
+/* The mode, and its pool when it is not the report's (a pool sweep). */
+static const char *run_name(const struct bench_result *x, int pool_size, char *buf,
+			    size_t len)
+{
+	if (x->mode == BENCH_DIRECT || x->pool_size == pool_size)
+		return bench_mode_name(x->mode);
+	snprintf(buf, len, "%s (pool %d)", bench_mode_name(x->mode), x->pool_size);
+	return buf;
+}
+
 void bench_write_report(FILE *f, const struct bench_machine *m, const struct bench_opts *o,
 			int pool_size, const struct bench_result *r, int n,
 			const char *const *notes, int nnotes)
@@ -503,12 +541,13 @@ void bench_write_report(FILE *f, const struct bench_machine *m, const struct ben
 	for (int i = 0; i < n; i++) {
 		const struct bench_result *x = &r[i];
 		char p50[16], p95[16], p99[16], mx[16], c1[16], c2[16], c3[16], cop[24];
+		char mname[48];
 		double per = cpu_per_op_us(x);
 
 		if (x->failed) {
 			fprintf(f, "| %s | %d | %s | failed: %s |  |  |  |  | %" PRIu64
 				" |  |  |  |  |  |\n", bench_workload_name(x->workload), x->agents,
-				bench_mode_name(x->mode), x->note, x->errors);
+				run_name(x, pool_size, mname, sizeof(mname)), x->note, x->errors);
 			continue;
 		}
 		bench_fmt_ms(p50, sizeof(p50), x->p50_us);
@@ -524,7 +563,7 @@ void bench_write_report(FILE *f, const struct bench_machine *m, const struct ben
 			snprintf(cop, sizeof(cop), "%.0f", per);
 		fprintf(f, "| %s | %d | %s | %.0f %s | %s | %s | %s | %s | %" PRIu64
 			" | %d | %s | %s | %s | %s |\n", bench_workload_name(x->workload),
-			x->agents, bench_mode_name(x->mode), x->rate,
+			x->agents, run_name(x, pool_size, mname, sizeof(mname)), x->rate,
 			bench_workload_unit(x->workload), p50, p95, p99, mx, x->errors,
 			x->backends, c1, c2, c3, cop);
 	}

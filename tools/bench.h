@@ -31,7 +31,7 @@ enum bench_workload {
 
 #define BENCH_MAX_LIST   16      /* entries of --agents-list and --workload lists */
 #define BENCH_MAX_AGENTS 10000
-#define BENCH_MAX_RUNS   (BENCH_MAX_LIST * BENCH_NWORKLOADS * BENCH_NMODES)
+#define BENCH_MAX_RUNS   (BENCH_MAX_LIST * BENCH_NWORKLOADS * (BENCH_NMODES + BENCH_MAX_LIST))
 
 struct bench_opts {
 	unsigned modes;         /* bit (1u << enum bench_mode) per mode to run */
@@ -43,6 +43,8 @@ struct bench_opts {
 	double duration_s;      /* measured window per run */
 	double warmup_s;        /* run but not measured, before the window */
 	int pool_size;          /* 0: bench_default_pool_size() at run time */
+	int bouncer_pools[BENCH_MAX_LIST]; /* --bouncer-pools: pgbouncer runs once per */
+	int nbouncer_pools;     /* size; ratios use the best of them (0: pool_size) */
 	const char *dsn;        /* NULL: start a throwaway PostgreSQL */
 	const char *json;       /* --json FILE */
 	const char *plot;       /* --plot FILE.svg */

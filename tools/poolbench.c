@@ -1598,6 +1598,24 @@ static int write_output(const char *path, int kind, const struct bench_machine *
 	return 0;
 }
 
+/* One run and its line of progress; -1 when it failed or saw errors. */
+static int run_step(const struct ctx *cx, int mode, int workload, int nagents,
+		    struct bench_result *res)
+{
+	char p50[16], p99[16];
+
+	run_one(cx, mode, workload, nagents, res);
+	if (res->failed) {
+		msg("    failed: %s", res->note);
+		return -1;
+	}
+	bench_fmt_ms(p50, sizeof(p50), res->p50_us);
+	bench_fmt_ms(p99, sizeof(p99), res->p99_us);
+	msg("    %.0f %s, p50 %s ms, p99 %s ms, errors %" PRIu64 ", backends %d",
+	    res->rate, bench_workload_unit(res->workload), p50, p99, res->errors, res->backends);
+	return res->errors ? -1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	static struct bench_result results[BENCH_MAX_RUNS];
@@ -1717,30 +1735,29 @@ int main(int argc, char **argv)
 		return 1;
 
 	nruns = o.nworkloads * o.nagents * __builtin_popcount(o.modes);
+	if (o.nbouncer_pools > 1 && (o.modes & (1u << BENCH_PGBOUNCER)))
+		nruns += o.nworkloads * o.nagents * (o.nbouncer_pools - 1);
 	for (int w = 0; w < o.nworkloads && !g_stop; w++) {
 		for (int a = 0; a < o.nagents && !g_stop; a++) {
 			for (int md = 0; md < BENCH_NMODES && !g_stop; md++) {
-				struct bench_result *res = &results[nres];
-				char p50[16], p99[16];
+				/* pgbouncer with --bouncer-pools: once per pool size. */
+				int sweep = md == BENCH_PGBOUNCER ? o.nbouncer_pools : 0;
 
 				if (!(o.modes & (1u << md)))
 					continue;
-				msg("[%d/%d] %s, %d agents, %s ...", ++done, nruns,
-				    bench_workload_name(o.workloads[w]), o.agents[a], bench_mode_name(md));
-				run_one(&cx, md, o.workloads[w], o.agents[a], res);
-				nres++;
-				if (res->failed) {
-					status = 1;
-					msg("    failed: %s", res->note);
-					continue;
+				for (int k = 0; k < (sweep ? sweep : 1) && !g_stop &&
+						nres < BENCH_MAX_RUNS; k++) {
+					struct ctx run = cx;
+
+					if (sweep)
+						run.pool_size = o.bouncer_pools[k];
+					msg("[%d/%d] %s, %d agents, %s (pool %d) ...", ++done, nruns,
+					    bench_workload_name(o.workloads[w]), o.agents[a],
+					    bench_mode_name(md), md == BENCH_DIRECT ? 0 : run.pool_size);
+					if (run_step(&run, md, o.workloads[w], o.agents[a],
+						     &results[nres++]) < 0)
+						status = 1;
 				}
-				bench_fmt_ms(p50, sizeof(p50), res->p50_us);
-				bench_fmt_ms(p99, sizeof(p99), res->p99_us);
-				msg("    %.0f %s, p50 %s ms, p99 %s ms, errors %" PRIu64 ", backends %d",
-				    res->rate, bench_workload_unit(res->workload), p50, p99,
-				    res->errors, res->backends);
-				if (res->errors)
-					status = 1;
 			}
 		}
 	}

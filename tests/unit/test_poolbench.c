@@ -381,6 +381,39 @@ Test(poolbench, ratio_rows_of_repeated_steps)
 	cr_assert_eq(bench_ratios(r, 4, rows, 4), 1);
 }
 
+/* --bouncer-pools: pgbouncer ran once per pool size in one step; the
+ * broker is set against the best of them, and the report names each pool. */
+Test(poolbench, ratio_rows_of_a_pool_sweep)
+{
+	struct bench_result r[5];
+	struct bench_ratio_row rows[5];
+	struct bench_opts o;
+	char err[256];
+
+	cr_assert_eq(parse(&o, err, sizeof(err), ARGS("--bouncer-pools", "8,16,32")), 0, "%s", err);
+	cr_assert_eq(o.nbouncer_pools, 3);
+	cr_assert_eq(o.bouncer_pools[2], 32);
+	cr_assert_eq(parse(&o, err, sizeof(err), ARGS("--bouncer-pools", "8,,16")), -1);
+	cr_assert(strstr(err, "--bouncer-pools") != NULL, "%s", err);
+
+	r[0] = run(BENCH_DIRECT, BENCH_TPCB, 50, 1000, 100, 200);
+	r[1] = run(BENCH_PGBOUNCER, BENCH_TPCB, 50, 800, 100, 200);
+	r[2] = run(BENCH_PGBOUNCER, BENCH_TPCB, 50, 900, 100, 400);
+	r[3] = run(BENCH_PGBOUNCER, BENCH_TPCB, 50, 850, 100, 200);
+	r[4] = run(BENCH_BROKER, BENCH_TPCB, 50, 1800, 100, 200);
+	r[2].pool_size = 16;
+	r[3].pool_size = 32;
+	cr_assert_eq(bench_ratios(r, 5, rows, 5), 1);
+	cr_assert_float_eq(rows[0].vs_bouncer_rate, 2.0, 1e-12);
+	cr_assert_float_eq(rows[0].vs_bouncer_p99, 0.5, 1e-12);
+	cr_assert_float_eq(rows[0].vs_direct_rate, 1.8, 1e-12);
+
+	/* The best failed: the next best stands in. */
+	r[2].failed = 1;
+	cr_assert_eq(bench_ratios(r, 5, rows, 5), 1);
+	cr_assert_float_eq(rows[0].vs_bouncer_rate, 1800.0 / 850.0, 1e-12);
+}
+
 /* What a writer produced, as a string (free it). */
 static char *capture(int kind, const struct bench_result *r, int n)
 {
@@ -404,6 +437,21 @@ static char *capture(int kind, const struct bench_result *r, int n)
 		bench_write_svg(f, r, n);
 	cr_assert_eq(fclose(f), 0);
 	return buf;
+}
+
+Test(poolbench, report_names_swept_pools)
+{
+	struct bench_result r[3];
+	char *out;
+
+	r[0] = run(BENCH_PGBOUNCER, BENCH_SELECT1, 10, 800, 100, 200);
+	r[1] = run(BENCH_PGBOUNCER, BENCH_SELECT1, 10, 900, 100, 200);
+	r[2] = run(BENCH_BROKER, BENCH_SELECT1, 10, 1800, 100, 200);
+	r[1].pool_size = 16;
+	out = capture('r', r, 3);
+	cr_assert(strstr(out, "| pgbouncer (pool 16) |") != NULL, "%s", out);
+	cr_assert(strstr(out, "| pgbouncer |") != NULL, "%s", out);
+	free(out);
 }
 
 Test(poolbench, report_tables)
