@@ -64,7 +64,10 @@ struct request {
 	int64_t due_ns;           /* on the delayed list: when to run again */
 	int session;              /* the text may change session state: DISCARD_ALL,
 				     or DISCARD_CLOSE when DISCARD ALL cannot undo it */
-	int pipe_ok;              /* may share a backend's pipeline (sql_pipelinable) */
+	int pipe_ok;              /* may share a backend's pipeline: pipelinable
+				     (sql_classify) and quick lately (pipeline.h) */
+	uint64_t text_hash;       /* pipelinable: stmt_hash of its text, whose run
+				     times are kept (exec_time); 0: none kept */
 	uint32_t prep_id;         /* ran as this backend's prepared statement */
 	int prep_sent;            /* ...whose Prepare went out with it */
 	int prep_failed;          /* ...and failed: the server has no such statement */
@@ -244,7 +247,6 @@ struct broker {
 	uint32_t busy_target;     /* busy backends worth having: one per core */
 	struct stmt_heat *heat;   /* statement texts seen lately */
 	uint32_t stmt_token;      /* random, in the names of prepared statements */
-	int64_t exec_ewma_ns;     /* recent statement execution time */
 	struct breaker breaker;   /* around connecting to PostgreSQL */
 	int cancel_efd;           /* cancel threads report here */
 	uint64_t rng;

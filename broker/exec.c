@@ -17,10 +17,12 @@
 
 static void be_start_batch(struct broker *b, struct backend *be, struct request *r);
 
-/* Keep a moving average of how long statements execute. */
-void exec_time(struct broker *b, int64_t ns)
+/* r ran for ns: kept per text for the pipelinable ones, which share a
+ * pipeline only while their recent runs were quick (pool_submit). */
+void exec_time(struct broker *b, const struct request *r, int64_t ns)
 {
-	b->exec_ewma_ns += (ns - b->exec_ewma_ns) / 8;
+	if (r->text_hash && b->heat)
+		stmt_time_add(b->heat, r->text_hash, ns > 0 ? (uint64_t)ns / 1000 : 0);
 }
 
 void exec_start(struct broker *b, struct backend *be, struct request *r)
@@ -235,7 +237,7 @@ static void statement_done(struct broker *b, struct backend *be)
 
 		r->be = NULL;
 		be->served++;
-		exec_time(b, b->now_ns - be->head_ns);
+		exec_time(b, r, b->now_ns - be->head_ns);
 		if (r->nsub) {
 			ok = 1;
 			state = NULL;

@@ -18,7 +18,7 @@ void exec_start(struct broker *b, struct backend *be, struct request *r);
 /* A poll on be fired (res: its events or -errno): flush, read, finish. */
 void pool_on_poll(struct broker *b, struct backend *be, int res);
 /* Fold one statement's execution time into the moving average. */
-void exec_time(struct broker *b, int64_t ns);
+void exec_time(struct broker *b, const struct request *r, int64_t ns);
 /* PQexec's rule: keep the last result, but an error wins. */
 void exec_keep_result(struct backend *be, PGresult *x);
 /* r ran as text after its prepared statement failed, and worked: forget

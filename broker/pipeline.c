@@ -63,7 +63,7 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 	if (cork_hold(be->fd) < 0)	/* until pool_flush */
 		return -ENOMEM;
 	if (!r->no_prep && b->heat) {
-		uint64_t h = stmt_hash(r->v.sql, nparams);
+		uint64_t h = r->text_hash ? r->text_hash : stmt_hash(r->v.sql, nparams);
 
 		id = stmt_cache_find(&be->stmts, h, r->v.sql, nparams);
 		if (!id && stmt_heat_see(b->heat, h) >= PREPARE_AFTER &&
@@ -137,7 +137,9 @@ void pipe_start(struct broker *b, struct backend *be, struct request *r)
 	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
 }
 
-/* The pipeline to join: the shortest one whose head is not a slow statement. */
+/* The pipeline to join: the shortest one whose head has not run longer
+ * than PIPE_HEAD_FRESH_NS (a quick text that turned slow, a lock wait:
+ * nothing more queues behind it). */
 struct backend *pipe_pick(struct broker *b)
 {
 	struct backend *best = NULL;
@@ -149,9 +151,6 @@ struct backend *pipe_pick(struct broker *b)
 		if (be->state != BE_BUSY || be->npipe >= PIPE_MAX ||
 		    b->now_ns - be->head_ns > PIPE_HEAD_FRESH_NS)
 			continue;
-		/* Slow statements lately: a joiner would wait behind one. */
-		if (b->exec_ewma_ns > PIPE_HEAD_FRESH_NS / 2)
-			return NULL;
 		if (!best || be->npipe < best->npipe)
 			best = be;
 	}
@@ -182,7 +181,8 @@ void pipe_join(struct broker *b, struct backend *be, struct request *r)
 static void pipe_refill(struct broker *b, struct backend *be)
 {
 	while (be->state == BE_BUSY && be->piped && be->npipe < PIPE_MAX &&
-	       b->exec_ewma_ns <= PIPE_HEAD_FRESH_NS / 2 && !list_empty(&b->waitq)) {
+	       (!be->req || b->now_ns - be->head_ns <= PIPE_HEAD_FRESH_NS) &&
+	       !list_empty(&b->waitq)) {
 		struct request *r = list_entry(b->waitq.next, struct request, link);
 
 		if (!r->pipe_ok || (r->flags & REQ_SPREAD))
@@ -207,7 +207,7 @@ static void pipe_done(struct broker *b, struct backend *be)
 	be->res = NULL;
 	be->npipe--;
 	be->served++;
-	exec_time(b, b->now_ns - be->head_ns);
+	exec_time(b, r, b->now_ns - be->head_ns);
 	r->be = NULL;
 	if (r->prep_id && (r->prep_failed || policy_prepared_lost(r->prep_sent, state))) {
 		/* The server has no such prepared statement, or one that no

@@ -5,7 +5,17 @@
 
 #include <libpq-fe.h>
 
-#define PIPE_HEAD_FRESH_NS (8 * MS) /* join only pipelines whose head is quick */
+/* Which statements share a pipeline (pool_submit, pipe_pick), so that
+ * none waits behind a slow one:
+ * - only a pipelinable text (sql_classify) whose own recent runs were
+ *   quick: timed at least once, an EWMA of at most PIPE_QUICK_EWMA_US and
+ *   a max (decaying by 1/8 per run, stmtcache.h) of at most
+ *   PIPE_QUICK_MAX_US. A text seen first, or slow lately, runs alone.
+ * - a pipeline takes more statements only while its head has run for at
+ *   most PIPE_HEAD_FRESH_NS (a quick text may still meet a lock). */
+#define PIPE_QUICK_EWMA_US 4000
+#define PIPE_QUICK_MAX_US  20000
+#define PIPE_HEAD_FRESH_NS (8 * MS)
 
 struct broker;
 struct backend;

@@ -26,8 +26,9 @@
 #define BREAKER_FIRST_WAIT_MS 100
 
 /* An agent left with statements out: waiting or retrying ones are
- * dropped, running ones are cancelled and their backends cleaned up. */
-static void orphan(struct broker *b, struct agent *a, struct request *r)
+ * dropped, running ones are cancelled and their backends cleaned up.
+ * Returns 1 for a statement left to run in a shared pipeline. */
+static int orphan(struct broker *b, struct agent *a, struct request *r)
 {
 	struct backend *be = r->be;
 
@@ -37,12 +38,15 @@ static void orphan(struct broker *b, struct agent *a, struct request *r)
 			b->nwaiting--;
 		list_del(&r->link);
 		request_free(r);
-		return;
+		return 0;
 	}
 	/* A statement in a shared pipeline is not cancelled (the cancel could
-	 * hit a neighbour's statement): it finishes and its answer is dropped. */
-	if (!be || be->req != r || be->state != BE_BUSY || be->piped)
-		return;
+	 * hit a neighbour's statement): it finishes and its answer is dropped.
+	 * Only quick texts share pipelines (pool_submit). */
+	if (be && be->state == BE_BUSY && be->piped)
+		return 1;
+	if (!be || be->req != r || be->state != BE_BUSY)
+		return 0;
 	if (a->pinned == be)
 		a->pinned = NULL;
 	be->owner = NULL;
@@ -52,12 +56,13 @@ static void orphan(struct broker *b, struct agent *a, struct request *r)
 	 * once it is idle and clean (see statement_done). */
 	if (b->stopping) {	/* closing ends it: no cancel thread to wait for */
 		be_close(b, be, CLOSE_SHUTDOWN);
-		return;
+		return 0;
 	}
 	log_info("agent %u gone mid-statement: cancelling on backend %u (pid %d)",
 		 a->slot, be->slot, be->pg_pid);
 	if (be_cancel(b, be) < 0)
 		be_close(b, be, CLOSE_BROKEN);
+	return 0;
 }
 
 /* a lets go of its idle pinned backend: what it left there (a transaction,
@@ -82,12 +87,17 @@ static void unpin(struct broker *b, struct agent *a)
 void pool_agent_gone(struct broker *b, struct agent *a)
 {
 	struct list *pos;
+	uint32_t piped = 0;
 
 	a->running = NULL;
 	while ((pos = list_pop(&a->active))) {
 		a->nactive--;
-		orphan(b, a, list_entry(pos, struct request, alink));
+		piped += (uint32_t)orphan(b, a, list_entry(pos, struct request, alink));
 	}
+	if (piped)
+		log_info("agent %u gone: %u statement%s in shared pipelines run to completion "
+			 "(not cancelled: a cancel could hit another agent's); results dropped",
+			 a->slot, piped, piped == 1 ? "" : "s");
 	unpin(b, a);
 }
 
@@ -221,7 +231,6 @@ int pool_init(struct broker *b)
 	list_init(&b->waitq);
 	list_init(&b->delayed);
 	list_init(&b->pipes);
-	b->exec_ewma_ns = PIPE_HEAD_FRESH_NS;  /* pipelines only once statements prove quick */
 	b->heat = calloc(1, sizeof(*b->heat));	/* NULL: nothing is prepared */
 	/* Names agents cannot guess ahead: _pgbroker_<token>_<n>. */
 	if (getrandom(&b->stmt_token, sizeof(b->stmt_token), GRND_NONBLOCK) < 0)

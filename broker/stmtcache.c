@@ -99,14 +99,23 @@ void stmt_cache_clear(struct stmt_cache *c)
 	c->live = 0;
 }
 
-uint32_t stmt_heat_see(struct stmt_heat *t, uint64_t h)
+static uint32_t heat_slot(struct stmt_heat *t, uint64_t h)
 {
 	uint32_t i = (uint32_t)(h >> 17) & (STMT_HEAT_SLOTS - 1);
 
 	if (t->hash[i] != h) {
 		t->hash[i] = h;
 		t->count[i] = 0;
+		t->ewma_us[i] = t->max_us[i] = 0;
+		t->timed[i] = 0;
 	}
+	return i;
+}
+
+uint32_t stmt_heat_see(struct stmt_heat *t, uint64_t h)
+{
+	uint32_t i = heat_slot(t, h);
+
 	if (t->count[i] < UINT32_MAX)
 		t->count[i]++;
 	return t->count[i];
@@ -118,4 +127,29 @@ void stmt_heat_cool(struct stmt_heat *t, uint64_t h)
 
 	if (t->hash[i] == h)
 		t->count[i] = 0;
+}
+
+void stmt_time_add(struct stmt_heat *t, uint64_t h, uint64_t us)
+{
+	uint32_t i = heat_slot(t, h);
+	uint32_t v = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+
+	if (!t->timed[i]) {
+		t->timed[i] = 1;
+		t->ewma_us[i] = t->max_us[i] = v;
+		return;
+	}
+	/* in 64 bits: an EWMA of values near UINT32_MAX must not wrap */
+	t->ewma_us[i] = (uint32_t)(((uint64_t)t->ewma_us[i] * 7 + v) / 8);
+	t->max_us[i] -= t->max_us[i] / 8;
+	if (v > t->max_us[i])
+		t->max_us[i] = v;
+}
+
+int stmt_time_quick(const struct stmt_heat *t, uint64_t h, uint32_t ewma_us, uint32_t max_us)
+{
+	uint32_t i = (uint32_t)(h >> 17) & (STMT_HEAT_SLOTS - 1);
+
+	return t->hash[i] == h && t->timed[i] && t->ewma_us[i] <= ewma_us &&
+	       t->max_us[i] <= max_us;
 }

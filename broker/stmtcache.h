@@ -1,7 +1,9 @@
 /* Prepared statements cached per backend, keyed by statement text, and a
- * small table of how often each text was seen lately (only texts that
- * repeat are worth a Prepare). Pure data structures: the broker decides
- * when to prepare and what the server knows (see broker/pipeline.c). */
+ * small table per text of how often it was seen lately (only texts that
+ * repeat are worth a Prepare) and how long it ran lately (only quick texts
+ * share a pipeline). Pure data structures: the broker decides when to
+ * prepare, what may be pipelined and what the server knows (see
+ * broker/pipeline.c). */
 #ifndef PGB_STMTCACHE_H
 #define PGB_STMTCACHE_H
 
@@ -28,9 +30,17 @@ struct stmt_cache {
 	uint32_t next_id;           /* ids are never reused on one connection */
 };
 
+/* One slot per text hash (direct-mapped: a text that takes a slot resets
+ * it, so the text it displaces counts as unseen again). The times are in
+ * microseconds: an EWMA of weight 1/8 and a max that decays by 1/8 at
+ * every execution, so one slow run keeps a text out of pipelines for a
+ * few dozen runs, not forever. */
 struct stmt_heat {
 	uint64_t hash[STMT_HEAT_SLOTS];
 	uint32_t count[STMT_HEAT_SLOTS];
+	uint32_t ewma_us[STMT_HEAT_SLOTS];
+	uint32_t max_us[STMT_HEAT_SLOTS];
+	uint8_t timed[STMT_HEAT_SLOTS];	/* 1 once a run of the text was timed */
 };
 
 uint64_t stmt_hash(const char *sql, int nparams);
@@ -48,5 +58,11 @@ void stmt_cache_clear(struct stmt_cache *c);
 /* Count one sighting of hash; returns how often it was seen lately. */
 uint32_t stmt_heat_see(struct stmt_heat *t, uint64_t h);
 void stmt_heat_cool(struct stmt_heat *t, uint64_t h);
+/* One execution of the text with hash h took us microseconds. */
+void stmt_time_add(struct stmt_heat *t, uint64_t h, uint64_t us);
+/* 1 when the text's recent runs were quick: it was timed, its EWMA is at
+ * most ewma_us and its decaying max at most max_us. A text never timed
+ * (or displaced from its slot) is not quick. */
+int stmt_time_quick(const struct stmt_heat *t, uint64_t h, uint32_t ewma_us, uint32_t max_us);
 
 #endif

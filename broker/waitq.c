@@ -146,7 +146,13 @@ void pool_submit(struct broker *b, struct request *r)
 		for (uint32_t i = 1; i < r->nsub; i++)
 			fl |= sql_classify(r->subs[i].sql) & (SQL_SESSION | SQL_UNCLEAN);
 		r->session = (fl & SQL_UNCLEAN) ? DISCARD_CLOSE : (fl & SQL_SESSION) ? DISCARD_ALL : 0;
-		r->pipe_ok = !r->session && !r->nsub && (fl & SQL_PIPELINABLE);
+		r->pipe_ok = 0;
+		if (!r->session && !r->nsub && (fl & SQL_PIPELINABLE) && b->heat) {
+			/* Timed from now on; shared only when quick lately. */
+			r->text_hash = stmt_hash(r->v.sql, (int)r->v.nparams);
+			r->pipe_ok = stmt_time_quick(b->heat, r->text_hash, PIPE_QUICK_EWMA_US,
+						     PIPE_QUICK_MAX_US);
+		}
 	}
 	/* The agent's statements run in its transaction or session. Not an
 	 * independent one sent before that began and back now for a retry:

@@ -98,3 +98,32 @@ Test(stmtcache, heat_counts_repeats_and_cools)
 	stmt_heat_cool(&t, a);
 	cr_expect_eq(stmt_heat_see(&t, a), 1);
 }
+
+Test(stmtcache, times_say_which_texts_are_quick)
+{
+	static struct stmt_heat t;
+	uint64_t a = stmt_hash("select 1", 0), s = stmt_hash("select pg_sleep(3)", 0);
+	int runs = 0;
+
+	/* never timed: not quick */
+	cr_expect_not(stmt_time_quick(&t, a, 4000, 20000));
+	stmt_time_add(&t, a, 100);
+	cr_expect(stmt_time_quick(&t, a, 4000, 20000));
+	/* one slow run keeps a text out for a while, not for ever */
+	stmt_time_add(&t, s, 3000000);
+	cr_expect_not(stmt_time_quick(&t, s, 4000, 20000));
+	while (!stmt_time_quick(&t, s, 4000, 20000) && runs < 1000) {
+		stmt_time_add(&t, s, 100);
+		runs++;
+	}
+	cr_expect(runs > 10 && runs < 100, "back after %d quick runs", runs);
+	/* the other text was not touched */
+	cr_expect(stmt_time_quick(&t, a, 4000, 20000));
+	/* an average over the limit with no outlier is slow too */
+	for (int i = 0; i < 50; i++)
+		stmt_time_add(&t, a, 5000);
+	cr_expect_not(stmt_time_quick(&t, a, 4000, 20000));
+	/* huge values do not wrap */
+	stmt_time_add(&t, a, UINT64_MAX);
+	cr_expect_not(stmt_time_quick(&t, a, 4000, 20000));
+}
