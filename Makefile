@@ -57,6 +57,11 @@ BROKER_OBJ := $(BROKER_SRC:.c=.o)
 CLIENT_SRC := $(wildcard client/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:.c=.o)
 CLIENT_PIC := $(CLIENT_SRC:.c=.pic.o)
+# The drop-in libpq.so.5 (client/libpq): libpq's ABI over libpgbroker, one
+# library with libpgbroker's objects inside; only libpq's names exported.
+LIBPQ_SRC  := $(wildcard client/libpq/*.c)
+LIBPQ_PIC  := $(LIBPQ_SRC:.c=.pic.o)
+LIBPQ_SO   := client/libpq/libpq.so.5
 
 TOOLS := tools/poolstat tools/pgb_demo tools/poolbench
 UNIT_SRC  := $(wildcard tests/unit/*.c)
@@ -65,7 +70,7 @@ INTEG_SRC := $(wildcard tests/integ/test_*.c)
 INTEG_LIB := tests/integ/harness.o
 INTEG_BIN := tests/integ/integ_tests
 
-ALL := broker/pgbroker client/libpgbroker.a client/libpgbroker.so $(TOOLS)
+ALL := broker/pgbroker client/libpgbroker.a client/libpgbroker.so $(LIBPQ_SO) $(TOOLS)
 
 .PHONY: all deps test unit integ demo bench install uninstall check-install check-docs clean check-deps
 all: $(ALL)
@@ -81,6 +86,7 @@ $(FLAGS_STAMP): ;
 
 # Only the programs built on libpgbroker see its headers.
 tools/%.o tests/%.o: CFLAGS += -Iclient
+client/libpq/%.pic.o: CFLAGS += -Iclient
 
 %.o: %.c $(FLAGS_STAMP)
 	@$(if $(Q),echo "  CC      $@")
@@ -113,6 +119,14 @@ client/libpgbroker.so: $(CLIENT_PIC) $(COMMON_PIC) client/libpgbroker.map
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -shared -Wl,--version-script=client/libpgbroker.map \
 		-Wl,-soname,$(SONAME) -o $@ $(CLIENT_PIC) $(COMMON_PIC) -lpthread
+
+# -Bsymbolic-functions: the face's own calls (PQexec -> PQsendQuery) stay
+# inside it even when the system libpq is loaded beside it.
+$(LIBPQ_SO): $(LIBPQ_PIC) $(CLIENT_PIC) $(COMMON_PIC) client/libpq/libpq.map
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -shared -Wl,--version-script=client/libpq/libpq.map \
+		-Wl,-Bsymbolic-functions -Wl,-soname,libpq.so.5 -o $@ \
+		$(LIBPQ_PIC) $(CLIENT_PIC) $(COMMON_PIC) -lpthread
 
 tools/poolstat: tools/poolstat.o tools/json.o $(COMMON_OBJ)
 	@$(if $(Q),echo "  LD      $@")
@@ -162,6 +176,7 @@ test: deps
 	PGBROKER_LOOP=epoll sh tools/run-integ.sh ./$(INTEG_BIN)
 	$(CHECK_INSTALL_ENV) PGB_MAKE='$(MAKE)' sh tools/check-install.sh
 	$(CHECK_INSTALL_ENV) sh tools/check-docs.sh
+	sh tools/run-integ.sh tests/libpq/run.sh
 	$(MAKE) test-node
 
 # Install into a temporary DESTDIR and check the result: files, the library's
@@ -188,7 +203,12 @@ unit: $(UNIT_BIN)
 # says so and skips.
 NODE_DIR   := client/node
 NODE_ADDON := $(NODE_DIR)/build/Release/pgbroker.node
-.PHONY: node test-node bench-node
+.PHONY: node test-node bench-node test-libpq
+# pgbench, psql and psycopg2, unmodified, through client/libpq/libpq.so.5
+# (tests/libpq/run.sh [SECTION...]).
+test-libpq: all
+	sh tools/run-integ.sh tests/libpq/run.sh
+
 node: $(NODE_ADDON)
 
 $(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
@@ -300,8 +320,12 @@ SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@BINDIR@|$(BINDIR)|g' \
 MAN_PAGES := man/pgbroker.8 man/poolstat.1 man/poolbench.1 man/libpgbroker.3
 man_path = $(MANDIR)/man$(subst .,,$(suffix $(1)))/$(notdir $(1))
 # Every path install creates below $(DESTDIR); uninstall removes exactly these.
+# The drop-in libpq.so.5 goes into a directory of its own, never over the
+# system's libpq: programs take it with LD_LIBRARY_PATH or LD_PRELOAD.
+LIBPQ_DIR    = $(LIBDIR)/pgbroker
 INSTALLED = $(addprefix $(BINDIR)/,pgbroker poolstat poolbench) \
 	$(addprefix $(LIBDIR)/,libpgbroker.a $(SOFILE) $(SONAME) libpgbroker.so) \
+	$(LIBPQ_DIR)/libpq.so.5 \
 	$(INCLUDEDIR)/pgbroker.h $(PKGCONFIGDIR)/libpgbroker.pc \
 	$(foreach m,$(MAN_PAGES),$(call man_path,$(m))) \
 	$(DOCDIR)/pgbroker.conf.example $(UNITDIR)/pgbroker.service \
@@ -327,6 +351,7 @@ install: all
 	$(call install_file,755,client/libpgbroker.so,$(LIBDIR)/$(SOFILE))
 	$(Q)ln -sf $(SOFILE) "$(DESTDIR)$(LIBDIR)/$(SONAME)"
 	$(Q)ln -sf $(SONAME) "$(DESTDIR)$(LIBDIR)/libpgbroker.so"
+	$(call install_file,755,$(LIBPQ_SO),$(LIBPQ_DIR)/libpq.so.5)
 	$(call install_file,644,client/pgbroker.h,$(INCLUDEDIR)/pgbroker.h)
 	$(call install_subst,client/libpgbroker.pc.in,$(PKGCONFIGDIR)/libpgbroker.pc)
 	$(foreach m,$(MAN_PAGES),$(call install_man,$(m)))
@@ -343,10 +368,11 @@ uninstall:
 		$(if $(Q),echo "  RM      $(DESTDIR)$$f";) rm -f "$(DESTDIR)$$f" || exit 1; \
 	done
 	$(Q)if [ -d "$(DESTDIR)$(DOCDIR)" ]; then rmdir "$(DESTDIR)$(DOCDIR)" 2>/dev/null || :; fi
+	$(Q)if [ -d "$(DESTDIR)$(LIBPQ_DIR)" ]; then rmdir "$(DESTDIR)$(LIBPQ_DIR)" 2>/dev/null || :; fi
 	$(Q)$(if $(RUN_LDCONFIG),ldconfig || :)
 
 clean:
-	rm -f $(ALL) $(UNIT_BIN) $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak tools/no_uring
+	rm -f $(ALL) $(UNIT_BIN) client/libpq/*.o client/libpq/*.d $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak tools/no_uring
 	rm -rf $(NODE_DIR)/build $(NODE_DIR)/build.log
 
 -include $(wildcard */*.d */*/*.d)

@@ -140,6 +140,7 @@ FILES="755 bin/pgbroker
 755 bin/poolbench
 644 lib/libpgbroker.a
 755 lib/$SOFILE
+755 lib/pgbroker/libpq.so.5
 644 include/pgbroker.h
 644 lib/pkgconfig/libpgbroker.pc
 644 share/man/man8/pgbroker.8
@@ -170,6 +171,14 @@ l2=$(readlink "$P/lib/$SONAME") || l2=
 so=$(readelf -d "$P/lib/$SOFILE" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
 [ "$so" = "$SONAME" ] || fail "SONAME of $SOFILE is '$so', not $SONAME"
 ok "libpgbroker.so -> $SONAME -> $SOFILE, SONAME $SONAME"
+
+# The drop-in libpq in its own directory, never the system's libpq.
+so=$(readelf -d "$P/lib/pgbroker/libpq.so.5" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
+[ "$so" = "libpq.so.5" ] || fail "SONAME of lib/pgbroker/libpq.so.5 is '$so', not libpq.so.5"
+[ ! -e "$P/lib/libpq.so.5" ] || fail "make install put a libpq.so.5 in lib/ itself"
+nm -D --defined-only "$P/lib/pgbroker/libpq.so.5" | awk '$NF ~ /^pgb_/' >"$TMP/nm"
+[ ! -s "$TMP/nm" ] || fail "lib/pgbroker/libpq.so.5 exports pgb_ symbols: $(oneline "$(cat "$TMP/nm")")"
+ok "lib/pgbroker/libpq.so.5: SONAME libpq.so.5, beside (not over) the system's libpq"
 
 # --- the library's interface ---------------------------------------------
 

@@ -12,7 +12,7 @@ set -u
 # libprotobuf-c-dev: the headers of its parse-tree messages (the runtime is
 # inside libpg_query).
 PKGS="gcc make pkg-config liburing-dev libcriterion-dev libpq-dev postgresql tmux \
-libpg-query-dev libprotobuf-c-dev"
+libpg-query-dev libprotobuf-c-dev python3-psycopg2"
 # The npm package (client/node) builds a C++ addon. Debian's Node.js only
 # where no node is installed: a node already here (e.g. a nodesource build,
 # headers in /usr/include/node) is used as it is.
