@@ -9,6 +9,8 @@ export interface PoolConfig {
   max?: number;
   /** Statements one Pool keeps in flight at once; more wait in the Pool (128). */
   maxInFlight?: number;
+  /** Type parsers for every query of the Pool and its clients (pg's option); a query's own types come first. */
+  types?: CustomTypesConfig;
   [key: string]: unknown;
 }
 

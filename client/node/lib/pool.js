@@ -3,7 +3,9 @@
 // with PGB_INDEPENDENT on the process's one broker connection, so that
 // concurrent queries spread over backends as pg.Pool's would; pool.connect()
 // gives a Client with a broker connection of its own, whose statements run
-// in order on one session (pinned while a transaction is open).
+// in order on one session (pinned while a transaction is open). release()
+// makes that connection a clean, unpinned session again (pgb_reset) and
+// keeps it for the next connect(); release(err) closes it.
 const EventEmitter = require('events');
 const pgTypes = require('pg-types');
 const native = require('./native');
@@ -125,7 +127,8 @@ function makeResult(raw, config) {
 }
 
 // query(text, values, cb) / query(config, values, cb) / query(config, cb)
-function normalize(textOrConfig, values, cb) {
+// types: the Pool's own (pg's Pool/Client option), unless the query has some.
+function normalize(textOrConfig, values, cb, types) {
   if (typeof values === 'function') {
     cb = values;
     values = undefined;
@@ -142,6 +145,7 @@ function normalize(textOrConfig, values, cb) {
   } else {
     throw new TypeError('Client was passed a null or undefined query');
   }
+  if (types && !config.types) config.types = types;
   return { config, cb };
 }
 
@@ -290,26 +294,29 @@ class Client extends EventEmitter {
     this._pool = pool;
     this._channel = channel;
     this._released = false;
+    channel.owner = this;
   }
 
   query(textOrConfig, values, cb) {
-    const n = normalize(textOrConfig, values, cb);
+    const n = normalize(textOrConfig, values, cb, this._pool.options.types);
     const p = this._released
       ? Promise.reject(new Error('Client was closed and is not queryable'))
       : this._channel.run(n.config);
     return withCallback(p, n.cb);
   }
 
-  // Ends the session: the broker rolls back what is open and unpins its
-  // backend; the next connect() starts a clean one.
+  // Ends the session: once what is in flight is done, the broker rolls back
+  // what is open, discards the session state and unpins its backend; the
+  // connection then serves a later connect(). With an error (or true), as
+  // pg, the connection is closed instead.
   release(err) {
     if (this._released) throw new Error('Release called on client which has already been released to the pool.');
     this._released = true;
     const ch = this._channel;
+    ch.owner = null;
     this._pool._clients.delete(this);
-    ch.idle().then(() => ch.close());
+    this._pool._recycle(ch, !!err);
     this._pool.emit('release', err, this);
-    this._pool._clientReleased();
   }
 }
 
@@ -331,6 +338,9 @@ class Pool extends EventEmitter {
     this.ended = false;
     this._channel = null;
     this._clients = new Set();
+    this._idle = [];          // clean client connections for connect()
+    this._resetting = 0;      // released ones being made clean
+    this._connectWaiters = []; // connect()s waiting for one of those
     this._workers = [];       // idle connections for batches
     this._batches = 0;
     this._healthCache = null;
@@ -346,6 +356,9 @@ class Pool extends EventEmitter {
   }
 
   _lost(err) {
+    // The idle client connections went with the broker.
+    for (const ch of this._idle) ch.close();
+    this._idle = [];
     if (this.listenerCount('error') > 0) this.emit('error', err);
   }
 
@@ -357,7 +370,7 @@ class Pool extends EventEmitter {
   query(textOrConfig, values, cb) {
     let n;
     try {
-      n = normalize(textOrConfig, values, cb);
+      n = normalize(textOrConfig, values, cb, this.options.types);
     } catch (e) {
       if (typeof values === 'function') return values(e);
       if (typeof cb === 'function') return cb(e);
@@ -377,28 +390,76 @@ class Pool extends EventEmitter {
   }
 
   connect(cb) {
-    let p;
-    if (this.ending) {
-      p = Promise.reject(new Error('Cannot use a pool after calling end on the pool'));
-    } else {
-      try {
-        const client = new Client(this, new Channel(this.options.dir, 0, this.options.maxInFlight,
-          (err, ch) => { if (client.listenerCount('error') > 0) client.emit('error', err); this._lost(err); }));
-        this._clients.add(client);
-        this.emit('connect', client);
-        this.emit('acquire', client);
-        p = Promise.resolve(client);
-      } catch (e) {
-        p = Promise.reject(e);
-      }
-    }
+    const p = this.ending
+      ? Promise.reject(new Error('Cannot use a pool after calling end on the pool'))
+      : this._acquire();
     if (!cb) return p;
     p.then((c) => cb(null, c, (err) => c.release(err)), (e) => cb(e));
     return undefined;
   }
 
-  _clientReleased() {
-    if (this.ending && this._clients.size === 0 && this._endResolve) this._endResolve();
+  // A clean connection: an idle one, else one being made clean (a round
+  // trip to the broker, cheaper than a new connection), else a new one.
+  async _acquire() {
+    let ch = null;
+    while (!ch && this._idle.length) {
+      ch = this._idle.pop();
+      if (!ch.ok()) {
+        ch.close();
+        ch = null;
+      }
+    }
+    if (!ch && this._resetting > this._connectWaiters.length)
+      ch = await new Promise((res) => this._connectWaiters.push(res));
+    if (this.ending) {
+      if (ch) ch.close();
+      throw new Error('Cannot use a pool after calling end on the pool');
+    }
+    let fresh = false;
+    if (!ch) {
+      ch = new Channel(this.options.dir, 0, this.options.maxInFlight, (err, lost) => {
+        const c = lost.owner;
+        if (c && c.listenerCount('error') > 0) c.emit('error', err);
+        this._lost(err);
+      });
+      fresh = true;
+    }
+    const client = new Client(this, ch);
+    this._clients.add(client);
+    if (fresh) this.emit('connect', client);
+    this.emit('acquire', client);
+    return client;
+  }
+
+  // A released client's connection: reset and kept, or closed.
+  async _recycle(ch, discard) {
+    this._resetting++;
+    let keep = false;
+    try {
+      await ch.idle();
+      if (!discard && !this.ending && ch.ok() && !ch.lostReported)
+        keep = (await ch.conn.reset()) === '';
+    } catch {
+      keep = false;
+    } finally {
+      this._resetting--;
+    }
+    if (keep && !this.ending) {
+      const w = this._connectWaiters.shift();
+      if (w) w(ch);
+      else if (this._idle.length < this.options.max) this._idle.push(ch);
+      else ch.close();
+    } else {
+      ch.close();
+    }
+    // connect()s that waited for more resets than there are now
+    while (this._connectWaiters.length > this._resetting) this._connectWaiters.shift()(null);
+    this._maybeEnded();
+  }
+
+  _maybeEnded() {
+    if (this.ending && this._clients.size === 0 && this._batches === 0 && this._resetting === 0 &&
+        this._endResolve) this._endResolve();
   }
 
   // pgb_batch on a connection of its own, off the event loop.
@@ -413,7 +474,7 @@ class Pool extends EventEmitter {
       this._batches--;
       if (ch.ok() && !this.ending) this._workers.push(ch);
       else ch.close();
-      if (this.ending && this._batches === 0 && this._endResolve) this._endResolve();
+      this._maybeEnded();
     }
   }
 
@@ -449,11 +510,13 @@ class Pool extends EventEmitter {
     this.ending = true;
     const done = (async () => {
       if (this._channel) await this._channel.idle();
-      if (this._clients.size > 0 || this._batches > 0)
+      if (this._clients.size > 0 || this._batches > 0 || this._resetting > 0)
         await new Promise((res) => { this._endResolve = res; });
       if (this._channel) this._channel.close();
       for (const w of this._workers) w.close();
       this._workers = [];
+      for (const ch of this._idle) ch.close();
+      this._idle = [];
       this._channel = null;
       this.ended = true;
       this.emit('end');

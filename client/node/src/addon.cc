@@ -2,8 +2,9 @@
 // connection. Statements go out with pgb_send and never wait; a uv_poll on
 // pgb_socket() fires when results arrive, and they are handed to JavaScript
 // in one call per wake-up. The poll is active (and keeps the process alive)
-// only while statements are in flight. pgb_batch, which waits, runs on the
-// libuv thread pool with a connection of its own.
+// only while statements are in flight. pgb_batch and pgb_reset, which wait,
+// run on the libuv thread pool; meanwhile that connection is theirs alone
+// (close() then waits for them).
 #include <napi.h>
 #include <uv.h>
 
@@ -148,6 +149,7 @@ public:
 				     InstanceMethod("errorMessage", &Conn::ErrorMessage),
 				     InstanceMethod("stats", &Conn::Stats),
 				     InstanceMethod("batch", &Conn::Batch),
+				     InstanceMethod("reset", &Conn::Reset),
 				     InstanceMethod("close", &Conn::Close) });
 	}
 
@@ -181,6 +183,8 @@ private:
 	uv_loop_t *loop_ = nullptr;
 	uv_poll_t *poll_ = nullptr;   // owned by libuv once closing
 	bool polling_ = false;
+	bool worker_ = false;   // a batch or reset runs on the thread pool
+	bool closing_ = false;  // close() came while it ran: shut when it ends
 	Napi::FunctionReference on_results_;
 	std::unique_ptr<Napi::AsyncContext> ctx_;
 
@@ -199,6 +203,14 @@ private:
 		}
 	}
 
+	// A worker thread is done with conn_ (on the loop thread).
+	void WorkerDone()
+	{
+		worker_ = false;
+		if (closing_)
+			Shut();
+	}
+
 	void Shut()
 	{
 		Unwatch(true);
@@ -215,7 +227,7 @@ private:
 		pgb_result *r;
 		long long id;
 
-		while (conn_ && (r = pgb_try_result(conn_, &id))) {
+		while (conn_ && !worker_ && (r = pgb_try_result(conn_, &id))) {
 			out.Set(n++, Napi::Number::New(env, (double)id));
 			out.Set(n++, ToJs(env, r));
 			pgb_clear(r);
@@ -227,6 +239,8 @@ private:
 	// keeps no handle alive.
 	void Rearm()
 	{
+		if (worker_)
+			return;
 		int fd = conn_ ? pgb_socket(conn_) : -1;
 		bool want = conn_ && pgb_in_flight(conn_) > 0 && fd >= 0;
 
@@ -284,6 +298,10 @@ private:
 			return env.Undefined();
 		int flags = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value()
 								    : 0;
+		if (worker_) {
+			Napi::Error::New(env, "send() while a batch or reset runs").ThrowAsJavaScriptException();
+			return env.Undefined();
+		}
 		if (!conn_)
 			return Napi::Number::New(env, -1);
 		long long id = pgb_send(conn_, sql.c_str(), p.Count(), p.Values(), flags);
@@ -339,21 +357,90 @@ private:
 	}
 
 	Napi::Value Batch(const Napi::CallbackInfo &info);
+	Napi::Value Reset(const Napi::CallbackInfo &info);
 
 	Napi::Value Close(const Napi::CallbackInfo &info)
 	{
-		Shut();
+		if (worker_)
+			closing_ = true;
+		else
+			Shut();
 		return info.Env().Undefined();
 	}
 
 	friend class BatchWorker;
+	friend class ResetWorker;
 };
+
+// pgb_reset on the thread pool: it waits for the broker's answer (or
+// connects again when the broker went away). Nothing is in flight and
+// nothing else uses the connection meanwhile.
+class ResetWorker : public Napi::AsyncWorker {
+public:
+	ResetWorker(Napi::Env env, Conn *self)
+		: Napi::AsyncWorker(env), self_(self), c_(self->conn_), def_(env)
+	{
+		keep_ = Napi::Persistent(self->Value());
+		self->worker_ = true;
+	}
+	Napi::Promise Promise() { return def_.Promise(); }
+
+	void Execute() override
+	{
+		rc_ = pgb_reset(c_);
+		if (rc_ < 0)
+			msg_ = pgb_error_message(c_);
+	}
+
+	void OnOK() override
+	{
+		self_->WorkerDone();
+		def_.Resolve(Napi::String::New(Env(), rc_ == 0 ? "" : msg_));
+	}
+
+	void OnError(const Napi::Error &e) override
+	{
+		self_->WorkerDone();
+		def_.Reject(e.Value());
+	}
+
+private:
+	Conn *self_;
+	pgb_conn *c_;
+	Napi::ObjectReference keep_;  // the Conn lives until this is done
+	Napi::Promise::Deferred def_;
+	int rc_ = -1;
+	std::string msg_;
+};
+
+// reset() -> Promise<"" on success, else why>; only with nothing in flight
+// and no batch running.
+Napi::Value Conn::Reset(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+
+	if (!conn_ || worker_ || closing_ || pgb_in_flight(conn_) > 0) {
+		Napi::Error::New(env, "reset() needs an open connection with nothing in flight")
+			.ThrowAsJavaScriptException();
+		return env.Undefined();
+	}
+	// pgb_reset may give pgb_socket() a new file under the same number:
+	// the next statement watches it with a new handle.
+	Unwatch(true);
+	auto *w = new ResetWorker(env, this);
+	Napi::Promise p = w->Promise();
+	w->Queue();
+	return p;
+}
 
 // pgb_batch on the thread pool: the connection is this batch's alone
 // (the JavaScript layer lends it to one batch at a time).
 class BatchWorker : public Napi::AsyncWorker {
 public:
-	BatchWorker(Napi::Env env, pgb_conn *c) : Napi::AsyncWorker(env), c_(c), def_(env) {}
+	BatchWorker(Napi::Env env, Conn *self)
+		: Napi::AsyncWorker(env), self_(self), c_(self->conn_), def_(env)
+	{
+	}
 	~BatchWorker() override
 	{
 		for (pgb_result *r : res_)
@@ -373,8 +460,16 @@ public:
 		pgb_batch(c_, st.data(), (int)st.size(), res_.data());
 	}
 
+	// Called once the batch is accepted: from then on the Conn is busy.
+	void Claim()
+	{
+		keep_ = Napi::Persistent(self_->Value());
+		self_->worker_ = true;
+	}
+
 	void OnOK() override
 	{
+		self_->WorkerDone();
 		Napi::Env env = Env();
 		Napi::Array out = Napi::Array::New(env, res_.size());
 		for (size_t i = 0; i < res_.size(); i++)
@@ -382,10 +477,16 @@ public:
 		def_.Resolve(out);
 	}
 
-	void OnError(const Napi::Error &e) override { def_.Reject(e.Value()); }
+	void OnError(const Napi::Error &e) override
+	{
+		self_->WorkerDone();
+		def_.Reject(e.Value());
+	}
 
 private:
+	Conn *self_;
 	pgb_conn *c_;
+	Napi::ObjectReference keep_;
 	Napi::Promise::Deferred def_;
 	std::vector<pgb_result *> res_;
 };
@@ -396,13 +497,13 @@ Napi::Value Conn::Batch(const Napi::CallbackInfo &info)
 {
 	Napi::Env env = info.Env();
 
-	if (info.Length() < 1 || !info[0].IsArray() || !conn_) {
+	if (info.Length() < 1 || !info[0].IsArray() || !conn_ || worker_ || closing_) {
 		Napi::TypeError::New(env, "batch([[sql, params], ...]) on an open connection")
 			.ThrowAsJavaScriptException();
 		return env.Undefined();
 	}
 	Napi::Array a = info[0].As<Napi::Array>();
-	auto *w = new BatchWorker(env, conn_);
+	auto *w = new BatchWorker(env, this);
 	uint32_t n = a.Length();
 	w->sql_.resize(n);
 	w->params_.resize(n);
@@ -425,6 +526,7 @@ Napi::Value Conn::Batch(const Napi::CallbackInfo &info)
 		w->sql_[i] = s.As<Napi::String>().Utf8Value();
 	}
 	Napi::Promise p = w->Promise();
+	w->Claim();
 	w->Queue();
 	return p;
 }

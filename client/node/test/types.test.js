@@ -128,3 +128,27 @@ test('commands: rowCount and command as pg reports them', async () => {
     c.release();
   }
 });
+
+test("the Pool's own types, as pg's types option, for its queries and its clients", async () => {
+  const { Pool } = require('..');
+  const custom = {
+    getTypeParser: (oid, fmt) => (oid === 20 ? (s) => BigInt(s) : types.getTypeParser(oid, fmt)),
+  };
+  const p = new Pool({ dir: ctx.br.dir, types: custom });
+  try {
+    assert.deepEqual((await p.query('select 9007199254740993::int8 b, 1::int4 i')).rows,
+      [{ b: 9007199254740993n, i: 1 }]);
+    const c = await p.connect();
+    try {
+      assert.equal((await c.query('select 2::int8 b')).rows[0].b, 2n);
+      // a query's own types win over the Pool's
+      assert.equal((await c.query({ text: 'select 3::int8 b', types })).rows[0].b, '3');
+    } finally {
+      c.release();
+    }
+    // another Pool keeps pg's defaults
+    assert.equal((await ctx.pool.query('select 4::int8 b')).rows[0].b, '4');
+  } finally {
+    await p.end();
+  }
+});
