@@ -1,5 +1,6 @@
 /* Agents: the bell (arm, wake), servicing their rings each pass,
  * throttling, timers, and disconnecting at the end of a pass. */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,7 +188,48 @@ void agent_run_ready(struct broker *b)
 	}
 }
 
-void agent_fail(struct broker *b, struct agent *a, const char *why)
+static const char *const agent_doom_names[] = {
+	[DOOM_NONE] = "",
+	[DOOM_HANGUP] = "hang-up",
+	[DOOM_HELLO_POLL] = "registration poll failed",
+	[DOOM_HELLO_BAD] = "bad registration message",
+	[DOOM_HELLO_VERSION] = "client version mismatch",
+	[DOOM_HELLO_BELL] = "client cannot ring an eventfd bell (epoll loop)",
+	[DOOM_HELLO_CHANNEL] = "channel creation failed",
+	[DOOM_HELLO_EVENTFD] = "eventfd creation failed",
+	[DOOM_HELLO_TIMEOUT] = "not registered within hello_timeout_ms",
+	[DOOM_REQ_CORRUPT] = "request ring corrupt",
+	[DOOM_REQ_TYPE] = "unknown frame type",
+	[DOOM_REQ_NESTED] = "new request inside an unfinished one",
+	[DOOM_REQ_LENGTH] = "request length out of range",
+	[DOOM_REQ_SEQUENCE] = "request frame out of sequence",
+	[DOOM_REQ_LONG] = "request frame longer than its request",
+	[DOOM_REQ_SHORT] = "request shorter than announced",
+	[DOOM_RESP_CORRUPT] = "response ring corrupt",
+	[DOOM_RESP_NOMEM] = "out of memory for a response",
+	[DOOM_SEND_TIMEOUT] = "stopped reading its responses (send_timeout_ms)",
+};
+
+/* The transitions an agent may make (docs/architecture.md). */
+static const unsigned char agent_moves[][AG_GONE + 1] = {
+	[AG_NEW] = { [AG_HELLO] = 1 },
+	[AG_HELLO] = { [AG_READY] = 1, [AG_GONE] = 1 },
+	[AG_READY] = { [AG_GONE] = 1 },
+};
+
+void agent_set_state(struct broker *b, struct agent *a, enum agent_state to)
+{
+	assert(agent_moves[a->state][to]);
+	if (a->state == AG_HELLO)
+		list_del(&a->hello_link);
+	a->state = to;
+	if (to == AG_HELLO)
+		list_add_tail(&b->hello, &a->hello_link);
+	else if (to == AG_READY)
+		b->st.c.agents_registered++;
+}
+
+void agent_fail(struct broker *b, struct agent *a, enum agent_doom why)
 {
 	if (a->doom)
 		return;
@@ -218,23 +260,28 @@ void agent_free(struct broker *b, struct agent *a)
 {
 	struct list *pos;
 
-	list_del(&a->hello_link);
+	agent_set_state(b, a, AG_GONE);
 	uidcount_del(&b->per_uid, a->uid);
-	a->state = AG_GONE;
 	/* Held back, never given to the pool: nobody else will free them. */
-	while ((pos = list_pop(&a->held))) {
-		struct request *r = list_entry(pos, struct request, link);
+	while (!list_empty(&a->held)) {
+		struct request *r = list_entry(a->held.next, struct request, link);
 
+		req_set_state(b, r, RQ_NONE, NULL);
 		list_del(&r->alink);
 		a->nactive--;
 		request_free(r);
 	}
 	pool_agent_gone(b, a);
-	while ((pos = list_pop(&a->queue)))
-		request_free(list_entry(pos, struct request, link));
+	while (!list_empty(&a->queue)) {
+		struct request *r = list_entry(a->queue.next, struct request, link);
+
+		req_set_state(b, r, RQ_NONE, NULL);
+		request_free(r);
+	}
 	while ((pos = list_pop(&a->responses)))
 		response_free(list_entry(pos, struct response, link));
 	list_del(&a->wake_link);
+	list_del(&a->kick_link);
 	list_del(&a->ready_link);
 	list_del(&a->blocked_link);
 	chan_rx_reset(&a->rx);
@@ -266,14 +313,15 @@ void agent_run_doomed(struct broker *b)
 	while ((pos = list_pop(&b->doomed))) {
 		struct agent *a = list_entry(pos, struct agent, doom_link);
 
-		if (strcmp(a->doom, "hang-up") == 0)
+		if (a->doom == DOOM_HANGUP)
 			log_hangup(a);
 		else if (a->state == AG_HELLO)
 			agent_warn_limited(b, &b->rl_silent, "agent %u (pid %d uid %d) disconnected: %s",
-					   a->slot, (int)a->pid, (int)a->uid, a->doom);
+					   a->slot, (int)a->pid, (int)a->uid, agent_doom_names[a->doom]);
 		else
-			log_warn("agent %u (pid %d) disconnected: %s", a->slot, (int)a->pid, a->doom);
-		if (strcmp(a->doom, "hang-up") != 0 && a->state == AG_READY)
+			log_warn("agent %u (pid %d) disconnected: %s", a->slot, (int)a->pid,
+				 agent_doom_names[a->doom]);
+		if (a->doom != DOOM_HANGUP && a->state == AG_READY)
 			b->st.c.protocol_errors++;
 		agent_free(b, a);
 	}
@@ -294,23 +342,26 @@ void agent_timers(struct broker *b, int64_t *next_ns)
 	} else if (b->accept_retry_ns && b->accept_retry_ns < *next_ns) {
 		*next_ns = b->accept_retry_ns;
 	}
-	while (!list_empty(&b->hello)) {
-		struct agent *a = list_entry(b->hello.next, struct agent, hello_link);
+	/* Oldest first; one timed out stays on the list, doomed, until its
+	 * agent_free at the end of this pass. */
+	list_for_each_safe(pos, tmp, &b->hello) {
+		struct agent *a = list_entry(pos, struct agent, hello_link);
 
+		if (a->doom)
+			continue;
 		if (a->hello_deadline_ns > b->now_ns) {
 			if (a->hello_deadline_ns < *next_ns)
 				*next_ns = a->hello_deadline_ns;
 			break;
 		}
-		list_del(&a->hello_link);
-		agent_fail(b, a, "not registered within hello_timeout_ms");
+		agent_fail(b, a, DOOM_HELLO_TIMEOUT);
 	}
 	list_for_each_safe(pos, tmp, &b->blocked) {
 		struct agent *a = list_entry(pos, struct agent, blocked_link);
 		int64_t due = a->blocked_since_ns + send_timeout;
 
 		if (due <= b->now_ns)
-			agent_fail(b, a, "stopped reading its responses (send_timeout_ms)");
+			agent_fail(b, a, DOOM_SEND_TIMEOUT);
 		else if (due < *next_ns)
 			*next_ns = due;
 	}
@@ -338,7 +389,7 @@ void agent_close_all(struct broker *b)
 			if (a->efd >= 0)
 				(void)!write(a->efd, &one, sizeof(one));
 		}
-		agent_fail(b, a, "hang-up");
+		agent_fail(b, a, DOOM_HANGUP);
 	}
 	agent_run_doomed(b);
 }

@@ -7,7 +7,6 @@
 
 #include "broker.h"
 
-
 /* The agent a completion is for; NULL when stale or gone. */
 struct agent *agent_by_tag(struct broker *b, uint64_t tag);
 /* Read a's requests and stream its responses (from_bell: its bell rang). */
@@ -27,8 +26,12 @@ void agent_free(struct broker *b, struct agent *a);
 /* A warning a flood would repeat: a few per window, then a count. */
 void agent_warn_limited(struct broker *b, struct ratelimit *rl, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-/* Disconnect a at the end of this pass (agent_run_doomed). */
-void agent_fail(struct broker *b, struct agent *a, const char *why);
+/* The one place an agent changes state (and joins or leaves the hello
+ * list); debug builds assert the transition. */
+void agent_set_state(struct broker *b, struct agent *a, enum agent_state to);
+/* Disconnect a at the end of this pass (agent_run_doomed); the first
+ * reason given is the one logged. */
+void agent_fail(struct broker *b, struct agent *a, enum agent_doom why);
 /* Once per loop pass, in this order after the completions. */
 void agent_run_ready(struct broker *b);
 void agent_run_doomed(struct broker *b);

@@ -1,6 +1,7 @@
 /* One backend connection: connecting (with the breaker and the
  * server capacity check), the one armed poll, flushing, resetting, closing,
  * and cancelling on a helper thread. */
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -43,13 +44,33 @@ struct backend *pool_by_tag(struct broker *b, uint64_t tag)
 	return be;
 }
 
-/* The one place a backend changes state: counters and lists follow it. */
+/* The transitions a backend may make (docs/architecture.md): any state
+ * but BE_FREE may close; "release" (waitq_release) leads to BE_IDLE,
+ * BE_BUSY, BE_PIPELINE (the next waiter), BE_DISCARD or BE_PARKED. */
+#define RELEASE (1u << BE_IDLE | 1u << BE_BUSY | 1u << BE_PIPELINE | 1u << BE_DISCARD | \
+		 1u << BE_PARKED | 1u << BE_FREE)
+static const unsigned be_moves[] = {
+	[BE_FREE] = 1u << BE_CONNECTING,
+	[BE_CONNECTING] = 1u << BE_PROBE | RELEASE,
+	[BE_IDLE] = 1u << BE_BUSY | 1u << BE_PIPELINE | 1u << BE_VALIDATE | 1u << BE_FREE,
+	[BE_BUSY] = 1u << BE_PINNED | 1u << BE_ROLLBACK | RELEASE,
+	[BE_PIPELINE] = 1u << BE_ROLLBACK | RELEASE,
+	[BE_PINNED] = 1u << BE_BUSY | 1u << BE_ROLLBACK | RELEASE,
+	[BE_ROLLBACK] = RELEASE,
+	[BE_DISCARD] = RELEASE,
+	[BE_VALIDATE] = RELEASE,
+	[BE_PROBE] = RELEASE,
+	[BE_PARKED] = RELEASE,
+};
+
 void be_set_state(struct broker *b, struct backend *be, enum be_state to)
 {
+	assert(be_moves[be->state] & (1u << to));
 	switch (be->state) {
 	case BE_CONNECTING: b->nconnecting--; list_del(&be->link); break;
 	case BE_IDLE: b->nidle--; list_del(&be->link); break;
 	case BE_BUSY: b->nbusy--; break;
+	case BE_PIPELINE: b->nbusy--; be->npipe = 0; list_del(&be->plink); break;
 	case BE_PINNED: b->npinned--; break;
 	default: break;
 	}
@@ -58,9 +79,15 @@ void be_set_state(struct broker *b, struct backend *be, enum be_state to)
 	case BE_CONNECTING: b->nconnecting++; list_add_tail(&b->connecting, &be->link); break;
 	case BE_IDLE: b->nidle++; list_add_head(&b->idle, &be->link); break;
 	case BE_BUSY: b->nbusy++; break;
+	case BE_PIPELINE: b->nbusy++; be->npipe = 0; list_add_tail(&b->pipes, &be->plink); break;
 	case BE_PINNED: b->npinned++; break;
 	default: break;
 	}
+}
+
+int be_resetting(const struct backend *be)
+{
+	return be->state >= BE_ROLLBACK && be->state <= BE_PROBE;
 }
 
 /* Keep exactly one poll armed per backend, for the events it needs now. */
@@ -155,7 +182,6 @@ void be_connect(struct broker *b, uint64_t ticket)
 	be->created_ns = b->now_ns;
 	be->validated_ns = b->now_ns;
 	be_set_retire(b, be);
-	be->parked = 0;
 	be->discard = 0;
 	be->dirty = 0;
 	be->deadline_ns = b->now_ns + (int64_t)b->cfg.connection_timeout_ms * MS;
@@ -242,11 +268,7 @@ static void connect_done(struct broker *b, struct backend *be)
 	be->last_used_ns = b->now_ns;
 	/* At start and after each reconnect: can max_pool_size fit? */
 	if (!b->st.server_checked_ms || had_failures) {
-		be->probe = 1;
-		be_reset(b, be, "select current_setting('max_connections')::int, "
-			 "current_setting('superuser_reserved_connections')::int, "
-			 "(select count(*) from pg_stat_activity where backend_type = 'client backend' "
-			 "and application_name <> current_setting('application_name'))");
+		be_reset(b, be, BE_PROBE);
 		return;
 	}
 	waitq_release(b, be);
@@ -322,31 +344,24 @@ static void fail_request(struct broker *b, struct request *r, int in_txn)
 	if (!r)
 		return;
 	r->be = NULL;
+	req_set_state(b, r, RQ_NONE, NULL);
 	if (r->agent)
 		agent_lose(r->agent, request_lost(r, in_txn));
 	if (r->agent && !in_txn && !r->agent->lost && (r->flags & REQ_IDEMPOTENT) &&
 	    waitq_retry(b, r, "connection lost"))
 		return;
-	if (r->agent) {
-		b->st.c.statements++;
-		b->st.c.failed++;
-		if (in_txn && !policy_ends_transaction(&r->v, r->subs, r->nsub))
-			agent_respond_error(b, r->agent, r->id, "08006",
-					    "connection to PostgreSQL lost inside a transaction; "
-					    "the transaction was rolled back");
-		else
-			agent_respond_error(b, r->agent, r->id, "08007",
-					    "connection to PostgreSQL lost while the statement ran; "
-					    "it may or may not have been applied");
-	}
-	agent_request_done(b, r);
+	if (in_txn && !policy_ends_transaction(&r->v, r->subs, r->nsub))
+		request_fail(b, r, "08006", "connection to PostgreSQL lost inside a transaction; "
+			     "the transaction was rolled back");
+	else
+		request_fail(b, r, "08007", "connection to PostgreSQL lost while the statement "
+			     "ran; it may or may not have been applied");
 }
 
 void be_close(struct broker *b, struct backend *be, enum close_reason why)
 {
 	int in_txn = be->in_txn;
 	struct request *head;
-	struct list orphans, *pos;
 
 	if (be->state == BE_FREE)
 		return;
@@ -378,8 +393,7 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why)
 		loop_cancel(b->loop, be->fd, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
 	be->poll_events = 0;
 	be->poll_seq++;
-	be_set_state(b, be, BE_FREE);
-	be->parked = 0;	/* its cancel thread finds nothing to release */
+	be_set_state(b, be, BE_FREE);	/* its cancel thread finds nothing to release */
 	b->ntotal--;
 	switch (why) {
 	case CLOSE_IDLE: b->st.c.closed_idle++; break;
@@ -395,18 +409,14 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why)
 		PQfinish(be->pg);
 	be->pg = NULL;
 	stmt_cache_clear(&be->stmts);
-	/* Answering wakes agents whose next statements are submitted at once:
-	 * by then this slot must be out of every list and own no request, as
-	 * it may even be reconnected for one of them. */
+	/* Its statements are answered (or retried) now; their agents' next
+	 * statements wait for the end of the pass (agent_run_kicks), so
+	 * nothing reuses this slot meanwhile. */
 	head = be->req;
 	be->req = NULL;
-	list_init(&orphans);
-	while ((pos = list_pop(&be->pipeq)))
-		list_add_tail(&orphans, pos);
-	pipe_leave(b, be);
 	fail_request(b, head, in_txn);
-	while ((pos = list_pop(&orphans)))
-		fail_request(b, list_entry(pos, struct request, link), in_txn);
+	while (!list_empty(&be->pipeq))
+		fail_request(b, list_entry(be->pipeq.next, struct request, link), in_txn);
 	pool_grow(b);
 }
 
@@ -419,22 +429,38 @@ int be_flush(struct backend *be)
 	return rc ? rc : PQflush(be->pg);
 }
 
-/* Run the broker's own statement (ROLLBACK) on a backend nobody owns. */
-void be_reset(struct broker *b, struct backend *be, const char *sql)
+void be_reset(struct broker *b, struct backend *be, enum be_state how)
 {
+	static const char *const sql[] = {
+		[BE_ROLLBACK] = "ROLLBACK",
+		[BE_DISCARD] = "DISCARD ALL",
+		[BE_VALIDATE] = "",
+		[BE_PROBE] = "select current_setting('max_connections')::int, "
+			"current_setting('superuser_reserved_connections')::int, "
+			"(select count(*) from pg_stat_activity where backend_type = 'client backend' "
+			"and application_name <> current_setting('application_name'))",
+	};
+
 	be->owner = NULL;
-	be_set_state(b, be, BE_RESET);
-	if (!PQsendQuery(be->pg, sql)) {
+	be_set_state(b, be, how);
+	if (!PQsendQuery(be->pg, sql[how])) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
+	be_flush_arm(b, be);
+}
+
+int be_flush_arm(struct broker *b, struct backend *be)
+{
 	int rc = be_flush(be);
+
 	if (rc < 0) {
 		be_close(b, be, CLOSE_BROKEN);
-		return;
+		return -EIO;
 	}
 	be->flushing = rc == 1;
 	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+	return 0;
 }
 
 struct cancel_job {
@@ -499,9 +525,8 @@ void pool_on_cancel(struct broker *b)
 	for (uint32_t i = 0; i < b->nslots; i++) {
 		struct backend *be = &b->backends[i];
 
-		if (be->parked && !__atomic_load_n(&be->cancel_pending, __ATOMIC_ACQUIRE)) {
-			be->parked = 0;
+		if (be->state == BE_PARKED &&
+		    !__atomic_load_n(&be->cancel_pending, __ATOMIC_ACQUIRE))
 			waitq_release(b, be);
-		}
 	}
 }

@@ -38,8 +38,14 @@ void be_on_connect_poll(struct broker *b, struct backend *be);
 void be_close(struct broker *b, struct backend *be, enum close_reason why);
 /* Send corked then libpq's output: 0 all out, 1 some left, -1 broken. */
 int be_flush(struct backend *be);
-/* Run the broker's own statement (ROLLBACK, DISCARD ALL, a ping) in BE_RESET. */
-void be_reset(struct broker *b, struct backend *be, const char *sql);
+/* After queuing output: flush it and arm for the answer (and POLLOUT
+ * while output remains). 0, or -EIO: broken, be is closed. */
+int be_flush_arm(struct broker *b, struct backend *be);
+/* Run the broker's own statement on a backend nobody owns: how is one of
+ * BE_ROLLBACK, BE_DISCARD, BE_VALIDATE (an empty query), BE_PROBE. */
+void be_reset(struct broker *b, struct backend *be, enum be_state how);
+/* Running one of those (drain hands its results to nobody). */
+int be_resetting(const struct backend *be);
 /* Send a cancel from a helper thread; -errno when none could start. */
 int be_cancel(struct broker *b, struct backend *be);
 /* A cancel thread finished: parked backends whose cancel is through go back. */

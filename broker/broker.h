@@ -46,9 +46,22 @@ struct backend;
 
 enum { DISCARD_ALL = 1, DISCARD_CLOSE = 2 };	/* request->session, backend->discard */
 
+/* Where a request is. req_set_state (request.c) is the only place that
+ * changes it, and with it the list r->link is on and that list's count. */
+enum req_state {
+	RQ_NONE = 0,   /* on no list: new, being placed, or finished */
+	RQ_QUEUED,     /* agent->queue, behind its running statement (a->nqueued) */
+	RQ_HELD,       /* agent->held: independent, over max_backends_per_agent */
+	RQ_WAITING,    /* broker->waitq, for a backend (b->nwaiting; since enq_ns) */
+	RQ_DELAYED,    /* broker->delayed, a retry's backoff (until due_ns) */
+	RQ_PIPED,      /* a backend's pipeq, pipelined behind its head (r->be) */
+	RQ_RUNNING,    /* be->req: running there (r->be), or a pipeline's head */
+};
+
 /* One statement from an agent, from its arrival to its last response byte. */
 struct request {
-	struct list link;         /* agent->queue, broker waitq */
+	enum req_state state;     /* only req_set_state assigns it */
+	struct list link;         /* the list of its state */
 	struct agent *agent;      /* NULL once the agent is gone */
 	uint32_t id;
 	uint32_t flags;
@@ -58,10 +71,9 @@ struct request {
 	const char **params;
 	int64_t enq_ns;           /* when it started waiting for a backend */
 	int64_t start_ns;         /* when it arrived */
-	int waiting;              /* on the broker's waitq */
 	struct backend *be;       /* running there */
 	int attempts;             /* retries so far */
-	int64_t due_ns;           /* on the delayed list: when to run again */
+	int64_t due_ns;           /* RQ_DELAYED: when to run again */
 	int session;              /* the text may change session state: DISCARD_ALL,
 				     or DISCARD_CLOSE when DISCARD ALL cannot undo it */
 	int pipe_ok;              /* may share a backend's pipeline: pipelinable
@@ -76,7 +88,6 @@ struct request {
 	uint32_t stale_slot;      /* ...backend stale_slot failed: stale if the text works */
 	struct list alink;        /* agent->active while it left the agent queue */
 	int counted;              /* independent, one of its agent's nindep */
-	int held;                 /* independent, on agent->held: over max_backends_per_agent */
 	/* REQ_BATCH: the statements, their parameters, their results */
 	uint32_t nsub;
 	struct req_view *subs;
@@ -96,7 +107,38 @@ struct response {
 	char *diag;               /* packed error fields of a failed res, or NULL */
 };
 
-enum agent_state { AG_HELLO, AG_READY, AG_GONE };
+/* An agent's life; agent_set_state (agent.c) is the only place that
+ * changes it, with the hello list and the registration count. */
+enum agent_state {
+	AG_NEW = 0,    /* calloc'd, not yet accepted */
+	AG_HELLO,      /* accepted, on broker->hello until its hello or deadline */
+	AG_READY,      /* registered: has its channel */
+	AG_GONE,       /* being freed (agent_free) */
+};
+
+/* Why an agent is disconnected (agent_fail); agent_doom_names has the text
+ * the log shows. Every reason but DOOM_HANGUP is the agent's fault. */
+enum agent_doom {
+	DOOM_NONE = 0,
+	DOOM_HANGUP,          /* its socket hung up (or the broker closes) */
+	DOOM_HELLO_POLL,
+	DOOM_HELLO_BAD,
+	DOOM_HELLO_VERSION,
+	DOOM_HELLO_BELL,
+	DOOM_HELLO_CHANNEL,
+	DOOM_HELLO_EVENTFD,
+	DOOM_HELLO_TIMEOUT,
+	DOOM_REQ_CORRUPT,
+	DOOM_REQ_TYPE,
+	DOOM_REQ_NESTED,
+	DOOM_REQ_LENGTH,
+	DOOM_REQ_SEQUENCE,
+	DOOM_REQ_LONG,
+	DOOM_REQ_SHORT,
+	DOOM_RESP_CORRUPT,
+	DOOM_RESP_NOMEM,
+	DOOM_SEND_TIMEOUT,
+};
 
 /* What an agent lost with a backend that died while pinned to it. Until
  * the agent acknowledges it (ROLLBACK for LOST_TXN, pgb_reset for both)
@@ -128,9 +170,9 @@ struct agent {
 	uint32_t nqueued;
 	struct request *running;  /* the serial statement this agent has in flight */
 	uint32_t nindep;          /* independent statements given to the pool */
-	struct list held;         /* independent ones held back: the agent holds
-				     max_backends_per_agent backends already */
-	int kicking;              /* agent_kick is on the stack */
+	struct list held;         /* RQ_HELD: independent ones held back, the agent
+				     holds max_backends_per_agent backends already */
+	struct list kick_link;    /* on broker->kicks: run its next statement this pass */
 	struct list active;       /* every request out of the queue: running,
 				     waiting for a backend, or retrying */
 	uint32_t nactive;
@@ -148,7 +190,7 @@ struct agent {
 	uint32_t nresponses;
 	int resp_more;            /* responses being queued are not the last for their id */
 	int throttled;            /* reading stopped: agent_backlogged() */
-	const char *doom;         /* set: disconnect at the end of this pass */
+	enum agent_doom doom;     /* set: disconnect at the end of this pass */
 	struct list doom_link;
 
 	uint64_t statements, errors;
@@ -156,13 +198,21 @@ struct agent {
 
 enum { STOP_NONE = 0, STOP_DRAIN, STOP_FAST };
 
+/* A backend's state; be_set_state (backend.c) is the only place that
+ * changes it, with the idle, connecting and pipeline lists and the counts.
+ * BE_ROLLBACK to BE_PROBE run the broker's own statement (be_reset). */
 enum be_state {
 	BE_FREE = 0,
-	BE_CONNECTING,
-	BE_IDLE,
-	BE_BUSY,      /* running an agent's statement */
-	BE_PINNED,    /* idle inside an agent's transaction */
-	BE_RESET,     /* the broker's own statement: clean-up or validation */
+	BE_CONNECTING,  /* on broker->connecting (nconnecting) */
+	BE_IDLE,        /* on broker->idle, most recently used first (nidle) */
+	BE_BUSY,        /* running an agent's statement or batch (nbusy) */
+	BE_PIPELINE,    /* running a shared pipeline, on broker->pipes (nbusy) */
+	BE_PINNED,      /* idle inside an agent's transaction or session (npinned) */
+	BE_ROLLBACK,    /* rolling back what nobody owns any more */
+	BE_DISCARD,     /* DISCARD ALL after an agent changed session state */
+	BE_VALIDATE,    /* pinging an idle backend (validation_interval_ms) */
+	BE_PROBE,       /* asking the server's capacity after a connect */
+	BE_PARKED,      /* clean, waiting for its cancel thread before reuse */
 };
 
 struct backend {
@@ -182,19 +232,16 @@ struct backend {
 	int64_t validated_ns;     /* last proof of life: a statement or a ping */
 	int64_t retire_ns;        /* max_connection_lifetime_ms, jittered */
 	int cancel_pending;       /* a cancel thread is out (atomic) */
-	int parked;               /* clean, waiting for that thread before reuse */
 	int discard;              /* before anyone else uses it: DISCARD_ALL runs
 				     DISCARD ALL, DISCARD_CLOSE closes it */
-	int dirty;                /* nobody's: clean up before reuse */
-	int probe;                /* running the server capacity query */
+	int dirty;                /* the broker's own statement failed: close it */
 	uint64_t breaker_ticket;  /* connecting: the breaker round it started in */
-	/* Pipeline of autocommit statements from several agents, each with
+	/* BE_PIPELINE: autocommit statements from several agents, each with
 	 * its own Sync: req is the head, pipeq holds the ones behind it. */
-	int piped;
 	struct list pipeq;
 	uint32_t npipe;           /* requests in flight, head included */
 	int64_t head_ns;          /* when the head started */
-	struct list plink;        /* broker->pipes while piped */
+	struct list plink;        /* broker->pipes while BE_PIPELINE */
 	uint32_t cfg_gen;         /* b->cfg_gen when it connected */
 	struct stmt_cache stmts;  /* prepared on this connection */
 	int flush_due;            /* on broker->flushq: output waits for pool_flush */
@@ -230,6 +277,7 @@ struct broker {
 	struct ratelimit rl_refused;  /* warnings about refused agents */
 	struct ratelimit rl_silent;   /* about connections closed before their hello */
 	struct list wake;         /* agents to wake at the end of this pass */
+	struct list kicks;        /* agents whose next statement may run now */
 	struct list ready;        /* agents with unread requests (budget ran out) */
 	struct list blocked;      /* agents whose response ring is full */
 	struct list doomed;       /* agents to disconnect at the end of this pass */

@@ -27,12 +27,13 @@ void exec_time(struct broker *b, const struct request *r, int64_t ns)
 
 void exec_start(struct broker *b, struct backend *be, struct request *r)
 {
-	int ok, rc;
+	int ok;
 
 	be->in_txn = PQtransactionStatus(be->pg) != PQTRANS_IDLE;
 	be->req = r;
 	be->head_ns = b->now_ns;
 	r->be = be;
+	req_set_state(b, r, RQ_RUNNING, NULL);
 	if (r->session && r->agent && !r->agent->session_pinned &&
 	    (!r->agent->pinned || r->agent->pinned == be)) {
 		log_debug("agent %u changes session state: keeping backend %u for its session",
@@ -67,30 +68,24 @@ void exec_start(struct broker *b, struct backend *be, struct request *r)
 	if (!ok) {
 		/* Nothing went out: safe to run it elsewhere. */
 		log_debug("backend %u: send failed: %s", be->slot, PQerrorMessage(be->pg));
-		be->req = NULL;
-		r->be = NULL;
 		/* Not in the agent's transaction or session: those are gone
 		 * with the connection, and r with them (fail_request). */
 		if (!be->in_txn && be->owner != r->agent) {
+			be->req = NULL;
+			r->be = NULL;
+			req_set_state(b, r, RQ_NONE, NULL);
 			b->st.c.retried++;
 			be_close(b, be, CLOSE_BROKEN);
 			if (r->agent)
 				pool_submit(b, r);
 			else
-				agent_request_done(b, r);
+				request_done(b, r);
 			return;
 		}
-		be->req = r;
-		be_close(b, be, CLOSE_BROKEN);
+		be_close(b, be, CLOSE_BROKEN);	/* fails r: its transaction or session is gone */
 		return;
 	}
-	rc = be_flush(be);
-	if (rc < 0) {
-		be_close(b, be, CLOSE_BROKEN);
-		return;
-	}
-	be->flushing = rc == 1;
-	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+	be_flush_arm(b, be);
 }
 
 /* A batch goes out as one pipeline: every statement, one Sync. Until
@@ -154,41 +149,6 @@ int result_ok(const PGresult *x)
 	return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
 }
 
-/* Answer a finished batch: every result, or, when one failed, its error
- * and for every other statement a PB011 naming the one that failed. The
- * caller counts the batch as one statement. */
-static void batch_respond(struct broker *b, struct agent *a, struct request *r)
-{
-	uint32_t failed = r->nsub;
-	char msg[256];
-
-	for (uint32_t i = 0; i < r->nsub && failed == r->nsub; i++)
-		if (!result_ok(r->bres[i]))
-			failed = i;
-	if (failed < r->nsub) {
-		const char *state = r->bres[failed] ?
-			PQresultErrorField(r->bres[failed], PG_DIAG_SQLSTATE) : NULL;
-
-		snprintf(msg, sizeof(msg), "not applied: statement %u of the batch failed (%s)",
-			 failed + 1, state ? state : "no result");
-	}
-	for (uint32_t i = 0; i < r->nsub; i++) {
-		if (!a)
-			break;
-		a->resp_more = i + 1 < r->nsub;
-		if (failed < r->nsub && i != failed) {
-			agent_respond_error(b, a, r->id, "PB011", "%s", msg);
-		} else if (r->bres[i]) {
-			agent_respond(b, a, r->id, r->bres[i]);
-			r->bres[i] = NULL;
-		} else {
-			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
-		}
-	}
-	if (a)
-		a->resp_more = 0;
-}
-
 /* PQexec's rule: the last result, but an error wins. */
 void exec_keep_result(struct backend *be, PGresult *x)
 {
@@ -220,7 +180,6 @@ static void statement_done(struct broker *b, struct backend *be)
 	PGresult *res = be->res;
 	PGTransactionStatusType ts = PQtransactionStatus(be->pg);
 	struct agent *a = r ? r->agent : NULL;
-	int retry = 0;
 
 	if (PQstatus(be->pg) == CONNECTION_BAD) {
 		/* The connection died under the statement (a FATAL such as
@@ -236,6 +195,7 @@ static void statement_done(struct broker *b, struct backend *be)
 		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
 		r->be = NULL;
+		req_set_state(b, r, RQ_NONE, NULL);
 		be->served++;
 		exec_time(b, r, b->now_ns - be->head_ns);
 		if (r->nsub) {
@@ -256,28 +216,23 @@ static void statement_done(struct broker *b, struct backend *be)
 		/* Not a text that may have committed part of its work first
 		 * (CALL, DO, a COMMIT between statements): that part would run
 		 * twice. */
-		if (a && !ok && !be->in_txn && ts == PQTRANS_IDLE && policy_rolled_back(state) &&
-		    !be->unsupported && policy_all_or_nothing(&r->v, r->subs, r->nsub) &&
-		    waitq_retry(b, r, state)) {
-			retry = 1;
-		} else {
-			b->st.c.statements++;
-			if (!ok || be->unsupported)
-				b->st.c.failed++;
-			if (state && strcmp(state, "57014") == 0)
-				b->st.c.statement_timeouts++;
-			stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
+		int retried = a && !ok && !be->in_txn && ts == PQTRANS_IDLE &&
+			      policy_rolled_back(state) && !be->unsupported &&
+			      policy_all_or_nothing(&r->v, r->subs, r->nsub) &&
+			      waitq_retry(b, r, state);
+
+		if (!retried) {
+			struct req_end e = { .res = res, .failed = !ok || be->unsupported,
+					     .state = state, .ran_since = r->start_ns };
+
 			if (ok)
 				exec_stale_forget(b, r);
-			if (r->nsub)
-				batch_respond(b, a, r);
-			else if (a && be->unsupported)
-				agent_respond_error(b, a, r->id, "PB009",
-						    "COPY is not supported through pgbroker");
-			else if (a && res)
-				agent_respond(b, a, r->id, res), res = NULL;
-			else if (a)
-				agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+			if (be->unsupported && !r->nsub) {
+				e.sqlstate = "PB009";
+				e.msg = "COPY is not supported through pgbroker";
+			}
+			request_finish(b, r, &e);
+			res = NULL;
 		}
 	}
 	if (res)
@@ -286,8 +241,6 @@ static void statement_done(struct broker *b, struct backend *be)
 
 	if (PQstatus(be->pg) == CONNECTION_BAD || ts == PQTRANS_UNKNOWN ||
 	    ts == PQTRANS_ACTIVE) {
-		if (r && !retry)
-			agent_request_done(b, r);
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
@@ -307,12 +260,10 @@ static void statement_done(struct broker *b, struct backend *be)
 		if (a)
 			be->last_used_ns = b->now_ns;
 		if (ts != PQTRANS_IDLE)
-			be_reset(b, be, "ROLLBACK");
+			be_reset(b, be, BE_ROLLBACK);
 		else
 			waitq_release(b, be);
 	}
-	if (r && !retry)
-		agent_request_done(b, r);
 }
 
 /* Read whatever the server sent; complete the statement when it is done. */
@@ -353,7 +304,7 @@ static void drain(struct broker *b, struct backend *be)
 			continue;
 		}
 		if (!x) {
-			if (be->state == BE_RESET) {
+			if (be_resetting(be)) {
 				if (PQtransactionStatus(be->pg) == PQTRANS_IDLE &&
 				    PQstatus(be->pg) == CONNECTION_OK && !be->dirty)
 					waitq_release(b, be);
@@ -382,7 +333,7 @@ static void drain(struct broker *b, struct backend *be)
 			be_close(b, be, CLOSE_BROKEN);
 			return;
 		default:
-			if (be->state != BE_RESET) {
+			if (!be_resetting(be)) {
 				exec_keep_result(be, x);
 				break;
 			}
@@ -390,10 +341,8 @@ static void drain(struct broker *b, struct backend *be)
 			 * backend is not trusted again. */
 			if (PQresultStatus(x) == PGRES_FATAL_ERROR)
 				be->dirty = 1;
-			if (be->probe) {
-				be->probe = 0;
+			if (be->state == BE_PROBE)
 				be_capacity_result(b, x);
-			}
 			PQclear(x);
 			break;
 		}
@@ -432,22 +381,22 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 	for (PGnotify *n; (n = PQnotifies(be->pg));)
 		PQfreemem(n);
 	switch (be->state) {
-	case BE_RESET:
-		if (be->parked) {
-			/* Waiting for a cancel thread: input now means trouble. */
-			if (PQstatus(be->pg) == CONNECTION_BAD)
-				be_close(b, be, CLOSE_BROKEN);
-			else
-				be_arm(b, be, POLLIN);
-			break;
-		}
+	case BE_PARKED:
+		/* Waiting for a cancel thread: input now means trouble. */
+		if (PQstatus(be->pg) == CONNECTION_BAD)
+			be_close(b, be, CLOSE_BROKEN);
+		else
+			be_arm(b, be, POLLIN);
+		break;
+	case BE_ROLLBACK:
+	case BE_DISCARD:
+	case BE_VALIDATE:
+	case BE_PROBE:
+	case BE_BUSY:
 		drain(b, be);
 		break;
-	case BE_BUSY:
-		if (be->piped)
-			pipe_drain(b, be);
-		else
-			drain(b, be);
+	case BE_PIPELINE:
+		pipe_drain(b, be);
 		break;
 	case BE_IDLE:
 	case BE_PINNED:

@@ -187,7 +187,6 @@ void agent_accept(struct broker *b, int fd)
 	}
 	a->slot = b->free_slots[--b->nfree];
 	a->gen = ++b->agent_gen;
-	a->state = AG_HELLO;
 	a->sock = fd;
 	a->pid = cr.pid;
 	a->uid = cr.uid;
@@ -200,10 +199,11 @@ void agent_accept(struct broker *b, int fd)
 	a->bell_fd = -1;
 	list_init(&a->responses);
 	list_init(&a->wake_link);
+	list_init(&a->kick_link);
 	list_init(&a->ready_link);
 	list_init(&a->blocked_link);
 	list_init(&a->doom_link);
-	list_add_tail(&b->hello, &a->hello_link);
+	agent_set_state(b, a, AG_HELLO);
 	b->agents[a->slot] = a;
 	b->nagents++;
 	loop_poll(b->loop, fd, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
@@ -251,7 +251,7 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	int fd;
 
 	if (res < 0) {
-		agent_fail(b, a, "registration poll failed");
+		agent_fail(b, a, DOOM_HELLO_POLL);
 		return;
 	}
 	n = recv(a->sock, &h, sizeof(h), MSG_DONTWAIT);
@@ -260,25 +260,25 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 		return;
 	}
 	if (n != (ssize_t)sizeof(h) || h.magic != REG_MAGIC) {
-		agent_fail(b, a, "bad registration message");
+		agent_fail(b, a, DOOM_HELLO_BAD);
 		return;
 	}
 	if (h.version != CHAN_VERSION) {
 		refuse(dup(a->sock), -EPROTO, "client library version does not match the broker");
-		agent_fail(b, a, "client version mismatch");
+		agent_fail(b, a, DOOM_HELLO_VERSION);
 		return;
 	}
 	if (b->loop->bell == CHAN_BELL_EVENTFD && !(h.flags & REG_F_BELL_EVENTFD)) {
 		refuse(dup(a->sock), -EPROTO, "client library too old for a broker on epoll: "
 		       "relink the agent with this libpgbroker");
-		agent_fail(b, a, "client cannot ring an eventfd bell (epoll loop)");
+		agent_fail(b, a, DOOM_HELLO_BELL);
 		return;
 	}
 	fd = chan_create(b, a);
 	if (fd < 0) {
 		log_error("cannot create channel: %s", strerror(-fd));
 		refuse(dup(a->sock), fd, "broker could not create a channel");
-		agent_fail(b, a, "channel creation failed");
+		agent_fail(b, a, DOOM_HELLO_CHANNEL);
 		return;
 	}
 	a->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -287,7 +287,7 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	if (a->efd < 0 || (b->loop->bell == CHAN_BELL_EVENTFD && a->bell_fd < 0)) {
 		close(fd);
 		refuse(dup(a->sock), -errno, "broker could not create an eventfd");
-		agent_fail(b, a, "eventfd creation failed");
+		agent_fail(b, a, DOOM_HELLO_EVENTFD);
 		return;
 	}
 	rep.ring_size = a->chan->ring_size;
@@ -296,9 +296,7 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 	rep.nfds = a->bell_fd >= 0 ? 3 : 2;
 	send_reply(a->sock, &rep, (int[]){ fd, a->efd, a->bell_fd }, (int)rep.nfds);
 	close(fd);
-	list_del(&a->hello_link);
-	a->state = AG_READY;
-	b->st.c.agents_registered++;
+	agent_set_state(b, a, AG_READY);
 	log_debug("agent %u registered: pid %d uid %d", a->slot, (int)a->pid, (int)a->uid);
 	loop_poll(b->loop, a->sock, POLLIN | POLLRDHUP, tag_make(TAG_HUP, a->slot, a->gen));
 	/* The agent may have written before the bell was armed. */

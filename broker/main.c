@@ -24,6 +24,7 @@
 #include "pipeline.h"
 #include "piddir.h"
 #include "pool.h"
+#include "request.h"
 #include "waitq.h"
 #include "clock.h"
 #include "version.h"
@@ -184,7 +185,7 @@ static void on_event(void *arg, uint64_t tag, int res, int more)
 		break;
 	case TAG_HUP:
 		if ((a = agent_by_tag(b, tag)))
-			agent_fail(b, a, "hang-up");
+			agent_fail(b, a, DOOM_HANGUP);
 		break;
 	case TAG_BELL:
 		if ((a = agent_by_tag(b, tag)) && !a->doom)
@@ -282,6 +283,7 @@ static int run(struct broker *b)
 		pool_timers(b, &next);
 		agent_timers(b, &next);
 		health_timers(b, &next);
+		agent_run_kicks(b);
 		agent_run_doomed(b);
 		pool_flush(b);
 		agent_run_wakes(b);
@@ -291,11 +293,12 @@ static int run(struct broker *b)
 				return 0;
 			begin_shutdown(b, STOP_FAST, "shutdown_timeout_ms expired");
 		}
-		if (b->stopping == STOP_DRAIN && pool_quiet(b) && agent_all_sent(b))
+		if (b->stopping == STOP_DRAIN && pool_quiet(b) && agent_all_sent(b) &&
+		    list_empty(&b->kicks))
 			return 0;
 		if (b->stopping == STOP_FAST && b->nbusy == 0)
 			return 0;
-		if (!list_empty(&b->ready))
+		if (!list_empty(&b->ready) || !list_empty(&b->kicks))
 			next = b->now_ns;
 		if (b->stopping && b->stop_deadline_ns < next)
 			next = b->stop_deadline_ns;
@@ -380,6 +383,7 @@ int main(int argc, char **argv)
 	b->listen_fd = b->lock_fd = b->signal_fd = b->dir_fd = -1;
 	list_init(&b->hello);
 	list_init(&b->wake);
+	list_init(&b->kicks);
 	list_init(&b->ready);
 	list_init(&b->blocked);
 	list_init(&b->doomed);

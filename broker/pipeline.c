@@ -37,16 +37,6 @@ int pipe_exit(PGconn *pg)
 	return -EIO;
 }
 
-void pipe_leave(struct broker *b, struct backend *be)
-{
-	(void)b;
-	if (!be->piped)
-		return;
-	be->piped = 0;
-	be->npipe = 0;
-	list_del(&be->plink);
-}
-
 /* Send one autocommit statement into the backend's pipeline, with its
  * own Sync, so an error ends only that statement's implicit transaction. */
 static int pipe_send(struct broker *b, struct backend *be, struct request *r)
@@ -103,16 +93,9 @@ void pool_flush(struct broker *b)
 
 	while ((pos = list_pop(&b->flushq))) {
 		struct backend *be = list_entry(pos, struct backend, flink);
-		int rc;
 
 		be->flush_due = 0;
-		rc = be_flush(be);
-		if (rc < 0) {
-			be_close(b, be, CLOSE_BROKEN);
-			continue;
-		}
-		be->flushing = rc == 1;
-		be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
+		be_flush_arm(b, be);
 	}
 }
 
@@ -122,14 +105,11 @@ void pipe_start(struct broker *b, struct backend *be, struct request *r)
 	be->in_txn = 0;
 	be->req = r;
 	be->head_ns = b->now_ns;
-	be_set_state(b, be, BE_BUSY);
 	if (!PQenterPipelineMode(be->pg)) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
-	be->piped = 1;
-	be->npipe = 0;
-	list_add_tail(&b->pipes, &be->plink);
+	be_set_state(b, be, BE_PIPELINE);
 	if (pipe_send(b, be, r) < 0) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
@@ -148,7 +128,7 @@ struct backend *pipe_pick(struct broker *b)
 	for (pos = b->pipes.next; pos != &b->pipes; pos = pos->next) {
 		struct backend *be = list_entry(pos, struct backend, plink);
 
-		if (be->state != BE_BUSY || be->npipe >= PIPE_MAX ||
+		if (be->state != BE_PIPELINE || be->npipe >= PIPE_MAX ||
 		    b->now_ns - be->head_ns > PIPE_HEAD_FRESH_NS)
 			continue;
 		if (!best || be->npipe < best->npipe)
@@ -164,8 +144,9 @@ void pipe_join(struct broker *b, struct backend *be, struct request *r)
 	if (!be->req) {
 		be->req = r;
 		be->head_ns = b->now_ns;
+		req_set_state(b, r, RQ_RUNNING, NULL);
 	} else {
-		list_add_tail(&be->pipeq, &r->link);
+		req_set_state(b, r, RQ_PIPED, be);
 	}
 	if (pipe_send(b, be, r) < 0) {
 		be_close(b, be, CLOSE_BROKEN);
@@ -180,16 +161,14 @@ void pipe_join(struct broker *b, struct backend *be, struct request *r)
  * join (pool_submit does not let them overtake). */
 static void pipe_refill(struct broker *b, struct backend *be)
 {
-	while (be->state == BE_BUSY && be->piped && be->npipe < PIPE_MAX &&
+	while (be->state == BE_PIPELINE && be->npipe < PIPE_MAX &&
 	       (!be->req || b->now_ns - be->head_ns <= PIPE_HEAD_FRESH_NS) &&
 	       !list_empty(&b->waitq)) {
 		struct request *r = list_entry(b->waitq.next, struct request, link);
 
 		if (!r->pipe_ok || (r->flags & REQ_SPREAD))
 			break;
-		list_del(&r->link);
-		r->waiting = 0;
-		b->nwaiting--;
+		req_set_state(b, r, RQ_NONE, NULL);
 		pipe_join(b, be, r);
 	}
 }
@@ -209,6 +188,7 @@ static void pipe_done(struct broker *b, struct backend *be)
 	be->served++;
 	exec_time(b, r, b->now_ns - be->head_ns);
 	r->be = NULL;
+	req_set_state(b, r, RQ_NONE, NULL);
 	if (r->prep_id && (r->prep_failed || policy_prepared_lost(r->prep_sent, state))) {
 		/* The server has no such prepared statement, or one that no
 		 * longer fits the text: stop using it (a lost one stays on the
@@ -240,42 +220,35 @@ static void pipe_done(struct broker *b, struct backend *be)
 		exec_stale_forget(b, r);
 	if (!retry && a && !ok && policy_rolled_back(state) && waitq_retry(b, r, state))
 		retry = 1;
-	if (!retry) {
-		b->st.c.statements++;
-		if (!ok)
-			b->st.c.failed++;
-		if (state && strcmp(state, "57014") == 0)
-			b->st.c.statement_timeouts++;
-		stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - r->start_ns) / 1000);
-		if (a && res)
-			agent_respond(b, a, r->id, res), res = NULL;
-		else if (a)
-			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
-	}
-	if (res)
-		PQclear(res);
 	if (a)
 		be->last_used_ns = b->now_ns;
+	if (!retry) {
+		struct req_end e = { .res = res, .failed = !ok, .state = state,
+				     .ran_since = r->start_ns };
+
+		request_finish(b, r, &e);
+	} else if (res) {
+		PQclear(res);
+	}
 	be->req = NULL;
 	if (!list_empty(&be->pipeq)) {
-		be->req = list_entry(list_pop(&be->pipeq), struct request, link);
+		be->req = list_entry(be->pipeq.next, struct request, link);
 		be->head_ns = b->now_ns;
+		req_set_state(b, be->req, RQ_RUNNING, NULL);
 	}
-	if (!retry)
-		agent_request_done(b, r);
-	else if (retry == 2)
+	if (retry == 2)
 		pool_submit(b, r);
 	pipe_refill(b, be);
-	if (be->req || be->state != BE_BUSY)
+	if (be->req || be->state != BE_PIPELINE)
 		return;
-	/* Drained: leave pipeline mode and free the backend. */
-	pipe_leave(b, be);
+	/* Drained: leave pipeline mode and free the backend (its state
+	 * changes: it leaves the list of pipelines). */
 	if (pipe_exit(be->pg) < 0) {
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
 	if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
-		be_reset(b, be, "ROLLBACK");
+		be_reset(b, be, BE_ROLLBACK);
 	else
 		waitq_release(b, be);
 }
@@ -301,7 +274,7 @@ void pipe_drain(struct broker *b, struct backend *be)
 		case PGRES_PIPELINE_SYNC:
 			PQclear(x);
 			pipe_done(b, be);
-			if (be->state != BE_BUSY || !be->piped)
+			if (be->state != BE_PIPELINE)
 				return;
 			break;
 		case PGRES_COPY_IN:

@@ -28,8 +28,6 @@ struct backend *pipe_pick(struct broker *b);
 void pipe_join(struct broker *b, struct backend *be, struct request *r);
 /* Read a pipelined backend's results; answer each statement at its Sync. */
 void pipe_drain(struct broker *b, struct backend *be);
-/* Take be off the list of pipelines (its statements are elsewhere now). */
-void pipe_leave(struct broker *b, struct backend *be);
 /* Leave pipeline mode after the last Sync: 0, or -EIO when broken. */
 int pipe_exit(PGconn *pg);
 /* Once per loop pass: send what every pipeline queued. */

@@ -33,17 +33,15 @@ static int orphan(struct broker *b, struct agent *a, struct request *r)
 	struct backend *be = r->be;
 
 	r->agent = NULL;
-	if (r->waiting || r->due_ns) {
-		if (r->waiting)
-			b->nwaiting--;
-		list_del(&r->link);
+	if (r->state == RQ_WAITING || r->state == RQ_DELAYED) {
+		req_set_state(b, r, RQ_NONE, NULL);
 		request_free(r);
 		return 0;
 	}
 	/* A statement in a shared pipeline is not cancelled (the cancel could
 	 * hit a neighbour's statement): it finishes and its answer is dropped.
 	 * Only quick texts share pipelines (pool_submit). */
-	if (be && be->state == BE_BUSY && be->piped)
+	if (be && be->state == BE_PIPELINE)
 		return 1;
 	if (!be || be->req != r || be->state != BE_BUSY)
 		return 0;
@@ -79,7 +77,7 @@ static void unpin(struct broker *b, struct agent *a)
 		be->discard = DISCARD_ALL;
 	log_debug("agent %u lets go of backend %u: cleaning it", a->slot, be->slot);
 	if (PQtransactionStatus(be->pg) != PQTRANS_IDLE)
-		be_reset(b, be, "ROLLBACK");
+		be_reset(b, be, BE_ROLLBACK);
 	else
 		waitq_release(b, be);
 }
@@ -179,7 +177,7 @@ void pool_timers(struct broker *b, int64_t *next_ns)
 		if (!every)
 			continue;
 		if (be->validated_ns + every <= b->now_ns)
-			be_reset(b, be, "");
+			be_reset(b, be, BE_VALIDATE);
 		else if (be->validated_ns + every < *next_ns)
 			*next_ns = be->validated_ns + every;
 	}
@@ -274,7 +272,8 @@ void pool_cancel_all(struct broker *b)
 	for (uint32_t i = 0; i < b->nslots; i++) {
 		struct backend *be = &b->backends[i];
 
-		if (be->state == BE_BUSY && !be->cancel_pending && be_cancel(b, be) < 0)
+		if ((be->state == BE_BUSY || be->state == BE_PIPELINE) && !be->cancel_pending &&
+		    be_cancel(b, be) < 0)
 			be_close(b, be, CLOSE_SHUTDOWN);
 	}
 }

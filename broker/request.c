@@ -1,7 +1,10 @@
 /* Requests: reassembling them from the request ring's frames,
  * decoding, and each agent's queue of statements run one after another. */
+#include <assert.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "agent.h"
 #include "broker.h"
@@ -13,7 +16,44 @@
 
 static void request_queue(struct broker *b, struct agent *a, struct request *r);
 static void batch_new(struct broker *b, struct agent *a, struct request *r, uint64_t n);
-static void agent_kick(struct broker *b, struct agent *a);
+static void request_activate(struct agent *a, struct request *r);
+
+/* The transitions a request may make (docs/architecture.md). Placing a
+ * request always starts from RQ_NONE; a list is only ever left to
+ * RQ_NONE, but for a pipelined statement becoming its pipeline's head and
+ * a running one going to the retry backoff. */
+static const unsigned char req_moves[][RQ_RUNNING + 1] = {
+	[RQ_NONE] = { [RQ_QUEUED] = 1, [RQ_HELD] = 1, [RQ_WAITING] = 1, [RQ_DELAYED] = 1,
+		      [RQ_PIPED] = 1, [RQ_RUNNING] = 1 },
+	[RQ_QUEUED] = { [RQ_NONE] = 1 },
+	[RQ_HELD] = { [RQ_NONE] = 1 },
+	[RQ_WAITING] = { [RQ_NONE] = 1 },
+	[RQ_DELAYED] = { [RQ_NONE] = 1 },
+	[RQ_PIPED] = { [RQ_NONE] = 1, [RQ_RUNNING] = 1 },
+	[RQ_RUNNING] = { [RQ_NONE] = 1, [RQ_DELAYED] = 1 },
+};
+
+void req_set_state(struct broker *b, struct request *r, enum req_state to, struct backend *be)
+{
+	assert(req_moves[r->state][to]);
+	switch (r->state) {
+	case RQ_QUEUED: r->agent->nqueued--; list_del(&r->link); break;
+	case RQ_HELD: list_del(&r->link); break;
+	case RQ_WAITING: b->nwaiting--; list_del(&r->link); break;
+	case RQ_DELAYED: list_del(&r->link); break;
+	case RQ_PIPED: list_del(&r->link); break;
+	default: break;
+	}
+	r->state = to;
+	switch (to) {
+	case RQ_QUEUED: r->agent->nqueued++; list_add_tail(&r->agent->queue, &r->link); break;
+	case RQ_HELD: list_add_tail(&r->agent->held, &r->link); break;
+	case RQ_WAITING: b->nwaiting++; list_add_tail(&b->waitq, &r->link); break;
+	case RQ_DELAYED: list_add_tail(&b->delayed, &r->link); break;
+	case RQ_PIPED: list_add_tail(&be->pipeq, &r->link); break;
+	default: break;
+	}
+}
 
 void request_free(struct request *r)
 {
@@ -49,11 +89,25 @@ static int refuse_new(const struct broker *b, const struct agent *a)
 		 (st == PQTRANS_ACTIVE && be->in_txn));
 }
 
+/* The statement counters, counted here only: one statement answered,
+ * failed or not; 57014 is a statement timeout; ran_since (0: it did not
+ * run) puts its time into the histogram. */
+static void count_statement(struct broker *b, int failed, const char *state, int64_t ran_since)
+{
+	b->st.c.statements++;
+	if (failed)
+		b->st.c.failed++;
+	if (state && strcmp(state, "57014") == 0)
+		b->st.c.statement_timeouts++;
+	if (ran_since)
+		stats_hist_add(&b->st.stmt, (uint64_t)(b->now_ns - ran_since) / 1000);
+}
+
+/* A statement refused before it became a request. */
 static void enqueue_error(struct broker *b, struct agent *a, uint32_t id,
 			  const char *sqlstate, const char *msg)
 {
-	b->st.c.statements++;
-	b->st.c.failed++;
+	count_statement(b, 1, NULL, 0);
 	a->statements++;
 	agent_respond_error(b, a, id, sqlstate, "%s", msg);
 }
@@ -137,9 +191,9 @@ static void indep_submit(struct broker *b, struct agent *a, struct request *r)
 static void indep_release(struct broker *b, struct agent *a)
 {
 	while (!list_empty(&a->held) && !agent_at_limit(b, a) && !a->doom) {
-		struct request *r = list_entry(list_pop(&a->held), struct request, link);
+		struct request *r = list_entry(a->held.next, struct request, link);
 
-		r->held = 0;
+		req_set_state(b, r, RQ_NONE, NULL);
 		indep_submit(b, a, r);
 	}
 }
@@ -152,20 +206,16 @@ static void request_queue(struct broker *b, struct agent *a, struct request *r)
 		/* Beside the agent's other statements, on any backend, unless it
 		 * holds its share of the pool: then it waits its turn here, not
 		 * in the broker's queue ahead of other agents. */
-		list_add_tail(&a->active, &r->alink);
-		a->nactive++;
-		a->statements++;
+		request_activate(a, r);
 		if (agent_at_limit(b, a) || !list_empty(&a->held)) {
-			r->held = 1;
-			list_add_tail(&a->held, &r->link);
+			req_set_state(b, r, RQ_HELD, NULL);
 			return;
 		}
 		indep_submit(b, a, r);
 		return;
 	}
-	list_add_tail(&a->queue, &r->link);
-	a->nqueued++;
-	agent_kick(b, a);
+	req_set_state(b, r, RQ_QUEUED, NULL);
+	agent_kick_later(b, a);
 }
 
 /* A batch: every statement decoded up front, all or nothing. */
@@ -245,12 +295,12 @@ static int answer_here(struct broker *b, struct agent *a, struct request *r)
 	if (r->flags & REQ_RESET) {
 		a->lost = LOST_NONE;
 		pool_agent_reset(b, a);
-		b->st.c.statements++;
+		count_statement(b, 0, NULL, 0);
 		a->statements++;
 		agent_respond_tag(b, a, r->id, "RESET");
 	} else if (a->lost == LOST_TXN && !r->nsub && sql_is_rollback(r->v.sql)) {
 		a->lost = LOST_NONE;
-		b->st.c.statements++;
+		count_statement(b, 0, NULL, 0);
 		a->statements++;
 		agent_respond_tag(b, a, r->id, "ROLLBACK");
 	} else if (a->lost == LOST_TXN) {
@@ -270,38 +320,59 @@ static int answer_here(struct broker *b, struct agent *a, struct request *r)
 	return 1;
 }
 
+/* r leaves the agent's queue (or skips it): it counts as one of the
+ * agent's statements, out until request_done. */
+static void request_activate(struct agent *a, struct request *r)
+{
+	list_add_tail(&a->active, &r->alink);
+	a->nactive++;
+	a->statements++;
+}
+
 /* Run the agent's next statement when it has none running: an agent's
- * statements run one after another, as on one connection. A statement
- * refused at once (shutdown, breaker open) finishes inside pool_submit and
- * kicks again: that call returns and this loop takes the next, so a long
- * queue is drained iteratively, not one stack frame per statement. */
+ * statements run one after another, as on one connection. Called once
+ * per loop pass for the agents on the kick list (agent_run_kicks), never
+ * from inside the pool: a statement refused at once (shutdown, breaker
+ * open) finishes inside pool_submit and only puts the agent back on the
+ * list, and this loop takes the next. */
 static void agent_kick(struct broker *b, struct agent *a)
 {
-	if (a->kicking)
-		return;
-	a->kicking = 1;
+	indep_release(b, a);
 	/* A serial statement waits while the agent's independent ones hold its
-	 * share of the pool (agent_request_done kicks again). */
+	 * share of the pool (request_done kicks again). */
 	while (!a->running && !a->doom && !list_empty(&a->queue) &&
 	       a->nindep < backends_per_agent(b)) {
-		struct request *r = list_entry(list_pop(&a->queue), struct request, link);
+		struct request *r = list_entry(a->queue.next, struct request, link);
 
-		a->nqueued--;
+		req_set_state(b, r, RQ_NONE, NULL);
 		if (answer_here(b, a, r))
 			continue;
 		a->running = r;
-		list_add_tail(&a->active, &r->alink);
-		a->nactive++;
-		a->statements++;
+		request_activate(a, r);
 		pool_submit(b, r);
 	}
-	a->kicking = 0;
 }
 
-void agent_request_done(struct broker *b, struct request *r)
+void agent_kick_later(struct broker *b, struct agent *a)
+{
+	if (list_empty(&a->kick_link))
+		list_add_tail(&b->kicks, &a->kick_link);
+}
+
+void agent_run_kicks(struct broker *b)
+{
+	struct list *pos;
+
+	while ((pos = list_pop(&b->kicks))) {
+		agent_kick(b, list_entry(pos, struct agent, kick_link));
+	}
+}
+
+void request_done(struct broker *b, struct request *r)
 {
 	struct agent *a = r->agent;
 
+	assert(r->state == RQ_NONE);
 	if (a) {
 		list_del(&r->alink);
 		a->nactive--;
@@ -313,24 +384,57 @@ void agent_request_done(struct broker *b, struct request *r)
 	}
 	request_free(r);
 	if (a) {
-		indep_release(b, a);
-		agent_kick(b, a);
+		agent_kick_later(b, a);
 		agent_unthrottle(b, a);
 	}
+}
+
+void request_finish(struct broker *b, struct request *r, const struct req_end *e)
+{
+	struct agent *a = r->agent;
+
+	if (a || e->ran_since)
+		count_statement(b, e->failed, e->state, e->ran_since);
+	if (!a)
+		;
+	else if (e->sqlstate)
+		agent_respond_error(b, a, r->id, e->sqlstate, "%s", e->msg);
+	else if (r->nsub)
+		agent_respond_batch(b, a, r);
+	else if (e->res)
+		agent_respond(b, a, r->id, e->res);
+	else
+		agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+	if (e->res && !(a && !e->sqlstate && !r->nsub))
+		PQclear(e->res);
+	request_done(b, r);
+}
+
+void request_fail(struct broker *b, struct request *r, const char *sqlstate, const char *fmt, ...)
+{
+	struct req_end e = { .sqlstate = sqlstate, .failed = 1 };
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	e.msg = msg;
+	request_finish(b, r, &e);
 }
 
 /* Copy frames out of the request ring into whole requests. */
 void request_read(struct broker *b, struct agent *a, int *budget)
 {
-	static const char *const broken[] = {
-		[-CHAN_RX_CORRUPT] = "request ring corrupt",
-		[-CHAN_RX_TYPE] = "unknown frame type",
-		[-CHAN_RX_NESTED] = "new request inside an unfinished one",
-		[-CHAN_RX_LENGTH] = "request length out of range",
-		[-CHAN_RX_NOMEM] = "request length out of range",
-		[-CHAN_RX_SEQUENCE] = "request frame out of sequence",
-		[-CHAN_RX_LONG] = "request frame longer than its request",
-		[-CHAN_RX_SHORT] = "request shorter than announced",
+	static const enum agent_doom broken[] = {
+		[-CHAN_RX_CORRUPT] = DOOM_REQ_CORRUPT,
+		[-CHAN_RX_TYPE] = DOOM_REQ_TYPE,
+		[-CHAN_RX_NESTED] = DOOM_REQ_NESTED,
+		[-CHAN_RX_LENGTH] = DOOM_REQ_LENGTH,
+		[-CHAN_RX_NOMEM] = DOOM_REQ_LENGTH,
+		[-CHAN_RX_SEQUENCE] = DOOM_REQ_SEQUENCE,
+		[-CHAN_RX_LONG] = DOOM_REQ_LONG,
+		[-CHAN_RX_SHORT] = DOOM_REQ_SHORT,
 	};
 	uint64_t max = (uint64_t)b->cfg.max_request_kb * 1024;
 	int consumed = 0;

@@ -102,7 +102,7 @@ void agent_respond_tag(struct broker *b, struct agent *a, uint32_t id, const cha
 	struct response *rs = calloc(1, sizeof(*rs));
 
 	if (!rs) {
-		agent_fail(b, a, "out of memory for a response");
+		agent_fail(b, a, DOOM_RESP_NOMEM);
 		return;
 	}
 	snprintf(rs->msg, sizeof(rs->msg), "%s", tag);
@@ -121,7 +121,7 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 	va_list ap;
 
 	if (!rs) {
-		agent_fail(b, a, "out of memory for a response");
+		agent_fail(b, a, DOOM_RESP_NOMEM);
 		return;
 	}
 	va_start(ap, fmt);
@@ -145,7 +145,7 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 	rs = calloc(1, sizeof(*rs));
 	if (!rs) {
 		PQclear(res);
-		agent_fail(b, a, "out of memory for a response");
+		agent_fail(b, a, DOOM_RESP_NOMEM);
 		return;
 	}
 	rs->id = id;
@@ -160,7 +160,7 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 		a->errors++;
 		if (pack_diag(rs, res) < 0) {
 			response_free(rs);
-			agent_fail(b, a, "out of memory for a response");
+			agent_fail(b, a, DOOM_RESP_NOMEM);
 			return;
 		}
 	}
@@ -181,6 +181,41 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 	respond(b, a, rs);
 }
 
+/* Answer a finished batch: every result, or, when one failed, its error
+ * and for every other statement a PB011 naming the one that failed. The
+ * caller counts the batch as one statement. */
+void agent_respond_batch(struct broker *b, struct agent *a, struct request *r)
+{
+	uint32_t failed = r->nsub;
+	char msg[256];
+
+	for (uint32_t i = 0; i < r->nsub && failed == r->nsub; i++)
+		if (!result_ok(r->bres[i]))
+			failed = i;
+	if (failed < r->nsub) {
+		const char *state = r->bres[failed] ?
+			PQresultErrorField(r->bres[failed], PG_DIAG_SQLSTATE) : NULL;
+
+		snprintf(msg, sizeof(msg), "not applied: statement %u of the batch failed (%s)",
+			 failed + 1, state ? state : "no result");
+	}
+	for (uint32_t i = 0; i < r->nsub; i++) {
+		if (!a)
+			break;
+		a->resp_more = i + 1 < r->nsub;
+		if (failed < r->nsub && i != failed) {
+			agent_respond_error(b, a, r->id, "PB011", "%s", msg);
+		} else if (r->bres[i]) {
+			agent_respond(b, a, r->id, r->bres[i]);
+			r->bres[i] = NULL;
+		} else {
+			agent_respond_error(b, a, r->id, "XX000", "no result from PostgreSQL");
+		}
+	}
+	if (a)
+		a->resp_more = 0;
+}
+
 /* Stream queued responses into the response ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a)
 {
@@ -191,7 +226,7 @@ void agent_flush(struct broker *b, struct agent *a)
 						   &space);
 
 		if (n < 0) {
-			agent_fail(b, a, "response ring corrupt");
+			agent_fail(b, a, DOOM_RESP_CORRUPT);
 			return;
 		}
 		if (n == 0) {

@@ -8,6 +8,7 @@
 
 struct broker;
 struct agent;
+struct request;
 struct response;
 
 /* Queue res (now the response's) as the answer to statement id. */
@@ -18,6 +19,9 @@ void agent_respond_tag(struct broker *b, struct agent *a, uint32_t id, const cha
 void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 			 const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
+/* Queue a finished batch's answers: every result, or, when one failed,
+ * its error and for every other statement a PB011 naming it. */
+void agent_respond_batch(struct broker *b, struct agent *a, struct request *r);
 /* Stream queued responses into the ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a);
 void response_free(struct response *rs);

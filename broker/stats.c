@@ -127,9 +127,14 @@ static uint32_t backend_state(enum be_state s)
 	switch (s) {
 	case BE_CONNECTING: return STATS_BE_CONNECTING;
 	case BE_IDLE: return STATS_BE_IDLE;
-	case BE_BUSY: return STATS_BE_BUSY;
+	case BE_BUSY:
+	case BE_PIPELINE: return STATS_BE_BUSY;
 	case BE_PINNED: return STATS_BE_PINNED;
-	case BE_RESET: return STATS_BE_RESET;
+	case BE_ROLLBACK:
+	case BE_DISCARD:
+	case BE_VALIDATE:
+	case BE_PROBE:
+	case BE_PARKED: return STATS_BE_RESET;
 	default: return 0;
 	}
 }
@@ -147,7 +152,7 @@ static uint32_t fill_backends(struct broker *b, struct stats_backend *row, int64
 
 		if (be->state == BE_FREE)
 			continue;
-		if (be->state == BE_BUSY && be->req && be->req->agent)
+		if ((be->state == BE_BUSY || be->state == BE_PIPELINE) && be->req && be->req->agent)
 			a = be->req->agent;
 		row[n] = (struct stats_backend){
 			.slot = be->slot,
@@ -177,7 +182,7 @@ static uint32_t fill_agents(struct broker *b, struct stats_agent *row)
 		if (!a || a->state != AG_READY)
 			continue;
 		r = a->running;
-		if (r && (r->waiting || r->due_ns))
+		if (r && (r->state == RQ_WAITING || r->state == RQ_DELAYED))
 			state = STATS_AG_WAITING;
 		else if (r)
 			state = STATS_AG_RUNNING;

@@ -23,8 +23,7 @@ void waitq_release(struct broker *b, struct backend *be)
 	if (be->cancel_pending) {
 		/* Never reuse it while a cancel meant for the last statement
 		 * may still arrive: it would hit the next agent's statement. */
-		be->parked = 1;
-		be_set_state(b, be, BE_RESET);
+		be_set_state(b, be, BE_PARKED);
 		be_arm(b, be, POLLIN);
 		return;
 	}
@@ -36,7 +35,7 @@ void waitq_release(struct broker *b, struct backend *be)
 	if (be->discard) {
 		be->discard = 0;
 		stmt_cache_clear(&be->stmts);
-		be_reset(b, be, "DISCARD ALL");
+		be_reset(b, be, BE_DISCARD);
 		return;
 	}
 	if (b->now_ns >= be->retire_ns) {
@@ -48,25 +47,14 @@ void waitq_release(struct broker *b, struct backend *be)
 		return;
 	}
 	if (!list_empty(&b->waitq)) {
-		struct request *r = list_entry(list_pop(&b->waitq), struct request, link);
+		struct request *r = list_entry(b->waitq.next, struct request, link);
 
-		r->waiting = 0;
-		b->nwaiting--;
+		req_set_state(b, r, RQ_NONE, NULL);
 		exec_start(b, be, r);
 		return;
 	}
 	be_set_state(b, be, BE_IDLE);
 	be_arm(b, be, POLLIN);
-}
-
-/* Answer a request with the broker's own error and retire it. */
-static void finish_error(struct broker *b, struct request *r, const char *state, const char *msg)
-{
-	b->st.c.statements++;
-	b->st.c.failed++;
-	if (r->agent)
-		agent_respond_error(b, r->agent, r->id, state, "%s", msg);
-	agent_request_done(b, r);
 }
 
 /* Run r again after a backoff, if attempts and the deadline allow. */
@@ -91,7 +79,7 @@ int waitq_retry(struct broker *b, struct request *r, const char *why)
 	b->st.c.retried++;
 	log_debug("retrying a statement (%s), attempt %d in %lld ms", why, r->attempts,
 		  (long long)(delay / MS));
-	list_add_tail(&b->delayed, &r->link);
+	req_set_state(b, r, RQ_DELAYED, NULL);
 	return 1;
 }
 
@@ -118,16 +106,14 @@ const char *waitq_fail_fast_error(struct broker *b, char *msg, size_t n)
  * timeout for nothing. */
 void waitq_fail_all(struct broker *b)
 {
-	struct list *pos;
 	char msg[512];
 	const char *code = waitq_fail_fast_error(b, msg, sizeof(msg));
 
-	while ((pos = list_pop(&b->waitq))) {
-		struct request *r = list_entry(pos, struct request, link);
+	while (!list_empty(&b->waitq)) {
+		struct request *r = list_entry(b->waitq.next, struct request, link);
 
-		r->waiting = 0;
-		b->nwaiting--;
-		finish_error(b, r, code, msg);
+		req_set_state(b, r, RQ_NONE, NULL);
+		request_fail(b, r, code, "%s", msg);
 	}
 }
 
@@ -137,7 +123,7 @@ void pool_submit(struct broker *b, struct request *r)
 	struct backend *be;
 
 	if (b->stopping == STOP_FAST) {
-		finish_error(b, r, "PB005", "broker is shutting down");
+		request_fail(b, r, "PB005", "broker is shutting down");
 		return;
 	}
 	if (!r->attempts) {
@@ -182,17 +168,15 @@ void pool_submit(struct broker *b, struct request *r)
 		char msg[512];
 		const char *code = waitq_fail_fast_error(b, msg, sizeof(msg));
 
-		finish_error(b, r, code, msg);
+		request_fail(b, r, code, "%s", msg);
 		return;
 	}
 	if (b->nwaiting >= (uint32_t)b->cfg.max_waiting) {
-		finish_error(b, r, "PB008", "too many statements waiting for a backend (max_waiting)");
+		request_fail(b, r, "PB008", "too many statements waiting for a backend (max_waiting)");
 		return;
 	}
 	r->enq_ns = b->now_ns;
-	r->waiting = 1;
-	list_add_tail(&b->waitq, &r->link);
-	b->nwaiting++;
+	req_set_state(b, r, RQ_WAITING, NULL);
 	pool_grow(b);
 }
 
@@ -226,15 +210,10 @@ void waitq_timers(struct broker *b, int64_t *next_ns)
 				*next_ns = r->enq_ns + (int64_t)b->cfg.reserve_timeout_ms * MS;
 			break;
 		}
-		list_del(&r->link);
-		r->waiting = 0;
-		b->nwaiting--;
+		req_set_state(b, r, RQ_NONE, NULL);
 		b->st.c.acquire_timeouts++;
-		b->st.c.statements++;
-		b->st.c.failed++;
-		agent_respond_error(b, r->agent, r->id, b->connect_fails ? "PB010" : "PB001", "%s",
-				    acquire_error(b, msg, sizeof(msg)));
-		agent_request_done(b, r);
+		request_fail(b, r, b->connect_fails ? "PB010" : "PB001", "%s",
+			     acquire_error(b, msg, sizeof(msg)));
 	}
 	list_for_each_safe(pos, tmp, &b->delayed) {
 		struct request *r = list_entry(pos, struct request, link);
@@ -244,34 +223,27 @@ void waitq_timers(struct broker *b, int64_t *next_ns)
 				*next_ns = r->due_ns;
 			continue;
 		}
-		list_del(&r->link);
+		req_set_state(b, r, RQ_NONE, NULL);
 		r->due_ns = 0;
 		if (r->agent)
 			pool_submit(b, r);
 		else
-			agent_request_done(b, r);
+			request_done(b, r);
 	}
 }
 
 /* Stop taking statements: waiting ones are answered now. */
 void pool_shutdown(struct broker *b)
 {
-	struct list *pos;
+	struct list *lists[] = { &b->waitq, &b->delayed };
 
-	while ((pos = list_pop(&b->waitq))) {
-		struct request *r = list_entry(pos, struct request, link);
+	for (int i = 0; i < 2; i++) {
+		while (!list_empty(lists[i])) {
+			struct request *r = list_entry(lists[i]->next, struct request, link);
 
-		r->waiting = 0;
-		b->nwaiting--;
-		b->st.c.statements++;
-		b->st.c.failed++;
-		agent_respond_error(b, r->agent, r->id, "PB005", "broker is shutting down");
-		agent_request_done(b, r);
-	}
-	while ((pos = list_pop(&b->delayed))) {
-		struct request *r = list_entry(pos, struct request, link);
-
-		r->due_ns = 0;
-		finish_error(b, r, "PB005", "broker is shutting down");
+			req_set_state(b, r, RQ_NONE, NULL);
+			r->due_ns = 0;
+			request_fail(b, r, "PB005", "broker is shutting down");
+		}
 	}
 }
