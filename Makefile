@@ -151,9 +151,9 @@ tools/no_uring: tools/no_uring.o
 # broker/classify.o: the statement classifier (unit tests, and the
 # integration test that compares it with what the server did);
 # broker/policy.o: its retry decisions (tests/unit/test_policy.c);
-# broker/config.o, broker/stmtcache.o.
+# broker/config*.o, broker/stmtcache.o.
 UNIT_LIBS := tools/bench.o tools/json.o broker/cork.o broker/classify.o broker/policy.o \
-	broker/config.o broker/stmtcache.o
+	broker/config.o broker/config_load.o broker/config_show.o broker/stmtcache.o
 $(UNIT_BIN): $(UNIT_SRC:.c=.o) $(COMMON_OBJ) $(UNIT_LIBS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CRIT_LIBS) $(PKG_LIBS) $(PG_QUERY_LIBS) -lm
