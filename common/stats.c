@@ -583,39 +583,43 @@ static double util_slope(const struct stats_health *h, double *span_min)
 	return (n * sxy - sx * sy) / den;
 }
 
-void health_classify(const struct stats_data *d, struct stats_health *h,
-		     const struct health_limits *lim)
+/* What the window of samples adds up to (health_classify). */
+struct health_window {
+	uint64_t st, failed, acq, span;
+	int64_t room;             /* the server's room for the pool; -1 not known */
+	int limited;              /* max_pool_size does not fit that room */
+};
+
+/* Rates and averages over the window, newest samples first. */
+static void window_sum(const struct stats_data *d, struct stats_health *h,
+		       const struct health_limits *lim, struct health_window *w)
 {
-	const struct stats_sample *now = health_sample_at(h, 0), *s;
-	uint32_t before = h->status;
-	uint64_t st = 0, failed = 0, acq = 0, acq_us = 0, span = 0;
-	int64_t room = -1;
-	int limited = 0;
-	char text[STATS_TEXT], advice[STATS_TEXT], t1[32];
-	double span_min;
+	const struct stats_sample *s;
+	uint64_t acq_us = 0;
 
-	h->status = HEALTH_HEALTHY;
-	h->nreasons = 0;
-	memset(h->reasons, 0, sizeof(h->reasons));
-
-	/* Rates and averages over the window, newest samples first. */
-	for (uint32_t i = 0; (s = health_sample_at(h, i)) && span < lim->window_ms; i++) {
-		st += s->statements;
-		failed += s->failed;
-		acq += s->acquires;
+	*w = (struct health_window){ .room = -1 };
+	for (uint32_t i = 0; (s = health_sample_at(h, i)) && w->span < lim->window_ms; i++) {
+		w->st += s->statements;
+		w->failed += s->failed;
+		w->acq += s->acquires;
 		acq_us += s->acquire_sum_us;
-		span += s->interval_ms;
+		w->span += s->interval_ms;
 	}
-	h->window_ms = (uint32_t)span;
-	h->success_pct = st ? 100.0 * (double)(st - failed) / (double)st : 100.0;
-	h->acquire_avg_ms = acq ? (double)acq_us / (double)acq / 1000.0 : 0;
-	h->stmts_per_s = span ? (double)st * 1000.0 / (double)span : 0;
-
+	h->window_ms = (uint32_t)w->span;
+	h->success_pct = w->st ? 100.0 * (double)(w->st - w->failed) / (double)w->st : 100.0;
+	h->acquire_avg_ms = w->acq ? (double)acq_us / (double)w->acq / 1000.0 : 0;
+	h->stmts_per_s = w->span ? (double)w->st * 1000.0 / (double)w->span : 0;
 	if (d->server_max_connections) {
-		room = (int64_t)d->server_max_connections - d->server_reserved_connections -
-		       d->server_other_connections;
-		limited = room < (int64_t)d->pool.max;
+		w->room = (int64_t)d->server_max_connections - d->server_reserved_connections -
+			  d->server_other_connections;
+		w->limited = w->room < (int64_t)d->pool.max;
 	}
+}
+
+/* No way to PostgreSQL: the breaker, or no backend connected at all. */
+static void connect_reasons(const struct stats_data *d, struct stats_health *h)
+{
+	char text[STATS_TEXT];
 
 	if (d->breaker_state == 3) {
 		misconfigured_reason(d, h);
@@ -633,81 +637,110 @@ void health_classify(const struct stats_data *d, struct stats_health *h,
 				  "check that PostgreSQL runs and that the DSN, the user and "
 				  "pg_hba.conf let the broker in (the broker log has libpq's reason)");
 	}
+}
 
-	if (now) {
-		uint32_t level = now->utilization > lim->util_crit_pct ? HEALTH_UNHEALTHY :
-				 now->utilization > lim->util_warn_pct ? HEALTH_DEGRADED : 0;
+/* The newest sample: too many backends busy, too many agents waiting. */
+static void load_reasons(struct stats_health *h, const struct health_limits *lim,
+			 const struct stats_sample *now, int limited)
+{
+	char text[STATS_TEXT], advice[STATS_TEXT], t1[32];
+	uint32_t level = now->utilization > lim->util_crit_pct ? HEALTH_UNHEALTHY :
+			 now->utilization > lim->util_warn_pct ? HEALTH_DEGRADED : 0;
 
-		if (level) {
-			snprintf(text, sizeof(text), "utilization %.0f%% above %.0f%% (%u of "
-				 "max_pool_size %u busy) for %s", now->utilization,
-				 level == HEALTH_UNHEALTHY ? lim->util_crit_pct : lim->util_warn_pct,
-				 now->busy, now->max,
-				 dur(run_ms(h, RUN_UTIL, lim->util_warn_pct), t1, sizeof(t1)));
-			if (limited)
-				snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
-			else
-				snprintf(advice, sizeof(advice), "raise max_pool_size (now %u) or "
-					 "shorten transactions: agents queue once every backend "
-					 "is busy", now->max);
-			health_add_reason(h, HEALTH_R_UTILIZATION, level, text, advice);
-		}
-		level = now->waiting > lim->waiting_crit ? HEALTH_UNHEALTHY :
-			now->waiting > lim->waiting_warn ? HEALTH_DEGRADED : 0;
-		if (level) {
-			snprintf(text, sizeof(text), "%u agents waiting for a backend (above %u) "
-				 "for %s", now->waiting,
-				 level == HEALTH_UNHEALTHY ? lim->waiting_crit : lim->waiting_warn,
-				 dur(run_ms(h, RUN_WAITING, lim->waiting_warn), t1, sizeof(t1)));
-			if (limited)
-				snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
-			else
-				snprintf(advice, sizeof(advice), "raise max_pool_size (now %u) or "
-					 "shorten transactions", now->max);
-			health_add_reason(h, HEALTH_R_WAITING, level, text, advice);
-		}
+	if (level) {
+		snprintf(text, sizeof(text), "utilization %.0f%% above %.0f%% (%u of "
+			 "max_pool_size %u busy) for %s", now->utilization,
+			 level == HEALTH_UNHEALTHY ? lim->util_crit_pct : lim->util_warn_pct,
+			 now->busy, now->max,
+			 dur(run_ms(h, RUN_UTIL, lim->util_warn_pct), t1, sizeof(t1)));
+		if (limited)
+			snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
+		else
+			snprintf(advice, sizeof(advice), "raise max_pool_size (now %u) or "
+				 "shorten transactions: agents queue once every backend "
+				 "is busy", now->max);
+		health_add_reason(h, HEALTH_R_UTILIZATION, level, text, advice);
 	}
+	level = now->waiting > lim->waiting_crit ? HEALTH_UNHEALTHY :
+		now->waiting > lim->waiting_warn ? HEALTH_DEGRADED : 0;
+	if (level) {
+		snprintf(text, sizeof(text), "%u agents waiting for a backend (above %u) "
+			 "for %s", now->waiting,
+			 level == HEALTH_UNHEALTHY ? lim->waiting_crit : lim->waiting_warn,
+			 dur(run_ms(h, RUN_WAITING, lim->waiting_warn), t1, sizeof(t1)));
+		if (limited)
+			snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
+		else
+			snprintf(advice, sizeof(advice), "raise max_pool_size (now %u) or "
+				 "shorten transactions", now->max);
+		health_add_reason(h, HEALTH_R_WAITING, level, text, advice);
+	}
+}
 
-	if (st >= lim->min_statements && h->success_pct < lim->success_warn_pct) {
+/* Over the window: the success rate, the average wait for a backend, and
+ * whether max_pool_size fits the server at all. */
+static void window_reasons(const struct stats_data *d, struct stats_health *h,
+			   const struct health_limits *lim, const struct health_window *w)
+{
+	char text[STATS_TEXT], advice[STATS_TEXT], t1[32];
+	long long room = w->room > 0 ? (long long)w->room : 0;
+
+	if (w->st >= lim->min_statements && h->success_pct < lim->success_warn_pct) {
 		uint32_t level = h->success_pct < lim->success_crit_pct ? HEALTH_UNHEALTHY :
 				 HEALTH_DEGRADED;
 
 		snprintf(text, sizeof(text), "success rate %.1f%% below %.0f%% over the last %s "
 			 "(%llu of %llu statements failed)", h->success_pct,
 			 level == HEALTH_UNHEALTHY ? lim->success_crit_pct : lim->success_warn_pct,
-			 dur(span, t1, sizeof(t1)), (unsigned long long)failed,
-			 (unsigned long long)st);
+			 dur(w->span, t1, sizeof(t1)), (unsigned long long)w->failed,
+			 (unsigned long long)w->st);
 		health_add_reason(h, HEALTH_R_SUCCESS, level, text,
 				  "look at the failing statements' SQLSTATEs: PB001 means too few "
 				  "backends, 57014 statement_timeout_ms, 08xxx lost connections");
 	}
-
-	if (acq && h->acquire_avg_ms > lim->acquire_warn_ms) {
+	if (w->acq && h->acquire_avg_ms > lim->acquire_warn_ms) {
 		uint32_t level = h->acquire_avg_ms > lim->acquire_crit_ms ? HEALTH_UNHEALTHY :
 				 HEALTH_DEGRADED;
 
 		snprintf(text, sizeof(text), "average wait for a backend %.0f ms above %.0f ms "
 			 "over the last %s", h->acquire_avg_ms,
 			 level == HEALTH_UNHEALTHY ? lim->acquire_crit_ms : lim->acquire_warn_ms,
-			 dur(span, t1, sizeof(t1)));
-		if (limited)
+			 dur(w->span, t1, sizeof(t1)));
+		if (w->limited)
 			snprintf(advice, sizeof(advice), "%s", rule_of_thumb);
 		else
 			snprintf(advice, sizeof(advice), "raise pool_size (now %u) and max_pool_size "
 				 "(now %u), or shorten transactions", d->pool.size, d->pool.max);
 		health_add_reason(h, HEALTH_R_ACQUIRE, level, text, advice);
 	}
-
-	if (limited) {
+	if (w->limited) {
 		snprintf(text, sizeof(text), "max_pool_size %u does not fit the server: "
 			 "max_connections %u, %u reserved, %u held by others: room for %lld",
 			 d->pool.max, d->server_max_connections, d->server_reserved_connections,
-			 d->server_other_connections, (long long)(room > 0 ? room : 0));
+			 d->server_other_connections, room);
 		snprintf(advice, sizeof(advice), "lower max_pool_size to %lld or raise "
 			 "max_connections; about twice the server's CPU cores of busy "
-			 "connections is the useful pool size", (long long)(room > 0 ? room : 0));
+			 "connections is the useful pool size", room);
 		health_add_reason(h, HEALTH_R_CAPACITY, HEALTH_DEGRADED, text, advice);
 	}
+}
+
+void health_classify(const struct stats_data *d, struct stats_health *h,
+		     const struct health_limits *lim)
+{
+	const struct stats_sample *now = health_sample_at(h, 0);
+	uint32_t before = h->status;
+	struct health_window w;
+	double span_min;
+
+	h->status = HEALTH_HEALTHY;
+	h->nreasons = 0;
+	memset(h->reasons, 0, sizeof(h->reasons));
+	window_sum(d, h, lim, &w);
+	connect_reasons(d, h);
+	if (now)
+		load_reasons(h, lim, now, w.limited);
+	window_reasons(d, h, lim, &w);
 
 	h->trend_per_min = util_slope(h, &span_min);
 	if (__builtin_fabs(h->trend_per_min * span_min) < lim->trend_flat_pct)
