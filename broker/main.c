@@ -337,14 +337,12 @@ static void remove_own_files(struct broker *b)
 	piddir_release(b);
 }
 
-int main(int argc, char **argv)
+/* The flags that are commands (--help, --version, --check-config) and a
+ * bad configuration or DSN end here: the exit status, or -1 to serve. */
+static int run_commands(struct broker *b, int argc, char **argv)
 {
-	static struct broker broker;
-	struct broker *b = &broker;
 	char err[512];
-	int rc;
 
-	block_signals();
 	if (config_load(&b->cfg, argc, argv, err, sizeof(err)) < 0) {
 		fprintf(stderr, "pgbroker: %s\n", err);
 		return 2;
@@ -375,9 +373,12 @@ int main(int argc, char **argv)
 		config_print(&b->cfg, stdout);
 		return 0;
 	}
-	log_open(b->cfg.log_level, b->cfg.syslog);
-	if (config_advise(&b->cfg, err, sizeof(err)))
-		log_warn("%s", err);
+	return -1;
+}
+
+/* The broker's lists and its agent slots: 0, or -ENOMEM. */
+static int broker_init(struct broker *b, int argc, char **argv)
+{
 	b->argc = argc;
 	b->argv = argv;
 	b->listen_fd = b->lock_fd = b->signal_fd = b->dir_fd = -1;
@@ -390,14 +391,26 @@ int main(int argc, char **argv)
 	b->agents = calloc((size_t)b->cfg.max_agents, sizeof(*b->agents));
 	b->free_slots = calloc((size_t)b->cfg.max_agents, sizeof(*b->free_slots));
 	if (!b->agents || !b->free_slots ||
-	    uidcount_init(&b->per_uid, (uint32_t)b->cfg.max_agents) < 0) {
-		log_error("out of memory");
-		return 1;
-	}
+	    uidcount_init(&b->per_uid, (uint32_t)b->cfg.max_agents) < 0)
+		return -ENOMEM;
 	for (int i = b->cfg.max_agents - 1; i >= 0; i--)
 		b->free_slots[b->nfree++] = (uint32_t)i;
 	ratelimit_init(&b->rl_refused, WARN_BURST, WARN_WINDOW_MS);
 	ratelimit_init(&b->rl_silent, WARN_BURST, WARN_WINDOW_MS);
+	/* Room for max_pool_size to grow by reload without moving a backend. */
+	b->nslots = (uint32_t)b->cfg.max_pool_size * 2;
+	if (b->nslots < MIN_SLOTS)
+		b->nslots = MIN_SLOTS;
+	return 0;
+}
+
+/* The loop, the signals, the run directory, the socket, the stats
+ * segment and the pool, in that order: 0, or the exit status (what was
+ * taken is given back). */
+static int start(struct broker *b)
+{
+	int rc;
+
 	b->now_ns = clock_ns();
 	if (setup_loop(b) < 0)
 		return 2;	/* no usable event loop: a restart would not help */
@@ -412,10 +425,6 @@ int main(int argc, char **argv)
 		remove_own_files(b);
 		return start_failure(rc);
 	}
-	/* Room for max_pool_size to grow by reload without moving a backend. */
-	b->nslots = (uint32_t)b->cfg.max_pool_size * 2;
-	if (b->nslots < MIN_SLOTS)
-		b->nslots = MIN_SLOTS;
 	rc = stats_open(b);
 	if (rc < 0) {
 		log_error("cannot create stats segment in %s: %s", b->cfg.dir, strerror(-rc));
@@ -429,6 +438,12 @@ int main(int argc, char **argv)
 		remove_own_files(b);
 		return 1;
 	}
+	return 0;
+}
+
+/* Serving: say so in the log, on --ready-fd and to systemd. */
+static void announce_ready(struct broker *b)
+{
 	log_info("pgbroker %s listening on %s (pool %d..%d..%d)", PGB_VERSION, b->sock_path,
 		 b->cfg.min_pool_size, b->cfg.pool_size, b->cfg.max_pool_size);
 	if (b->cfg.ready_fd >= 0) {
@@ -440,9 +455,13 @@ int main(int argc, char **argv)
 			close(b->cfg.ready_fd);
 	}
 	notify_ready("serving");
-	rc = run(b);
+}
+
+/* After the last pass: nobody new finds this broker, then everything
+ * goes, in reverse order of start. */
+static void stop(struct broker *b)
+{
 	loop_flush(b->loop);	/* the last pass's wake-ups */
-	/* Unlink first: from here on nobody new finds this broker. */
 	unlink(b->sock_path);
 	agent_close_all(b);
 	pool_close_all(b);
@@ -454,5 +473,31 @@ int main(int argc, char **argv)
 	uidcount_free(&b->per_uid);
 	sql_class_exit();
 	log_info("stopped");
+}
+
+int main(int argc, char **argv)
+{
+	static struct broker broker;
+	struct broker *b = &broker;
+	char err[512];
+	int rc;
+
+	block_signals();
+	rc = run_commands(b, argc, argv);
+	if (rc >= 0)
+		return rc;
+	log_open(b->cfg.log_level, b->cfg.syslog);
+	if (config_advise(&b->cfg, err, sizeof(err)))
+		log_warn("%s", err);
+	if (broker_init(b, argc, argv) < 0) {
+		log_error("out of memory");
+		return 1;
+	}
+	rc = start(b);
+	if (rc)
+		return rc;
+	announce_ready(b);
+	rc = run(b);
+	stop(b);
 	return rc < 0 ? 1 : 0;
 }
