@@ -177,84 +177,90 @@ static int check_peer(pgb_conn *c, const char *dir, const char *sock, const char
 	return 0;
 }
 
-/* Register with the broker of c->dir (checked against c->require) and map
- * the channel it gives us: on success c is PGB_CONNECTION_OK, else it is
- * left closed with the reason in errmsg. c has no descriptors or mapping
- * open on entry. */
-static void conn_open(pgb_conn *c)
+/* Connect c->sock to the socket sa names and check who listens there:
+ * 0, or -1 with the reason in errmsg. */
+static int conn_dial(pgb_conn *c, const struct sockaddr_un *sa)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
-				   .flags = REG_F_BELL_EVENTFD };
 	struct timeval tv = { CONNECT_TIMEOUT_S, 0 };
-	struct reg_reply rep;
-	struct stat st;
-	void *map;
-	ssize_t sent;
-	int fd = -1, err, send_err = 0;
 
-	c->status = PGB_CONNECTION_BAD;
-	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", c->dir) >=
-	    sizeof(sa.sun_path)) {
-		pgbi_set_error(c, "run directory path too long: %s", c->dir);
-		return;
-	}
 	c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->sock < 0) {
 		pgbi_set_error(c, "socket: %s", strerror(errno));
-		return;
+		return -1;
 	}
 	setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		pgbi_set_error(c, "could not connect to broker at %s: %s", sa.sun_path, strerror(errno));
-		goto fail;
+	if (connect(c->sock, (const struct sockaddr *)sa, sizeof(*sa)) < 0) {
+		pgbi_set_error(c, "could not connect to broker at %s: %s", sa->sun_path,
+			       strerror(errno));
+		return -1;
 	}
-	if (check_peer(c, c->dir, sa.sun_path, c->require) < 0)
-		goto fail;
+	return check_peer(c, c->dir, sa->sun_path, c->require);
+}
+
+/* Say hello and read the broker's answer with the channel's memfd (*fd),
+ * the eventfd and the bell: 0, or -1 with the reason in errmsg. */
+static int conn_hello(pgb_conn *c, const char *path, struct reg_reply *rep, int *fd)
+{
+	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
+				   .flags = REG_F_BELL_EVENTFD };
+	ssize_t sent;
+	int err, send_err = 0;
+
 	/* A broker that refuses us (not allowed, full, shutting down) answers
 	 * and closes at once: our hello may then meet a closed socket while
 	 * the refusal still waits to be read. */
 	sent = send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL);
 	if (sent != (ssize_t)sizeof(hello))
 		send_err = sent < 0 ? errno : EPIPE;
-	err = recv_reply(c->sock, &rep, &fd, &c->efd, &c->bfd);
+	err = recv_reply(c->sock, rep, fd, &c->efd, &c->bfd);
 	if (err < 0 && send_err) {
 		pgbi_set_error(c, "could not register with broker: %s", strerror(send_err));
-		goto fail;
+		return -1;
 	}
 	if (err < 0) {
-		pgbi_set_error(c, "no valid answer from broker at %s: %s", sa.sun_path,
-			  err == -EPROTO ? "protocol error" : strerror(-err));
-		goto fail;
+		pgbi_set_error(c, "no valid answer from broker at %s: %s", path,
+			       err == -EPROTO ? "protocol error" : strerror(-err));
+		return -1;
 	}
-	if (rep.status != 0) {
-		rep.message[sizeof(rep.message) - 1] = '\0';
-		pgbi_set_error(c, "broker refused the connection: %s", rep.message);
-		goto fail;
+	if (rep->status != 0) {
+		rep->message[sizeof(rep->message) - 1] = '\0';
+		pgbi_set_error(c, "broker refused the connection: %s", rep->message);
+		return -1;
 	}
+	return 0;
+}
+
+/* Map the channel the broker sent (fd, closed here) and check its layout
+ * and bell: 0, or -1 with the reason in errmsg. */
+static int conn_map(pgb_conn *c, const struct reg_reply *rep, int fd)
+{
+	struct stat st;
+	void *map;
+
 	/* A memfd shorter than announced would be SIGBUS at the first touch
 	 * past its end. */
-	if (fd < 0 || c->efd < 0 || rep.ring_size < 4096 || (rep.ring_size & (rep.ring_size - 1)) ||
-	    rep.chan_size != chan_size_for(rep.ring_size) || fstat(fd, &st) < 0 ||
-	    (uint64_t)st.st_size < rep.chan_size) {
+	if (fd < 0 || c->efd < 0 || rep->ring_size < 4096 || (rep->ring_size & (rep->ring_size - 1)) ||
+	    rep->chan_size != chan_size_for(rep->ring_size) || fstat(fd, &st) < 0 ||
+	    (uint64_t)st.st_size < rep->chan_size) {
+		if (fd >= 0)
+			close(fd);
 		pgbi_set_error(c, "broker sent a malformed channel");
-		goto fail;
+		return -1;
 	}
-	map = mmap(NULL, rep.chan_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	map = mmap(NULL, rep->chan_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
-	fd = -1;
 	if (map == MAP_FAILED) {
 		pgbi_set_error(c, "could not map channel: %s", strerror(errno));
-		goto fail;
+		return -1;
 	}
 	c->chan = map;
-	c->chan_size = rep.chan_size;
-	c->ring_size = rep.ring_size;
+	c->chan_size = rep->chan_size;
+	c->ring_size = rep->ring_size;
 	if (c->chan->magic != CHAN_MAGIC || c->chan->version != CHAN_VERSION ||
-	    c->chan->ring_size != rep.ring_size) {
+	    c->chan->ring_size != rep->ring_size) {
 		pgbi_set_error(c, "channel has an unknown layout (version %u)", c->chan->version);
-		goto fail;
+		return -1;
 	}
 	/* The bell the broker listens to: its futex word, or (epoll) the
 	 * eventfd that came with the channel. */
@@ -263,15 +269,41 @@ static void conn_open(pgb_conn *c)
 		if (c->bfd >= 0)
 			close(c->bfd);
 		c->bfd = -1;
-		break;
+		return 0;
 	case CHAN_BELL_EVENTFD:
 		if (c->bfd >= 0)
-			break;
+			return 0;
 		/* fall through */
 	default:
 		pgbi_set_error(c, "broker sent a malformed channel (doorbell)");
+		return -1;
+	}
+}
+
+/* Register with the broker of c->dir (checked against c->require) and map
+ * the channel it gives us: on success c is PGB_CONNECTION_OK, else it is
+ * left closed with the reason in errmsg. c has no descriptors or mapping
+ * open on entry. */
+static void conn_open(pgb_conn *c)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct reg_reply rep;
+	int fd = -1;
+
+	c->status = PGB_CONNECTION_BAD;
+	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", c->dir) >=
+	    sizeof(sa.sun_path)) {
+		pgbi_set_error(c, "run directory path too long: %s", c->dir);
+		return;
+	}
+	if (conn_dial(c, &sa) < 0 || conn_hello(c, sa.sun_path, &rep, &fd) < 0) {
+		if (fd >= 0)
+			close(fd);
 		goto fail;
 	}
+	if (conn_map(c, &rep, fd) < 0)
+		goto fail;
+	/* pgb_socket: readable on a result (efd) and on the broker's hang-up. */
 	c->pfd = epoll_create1(EPOLL_CLOEXEC);
 	if (c->pfd < 0 ||
 	    epoll_ctl(c->pfd, EPOLL_CTL_ADD, c->efd, &(struct epoll_event){ .events = EPOLLIN }) < 0 ||
@@ -287,8 +319,6 @@ static void conn_open(pgb_conn *c)
 	c->errmsg[0] = '\0';
 	return;
 fail:
-	if (fd >= 0)
-		close(fd);
 	conn_close(c);
 }
 
