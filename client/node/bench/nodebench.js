@@ -1,23 +1,56 @@
 'use strict';
 // Node agents side by side: pgbroker's package, pg with a pg.Pool (max 2)
 // per process straight to PostgreSQL (the original design), and pg through
-// PgBouncer (transaction mode, the broker's pool size). For each agent
-// count and workload the three run back to back on one PostgreSQL
-// (PGB_TEST_DSN); the agents start together once all are connected.
+// PgBouncer (transaction mode, the broker's pool size), on one PostgreSQL
+// (PGB_TEST_DSN). For each agent count the variants take turns in rounds
+// (the order rotates each round), so that a machine whose load drifts
+// weighs on all of them alike; each round starts the agents afresh, and
+// they start a workload together once all are connected. Besides
+// statements per second and latency, the CPU time each statement cost in
+// the agents, in the pooler (broker or PgBouncer) and in PostgreSQL.
 //   node bench/nodebench.js   (env: PGB_NODE_BENCH_AGENTS=1,50,200
-//   PGB_NODE_BENCH_SECONDS=5 PGB_NODE_BENCH_POOL=10; results: bench/results.md)
+//   PGB_NODE_BENCH_SECONDS=3 (per workload and round) PGB_NODE_BENCH_ROUNDS=3
+//   PGB_NODE_BENCH_POOL=10; writes bench/results.md)
 const { spawn, execFileSync } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
+const readline = require('readline');
 const { startBroker, psql } = require('../test/helpers');
 
 const AGENTS = (process.env.PGB_NODE_BENCH_AGENTS || '1,50,200').split(',').map(Number);
-const SECONDS = Number(process.env.PGB_NODE_BENCH_SECONDS || 5);
+const SECONDS = Number(process.env.PGB_NODE_BENCH_SECONDS || 3);
+const ROUNDS = Number(process.env.PGB_NODE_BENCH_ROUNDS || 3);
 const POOL = Number(process.env.PGB_NODE_BENCH_POOL || 10);
 const WORKLOADS = ['select1', 'pgbench-select'];
 const DSN = process.env.PGB_TEST_DSN;
 const kv = (k) => (new RegExp(`${k}=(\\S+)`).exec(DSN) || [])[1];
+const TICK_US = 1e6 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }));
+
+// CPU time (us) of a process, with its reaped children's when kids is set.
+function procCpu(pid, kids) {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    const t = Number(f[11]) + Number(f[12]) + (kids ? Number(f[13]) + Number(f[14]) : 0);
+    return { ppid: Number(f[1]), us: t * TICK_US };
+  } catch {
+    return { ppid: -1, us: 0 };
+  }
+}
+
+// PostgreSQL's CPU time: the postmaster, its live children, and those gone.
+function pgCpu() {
+  const pm = Number(fs.readFileSync(path.join(process.env.PGB_TEST_PGDIR, 'data', 'postmaster.pid'),
+    'utf8').split('\n')[0]);
+  let us = procCpu(pm, true).us;
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const p = procCpu(Number(d), true);
+    if (p.ppid === pm) us += p.us;
+  }
+  return us;
+}
 
 function findBouncer() {
   for (const d of (process.env.PATH || '').split(':').concat(['/usr/sbin', '/sbin']))
@@ -65,7 +98,7 @@ log_disconnections = 0
     try {
       await c.connect();
       await c.end();
-      return { target, stop: () => new Promise((r) => { proc.once('exit', r); proc.kill('SIGINT'); }) };
+      return { target, pid: proc.pid, stop: () => new Promise((r) => { proc.once('exit', r); proc.kill('SIGINT'); }) };
     } catch {
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -74,45 +107,42 @@ log_disconnections = 0
   throw new Error('pgbouncer did not start');
 }
 
-// n agents of one variant: all connected, then go together; totals.
-async function run(variant, workload, n, target) {
-  const agent = path.join(__dirname, 'agent.js');
-  const procs = Array.from({ length: n }, () => spawn(process.execPath,
-    [agent, variant === 'pgbroker' ? 'pgbroker' : 'pg', workload, String(SECONDS), target],
-    { stdio: ['pipe', 'pipe', 'inherit'] }));
-  const outs = procs.map((p) => {
-    let buf = '';
-    const ready = new Promise((res) => p.stdout.on('data', (d) => {
-      buf += d;
-      if (buf.startsWith('ready\n')) res();
-    }));
-    const done = new Promise((res) => p.on('exit', () => res(buf.split('\n')[1] || '')));
-    return { p, ready, done };
+// n agent processes of one variant, connected and warmed up.
+async function startAgents(variant, n, target) {
+  const script = path.join(__dirname, 'agent.js');
+  const agents = Array.from({ length: n }, () => {
+    const p = spawn(process.execPath, [script, variant === 'pgbroker' ? 'pgbroker' : 'pg', target],
+      { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines = [];
+    const waiters = [];
+    const push = (l) => (waiters.length ? waiters.shift()(l) : lines.push(l));
+    readline.createInterface({ input: p.stdout }).on('line', push);
+    const exited = new Promise((res) => p.on('exit', () => { res(); push(null); }));
+    const next = () => (lines.length ? Promise.resolve(lines.shift()) : new Promise((res) => waiters.push(res)));
+    return { p, next, exited };
   });
-  // Each agent is connected, or has already ended (a failed start).
-  await Promise.all(outs.map((o) => Promise.race([o.ready, o.done])));
-  for (const o of outs) o.p.stdin.end('go\n');
-  const lines = await Promise.all(outs.map((o) => o.done));
-  let total = 0;
-  let errors = 0;
-  let firstError = '';
-  const lat = [];
-  for (const l of lines) {
-    let r;
-    try {
-      r = JSON.parse(l);
-    } catch {
-      r = { n: 0, errors: 1, firstError: 'agent died', lat: [] };
-    }
-    total += r.n;
-    errors += r.errors;
-    if (!firstError && r.firstError) firstError = r.firstError;
-    for (const x of r.lat) lat.push(x);
-  }
-  lat.sort((a, b) => a - b);
-  const q = (f) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(f * lat.length))] : NaN);
-  return { variant, workload, n, tps: total / SECONDS, p50: q(0.5), p99: q(0.99), errors, firstError };
+  // Each agent is ready, or has already ended (a failed start: its runs count errors).
+  await Promise.all(agents.map((a) => a.next()));
+  return {
+    async run(workload) {
+      for (const a of agents) if (a.p.exitCode === null) a.p.stdin.write(`run ${workload} ${SECONDS}\n`);
+      const outs = await Promise.all(agents.map((a) => (a.p.exitCode === null ? a.next() : null)));
+      return outs.map((l) => {
+        try {
+          return JSON.parse(l);
+        } catch {
+          return { n: 0, errors: 1, firstError: 'agent died', cpuUs: 0, lat: [] };
+        }
+      });
+    },
+    async end() {
+      for (const a of agents) a.p.stdin.end('end\n');
+      await Promise.all(agents.map((a) => a.exited));
+    },
+  };
 }
+
+const VARIANTS = ['pgbroker', 'pg.Pool per process', 'pg via PgBouncer'];
 
 async function main() {
   if (!DSN) throw new Error('PGB_TEST_DSN is not set: make bench-node');
@@ -122,20 +152,47 @@ async function main() {
     '--max-pool-size', String(POOL)]);
   const bouncer = await startBouncer(Math.max(...AGENTS));
   const direct = `host=${kv('host')} port=${kv('port')} user=${kv('user')} dbname=${kv('dbname')}`;
-  const rows = [];
+  const targets = { pgbroker: [br.dir, br.proc.pid], 'pg.Pool per process': [direct, 0] };
+  if (bouncer) targets['pg via PgBouncer'] = [bouncer.target, bouncer.pid];
+  const variants = VARIANTS.filter((v) => targets[v]);
+  // acc[n][workload][variant]: { n, secs, errors, lat[], agentUs, poolerUs, pgUs, rounds: [tps] }
+  const acc = {};
   try {
     for (const n of AGENTS) {
+      acc[n] = {};
       for (const w of WORKLOADS) {
-        const set = [['pgbroker', br.dir], ['pg.Pool per process', direct]];
-        if (bouncer) set.push(['pg via PgBouncer', bouncer.target]);
-        const res = {};
-        for (const [v, target] of set) {
-          res[v] = await run(v, w, n, target);
-          const r = res[v];
-          process.stderr.write(`${n} agents ${w} ${v}: ${r.tps.toFixed(0)}/s p50 ${r.p50} us ` +
-            `p99 ${r.p99} us errors ${r.errors} ${r.firstError}\n`);
+        acc[n][w] = {};
+        for (const v of variants)
+          acc[n][w][v] = { n: 0, secs: 0, errors: 0, firstError: '', lat: [], agentUs: 0, poolerUs: 0, pgUs: 0, rounds: [] };
+      }
+      for (let r = 0; r < ROUNDS; r++) {
+        const order = variants.map((_, i) => variants[(i + r) % variants.length]);
+        for (const v of order) {
+          const [target, poolerPid] = targets[v];
+          const agents = await startAgents(v, n, target);
+          for (const w of WORKLOADS) {
+            const pooler0 = poolerPid ? procCpu(poolerPid, false).us : 0;
+            const pg0 = pgCpu();
+            const outs = await agents.run(w);
+            const a = acc[n][w][v];
+            a.poolerUs += poolerPid ? procCpu(poolerPid, false).us - pooler0 : 0;
+            a.pgUs += pgCpu() - pg0;
+            let done = 0;
+            for (const o of outs) {
+              done += o.n;
+              a.errors += o.errors;
+              a.agentUs += o.cpuUs;
+              if (!a.firstError && o.firstError) a.firstError = o.firstError;
+              for (const x of o.lat) a.lat.push(x);
+            }
+            a.n += done;
+            a.secs += SECONDS;
+            a.rounds.push(done / SECONDS);
+            process.stderr.write(`${n} agents round ${r + 1} ${w} ${v}: ${(done / SECONDS).toFixed(0)}/s` +
+              `${a.firstError ? ' ' + a.firstError : ''}\n`);
+          }
+          await agents.end();
         }
-        rows.push(res);
       }
     }
   } finally {
@@ -143,21 +200,45 @@ async function main() {
     await br.stop();
     psql('drop table if exists nb_accounts');
   }
-  const fmt = (r) => (r ? `${r.tps.toFixed(0)} (p50 ${(r.p50 / 1000).toFixed(2)} ms${r.errors ? `, ${r.errors} errors` : ''})` : 'skipped');
-  const ratio = (a, b) => (a && b && b.tps > 0 ? (a.tps / b.tps).toFixed(2) : '-');
-  let md = `| agents | workload | pgbroker (stmt/s) | pg.Pool per process | pg via PgBouncer | pgbroker / pool per process | pgbroker / PgBouncer |\n`;
+  const q = (lat, f) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(f * lat.length))] : NaN);
+  const ms = (us) => (us / 1000).toFixed(2);
+  const tps = (a) => (a.secs ? a.n / a.secs : 0);
+  const fmt = (a) => (a ? `${tps(a).toFixed(0)} (p50 ${ms(q(a.lat, 0.5))} ms${a.errors ? `, ${a.errors} errors` : ''})` : 'skipped');
+  const ratio = (a, b) => {
+    if (!a || !b || !tps(b)) return '-';
+    const per = a.rounds.map((x, i) => x / b.rounds[i]).sort((x, y) => x - y);
+    return `${(tps(a) / tps(b)).toFixed(2)} (${per[0].toFixed(2)}-${per[per.length - 1].toFixed(2)})`;
+  };
+  let md = '| agents | workload | pgbroker (stmt/s) | pg.Pool per process | pg via PgBouncer | pgbroker / pool per process | pgbroker / PgBouncer |\n';
   md += '| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n';
-  for (const r of rows) {
-    const b = r.pgbroker;
-    const p = r['pg.Pool per process'];
-    const g = r['pg via PgBouncer'];
-    md += `| ${b.n} | ${b.workload} | ${fmt(b)} | ${fmt(p)} | ${fmt(g)} | ${ratio(b, p)} | ${ratio(b, g)} |\n`;
+  let cpu = '| agents | workload | pgbroker: agent + broker + PostgreSQL | pool per process: agent + PostgreSQL | PgBouncer: agent + PgBouncer + PostgreSQL |\n';
+  cpu += '| ---: | --- | ---: | ---: | ---: |\n';
+  const us = (a) => {
+    if (!a || !a.n) return '-';
+    const per = (x) => (x / a.n).toFixed(0);
+    const parts = [per(a.agentUs)];
+    if (a.poolerUs) parts.push(per(a.poolerUs));
+    parts.push(per(a.pgUs));
+    return `${parts.join(' + ')} = ${per(a.agentUs + a.poolerUs + a.pgUs)}`;
+  };
+  for (const n of AGENTS) {
+    for (const w of WORKLOADS) {
+      const r = acc[n][w];
+      const b = r.pgbroker;
+      const p = r['pg.Pool per process'];
+      const g = r['pg via PgBouncer'];
+      for (const a of [b, p, g]) if (a) a.lat.sort((x, y) => x - y);
+      md += `| ${n} | ${w} | ${fmt(b)} | ${fmt(p)} | ${fmt(g)} | ${ratio(b, p)} | ${ratio(b, g)} |\n`;
+      cpu += `| ${n} | ${w} | ${us(b)} | ${us(p)} | ${us(g)} |\n`;
+    }
   }
-  const head = `Node agents, ${SECONDS} s per run, pool of ${POOL} backends (broker and PgBouncer), ` +
-    `each agent one statement at a time; ${os.cpus().length} cores, load average ` +
-    `${os.loadavg()[0].toFixed(1)} at the end (${new Date().toISOString()}).\n\n`;
-  fs.writeFileSync(path.join(__dirname, 'results.md'), head + md);
-  process.stdout.write(head + md);
+  const head = `Node agents, ${ROUNDS} rounds of ${SECONDS} s per workload and variant (the order rotating), ` +
+    `pool of ${POOL} backends (broker and PgBouncer), each agent one statement at a time; ` +
+    `${os.cpus().length} cores, load average ${os.loadavg()[0].toFixed(1)} at the end ` +
+    `(${new Date().toISOString()}). Ratios: of the rounds' totals (lowest-highest of single rounds).\n\n`;
+  const out = head + md + '\nCPU time per statement (microseconds):\n\n' + cpu;
+  fs.writeFileSync(path.join(__dirname, 'results.md'), out);
+  process.stdout.write(out);
 }
 
 main().catch((e) => {
