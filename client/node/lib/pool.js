@@ -163,7 +163,6 @@ class Channel {
     this.onLost = onLost;
     this.pending = new Map(); // id -> { resolve, reject, config }
     this.queue = [];          // sends waiting for room
-    this.scheduled = false;
     this.conn = new native.Conn(dir, (ready) => this.deliver(ready));
     this.dir = dir;
     if (!this.conn.ok()) {
@@ -215,15 +214,8 @@ class Channel {
       if (gone) this.lost();
       return;
     }
+    // The addon watches pgb_socket() from here on.
     this.pending.set(id, job);
-    // The first look arms pgb_socket(); one per tick for all sends of it.
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(() => {
-        this.scheduled = false;
-        if (this.conn) this.deliver(this.conn.drain());
-      });
-    }
   }
 
   deliver(ready) {
@@ -245,7 +237,6 @@ class Channel {
     }
     while (this.queue.length && this.pending.size < this.maxInFlight && this.conn)
       this.start(this.queue.shift());
-    if (this.conn && this.conn.inFlight() > 0) this.conn.watch();
   }
 
   lost() {

@@ -2,7 +2,10 @@
 // connection. Statements go out with pgb_send and never wait; a uv_poll on
 // pgb_socket() fires when results arrive, and they are handed to JavaScript
 // in one call per wake-up. The poll is active (and keeps the process alive)
-// only while statements are in flight. pgb_batch and pgb_reset, which wait,
+// only while statements are in flight; it is not stopped between a result
+// and the statement its callback sends at once. pgb_socket() is kept armed
+// (pgb_try_result has said "nothing yet") from the connect on, so a send
+// needs no look of its own. pgb_batch and pgb_reset, which wait,
 // run on the libuv thread pool; meanwhile that connection is theirs alone
 // (close() then waits for them).
 #include <napi.h>
@@ -174,6 +177,7 @@ public:
 			return;
 		}
 		napi_get_uv_event_loop(env, &loop_);
+		Arm();
 	}
 
 	~Conn() override { Shut(); }
@@ -203,12 +207,25 @@ private:
 		}
 	}
 
-	// A worker thread is done with conn_ (on the loop thread).
+	// With nothing in flight: the look that arms pgb_socket() for the
+	// next result (it cannot find one).
+	void Arm()
+	{
+		long long id;
+
+		if (conn_ && !worker_ && pgb_in_flight(conn_) == 0)
+			pgb_clear(pgb_try_result(conn_, &id));
+	}
+
+	// A worker thread is done with conn_ (on the loop thread); its waits
+	// did not leave pgb_socket() armed.
 	void WorkerDone()
 	{
 		worker_ = false;
 		if (closing_)
 			Shut();
+		else
+			Arm();
 	}
 
 	void Shut()
@@ -271,16 +288,19 @@ private:
 		Napi::HandleScope scope(env);
 		Napi::Array ready = self->TakeReady(env);
 
-		self->Rearm();
-		if (ready.Length() == 0)
-			return;
 		// A throw in JavaScript must not unwind through libuv: it becomes
 		// the process's uncaught exception, as from any other callback.
-		try {
-			self->on_results_.MakeCallback(self->Value(), { ready }, *self->ctx_);
-		} catch (const Napi::Error &e) {
-			napi_fatal_exception(env, e.Value());
+		if (ready.Length() > 0) {
+			try {
+				self->on_results_.MakeCallback(self->Value(), { ready }, *self->ctx_);
+			} catch (const Napi::Error &e) {
+				napi_fatal_exception(env, e.Value());
+			}
 		}
+		// After the callback: what it sent keeps the poll running (no
+		// epoll_ctl between one statement and the next). It may have
+		// closed the connection: Rearm then stops nothing.
+		self->Rearm();
 	}
 
 	// send(sql, params, flags) -> id, or -1 (see errorMessage)
@@ -305,6 +325,8 @@ private:
 		if (!conn_)
 			return Napi::Number::New(env, -1);
 		long long id = pgb_send(conn_, sql.c_str(), p.Count(), p.Values(), flags);
+		if (id > 0)
+			Rearm();
 		return Napi::Number::New(env, (double)id);
 	}
 
