@@ -2,7 +2,8 @@
  * under a write load and a start while PostgreSQL is down are served again
  * within one step of the connect schedule, not after breaker_reset_timeout_ms;
  * a server that refuses the broker (no such database, no such role) is
- * "misconfigured", reported with its own words, and recovers once fixed. */
+ * "misconfigured", reported with its own words, and recovers once fixed;
+ * so is a wrong password (a role of its own, asked for by pg_hba.conf). */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -438,5 +439,112 @@ Test(breaker, a_missing_role_is_misconfigured_not_unreachable, .timeout = 90)
 		.undo = "drop role pgb_no_such_role",
 	};
 
+	check_refusal(&c);
+}
+
+/* ---- a wrong password: the role exists, pg_hba.conf asks for its password ---- */
+
+#define PW_ROLE "pgb_pw_role"
+#define PW_HBA_LINE "local all " PW_ROLE " scram-sha-256\n"
+
+static char hba_path[1024];
+static char *hba_saved;         /* pg_hba.conf as it was, restored in fini */
+static size_t hba_len;
+
+static void pg_do(PGconn *pg, const char *sql)
+{
+	PGresult *res = PQexec(pg, sql);
+
+	cr_assert(PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK,
+		  "%s: %s", sql, PQerrorMessage(pg));
+	PQclear(res);
+}
+
+/* A direct connect as the role with a wrong password is refused: the
+ * reloaded pg_hba.conf is in force. */
+static int password_asked(void *arg)
+{
+	char conninfo[1200];
+	PGconn *pg;
+	int refused;
+
+	(void)arg;
+	snprintf(conninfo, sizeof(conninfo), "%s user=" PW_ROLE " password=pgb_wrong", h_dsn());
+	pg = PQconnectdb(conninfo);
+	refused = PQstatus(pg) == CONNECTION_BAD &&
+		  strstr(PQerrorMessage(pg), "password authentication failed");
+	PQfinish(pg);
+	return refused;
+}
+
+static void hba_password_role(void)
+{
+	PGconn *pg = h_pg();
+	PGresult *res = PQexec(pg, "show hba_file");
+	FILE *f;
+	long n;
+
+	cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(pg));
+	snprintf(hba_path, sizeof(hba_path), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	f = fopen(hba_path, "r");
+	cr_assert_not_null(f, "%s", hba_path);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	rewind(f);
+	hba_saved = malloc((size_t)n + 1);
+	cr_assert_not_null(hba_saved);
+	hba_len = fread(hba_saved, 1, (size_t)n, f);
+	fclose(f);
+	cr_assert_eq(hba_len, (size_t)n);
+	pg_do(pg, "drop role if exists " PW_ROLE);
+	pg_do(pg, "create role " PW_ROLE " login superuser password 'pgb_right'");
+	/* first match wins: the role's line goes before the trust lines */
+	f = fopen(hba_path, "w");
+	cr_assert_not_null(f, "%s", hba_path);
+	fputs(PW_HBA_LINE, f);
+	fwrite(hba_saved, 1, hba_len, f);
+	cr_assert_eq(fclose(f), 0);
+	pg_do(pg, "select pg_reload_conf()");
+	PQfinish(pg);
+	cr_assert(h_until(password_asked, NULL, 20000), "pg_hba.conf reload not in force");
+}
+
+/* pg_hba.conf back as it was, the role gone, whatever the test did. */
+static void hba_restore(void)
+{
+	PGconn *pg;
+
+	if (br.pid > 0)
+		h_broker_kill(&br);
+	if (hba_saved) {
+		FILE *f = fopen(hba_path, "w");
+
+		if (f) {
+			fwrite(hba_saved, 1, hba_len, f);
+			fclose(f);
+		}
+		free(hba_saved);
+		hba_saved = NULL;
+	}
+	pg = PQconnectdb(h_dsn());
+	if (PQstatus(pg) == CONNECTION_OK) {
+		PQclear(PQexec(pg, "select pg_reload_conf()"));
+		PQclear(PQexec(pg, "drop role if exists " PW_ROLE));
+	}
+	PQfinish(pg);
+}
+
+Test(breaker, a_wrong_password_is_misconfigured_not_unreachable, .timeout = 90,
+     .fini = hba_restore)
+{
+	const struct refusal c = {
+		.dsn_extra = "user=" PW_ROLE " password=pgb_wrong", .sqlstate = "28P01",
+		.words = "password authentication failed for user \"" PW_ROLE "\"",
+		.fix = "alter role " PW_ROLE " password 'pgb_wrong'",
+		.undo = "drop role " PW_ROLE,
+	};
+
+	hba_password_role();
 	check_refusal(&c);
 }
