@@ -17,7 +17,15 @@
 #include "request.h"
 #include "response.h"
 
-#define SERVICE_BUDGET 64     /* frames read per agent per pass */
+/* Fair service: an agent costs the broker a bounded amount per loop pass,
+ * however fast it writes or rings. It reads at most SERVICE_BUDGET frames
+ * per pass (the rest wait on broker->ready for the next pass, behind the
+ * others), and an agent whose bell rang BELL_IDLE_MAX times in a row with
+ * nothing to do is not listened to for BELL_SNOOZE_NS: its ring is read
+ * then, so only its own statements wait. */
+#define SERVICE_BUDGET 64
+#define BELL_IDLE_MAX  8
+#define BELL_SNOOZE_NS (2 * 1000000LL)
 
 /* A warning that a flood would repeat (refusals, silent connections): a
  * few lines per window, then one count ("... N more suppressed"). */
@@ -142,26 +150,57 @@ void agent_unthrottle(struct broker *b, struct agent *a)
 		list_add_tail(&b->ready, &a->ready_link);
 }
 
+/* The agent rang for nothing too often: stop hearing its bell for a
+ * while. On epoll its eventfd leaves the set, so its writes wake nobody. */
+static void agent_snooze(struct broker *b, struct agent *a)
+{
+	if (a->bell_fd >= 0) {
+		uint64_t rings;
+
+		loop_cancel(b->loop, a->bell_fd, tag_make(TAG_BELL, a->slot, a->gen));
+		/* cleared: back in the set, it is heard only if rung again */
+		(void)!read(a->bell_fd, &rings, sizeof(rings));
+	}
+	a->snooze_ns = b->now_ns + BELL_SNOOZE_NS;
+	list_del(&a->snooze_link);
+	list_add_tail(&b->snoozed, &a->snooze_link);
+}
+
 /* from_bell: called for the bell's completion (the wait is used up);
  * otherwise a wait may still be armed and stays so. */
 void agent_service(struct broker *b, struct agent *a, int from_bell)
 {
-	int budget = SERVICE_BUDGET;
+	uint64_t frames = a->resp_frames;
+	int start;
 
+	if (a->svc_pass != b->pass) {
+		a->svc_pass = b->pass;
+		a->svc_budget = SERVICE_BUDGET;
+	}
+	start = a->svc_budget;
 	if (from_bell) {
 		a->bell_armed = 0;
 		chan_bell_disarm(&a->chan->broker_armed);
 	}
 	for (;;) {
-		request_read(b, a, &budget);
+		request_read(b, a, &a->svc_budget);
 		agent_flush(b, a);
 		if (a->doom)
 			return;
-		if (budget <= 0) {
+		if (a->svc_budget <= 0) {
 			if (list_empty(&a->ready_link))
 				list_add_tail(&b->ready, &a->ready_link);
 			return;
 		}
+		/* A ring that finds work written just after the last look
+		 * is idle once: only a run of them is a loop. */
+		if (a->svc_budget < start || a->resp_frames != frames) {
+			a->idle_bells = 0;
+		} else if (from_bell && ++a->idle_bells >= BELL_IDLE_MAX) {
+			agent_snooze(b, a);
+			return;
+		}
+		from_bell = 0;
 		if (!agent_arm(b, a))
 			return;
 	}
@@ -283,6 +322,7 @@ void agent_free(struct broker *b, struct agent *a)
 	list_del(&a->wake_link);
 	list_del(&a->kick_link);
 	list_del(&a->ready_link);
+	list_del(&a->snooze_link);
 	list_del(&a->blocked_link);
 	chan_rx_reset(&a->rx);
 	/* An armed bell, or (epoll) the bell eventfd the agent also holds. */
@@ -341,6 +381,18 @@ void agent_timers(struct broker *b, int64_t *next_ns)
 			agent_accept_arm(b);
 	} else if (b->accept_retry_ns && b->accept_retry_ns < *next_ns) {
 		*next_ns = b->accept_retry_ns;
+	}
+	while (!list_empty(&b->snoozed)) {
+		struct agent *a = list_entry(b->snoozed.next, struct agent, snooze_link);
+
+		if (a->snooze_ns > b->now_ns) {
+			if (a->snooze_ns < *next_ns)
+				*next_ns = a->snooze_ns;
+			break;
+		}
+		list_del(&a->snooze_link);
+		if (!a->doom)
+			agent_service(b, a, 0);	/* reads its ring, hears its bell again */
 	}
 	/* Oldest first; one timed out stays on the list, doomed, until its
 	 * agent_free at the end of this pass. */

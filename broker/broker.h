@@ -163,6 +163,12 @@ struct agent {
 	int want_wake;            /* on the wake list */
 	struct list wake_link;
 	struct list ready_link;   /* on broker->ready: has more to read */
+	uint64_t svc_pass;        /* the loop pass svc_budget is for */
+	int svc_budget;           /* frames it may still read in that pass */
+	uint32_t idle_bells;      /* bells in a row that brought no work */
+	uint64_t resp_frames;     /* response frames published: progress */
+	int64_t snooze_ns;        /* on broker->snoozed: its bell is not heard until then */
+	struct list snooze_link;
 
 	struct chan_rx rx;        /* request being assembled from frames */
 
@@ -279,6 +285,8 @@ struct broker {
 	struct list wake;         /* agents to wake at the end of this pass */
 	struct list kicks;        /* agents whose next statement may run now */
 	struct list ready;        /* agents with unread requests (budget ran out) */
+	struct list snoozed;      /* agents ringing for nothing, by snooze_ns */
+	uint64_t pass;            /* loop passes so far */
 	struct list blocked;      /* agents whose response ring is full */
 	struct list doomed;       /* agents to disconnect at the end of this pass */
 

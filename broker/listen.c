@@ -201,6 +201,7 @@ void agent_accept(struct broker *b, int fd)
 	list_init(&a->wake_link);
 	list_init(&a->kick_link);
 	list_init(&a->ready_link);
+	list_init(&a->snooze_link);
 	list_init(&a->blocked_link);
 	list_init(&a->doom_link);
 	agent_set_state(b, a, AG_HELLO);

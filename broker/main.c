@@ -278,6 +278,7 @@ static int run(struct broker *b)
 		int64_t next;
 
 		b->now_ns = clock_ns();
+		b->pass++;
 		next = b->now_ns + MAX_WAIT_NS;
 		agent_run_ready(b);
 		pool_timers(b, &next);
@@ -386,6 +387,7 @@ static int broker_init(struct broker *b, int argc, char **argv)
 	list_init(&b->wake);
 	list_init(&b->kicks);
 	list_init(&b->ready);
+	list_init(&b->snoozed);
 	list_init(&b->blocked);
 	list_init(&b->doomed);
 	b->agents = calloc((size_t)b->cfg.max_agents, sizeof(*b->agents));

@@ -243,6 +243,7 @@ void agent_flush(struct broker *b, struct agent *a)
 		}
 		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, (uint32_t)n);
 		chan_frame_publish(&a->resp, &h);
+		a->resp_frames++;
 		agent_wake(b, a);
 		/* The agent made room, so it reads: send_timeout_ms bounds a
 		 * stall, not a long result streamed to a slow reader. */

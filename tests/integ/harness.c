@@ -11,10 +11,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "chan.h"
+#include "futex.h"
+#include "proto.h"
 
 long long h_now_ms(void)
 {
@@ -359,4 +366,47 @@ void h_become(const struct h_user *u)
 {
 	if (setgroups(0, NULL) < 0 || setgid(u->gid) < 0 || setuid(u->uid) < 0)
 		_exit(120);
+}
+
+struct chan_shm *h_raw_register(const struct h_broker *br, int *sock, uint64_t *size, int *bell_fd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct reg_hello h = { .magic = REG_MAGIC, .version = CHAN_VERSION,
+			       .flags = REG_F_BELL_EVENTFD };
+	struct reg_reply rep;
+	char cbuf[CMSG_SPACE(3 * sizeof(int))];
+	int fds[3] = { -1, -1, -1 };
+	struct iovec iov = { &rep, sizeof(rep) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			      .msg_controllen = sizeof(cbuf) };
+	int fd;
+	void *map;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", br->dir);
+	*sock = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(connect(*sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(send(*sock, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+	cr_assert_eq(recvmsg(*sock, &msg, 0), (ssize_t)sizeof(rep));
+	cr_assert(rep.nfds >= 2 && rep.nfds <= 3);
+	memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&msg)), rep.nfds * sizeof(int));
+	fd = fds[0];
+	*bell_fd = rep.nfds == 3 ? fds[2] : -1;
+	*size = rep.chan_size;
+	map = mmap(NULL, rep.chan_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	cr_assert_neq(map, MAP_FAILED);
+	/* the channel is sealed: it cannot be shrunk under the broker */
+	cr_assert_neq(ftruncate(fd, 0), 0);
+	close(fd);
+	return map;
+}
+
+int h_raw_ring(struct chan_shm *ch, int bell_fd)
+{
+	static const uint64_t one = 1;
+
+	__atomic_add_fetch(&ch->broker_bell, 1, __ATOMIC_SEQ_CST);
+	if (ch->bell_kind == CHAN_BELL_EVENTFD)
+		return write(bell_fd, &one, sizeof(one)) == (ssize_t)sizeof(one) ? 0 : -errno;
+	futex_wake(&ch->broker_bell);
+	return 0;
 }

@@ -5,6 +5,7 @@
 #define PGB_HARNESS_H
 
 #include <libpq-fe.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "pgbroker.h"
@@ -73,5 +74,14 @@ void h_user_add(struct h_user *u);
 void h_user_del(struct h_user *u);
 /* In a forked child: become u (no supplementary groups), or _exit(120). */
 void h_become(const struct h_user *u);
+
+/* A raw agent: registers as libpgbroker does and maps its channel (the
+ * caller writes to it by hand). *bell_fd: the bell eventfd when the broker
+ * runs on epoll, else -1. */
+struct chan_shm;
+struct chan_shm *h_raw_register(const struct h_broker *br, int *sock, uint64_t *size,
+				int *bell_fd);
+/* Ring the raw agent's bell whether or not the broker listens: 0 or -errno. */
+int h_raw_ring(struct chan_shm *ch, int bell_fd);
 
 #endif

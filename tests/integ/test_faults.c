@@ -257,45 +257,12 @@ static int raw_bell_fd = -1;
 /* A raw client: registers like libpgbroker, then scribbles on its channel. */
 static struct chan_shm *raw_register(int *sock, uint64_t *size)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct reg_hello h = { .magic = REG_MAGIC, .version = CHAN_VERSION,
-			       .flags = REG_F_BELL_EVENTFD };
-	struct reg_reply rep;
-	char cbuf[CMSG_SPACE(3 * sizeof(int))];
-	int fds[3] = { -1, -1, -1 };
-	struct iovec iov = { &rep, sizeof(rep) };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-			      .msg_controllen = sizeof(cbuf) };
-	int fd;
-	void *map;
-
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/pgbroker.sock", br.dir);
-	*sock = socket(AF_UNIX, SOCK_STREAM, 0);
-	cr_assert_eq(connect(*sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(send(*sock, &h, sizeof(h), 0), (ssize_t)sizeof(h));
-	cr_assert_eq(recvmsg(*sock, &msg, 0), (ssize_t)sizeof(rep));
-	cr_assert(rep.nfds >= 2 && rep.nfds <= 3);
-	memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&msg)), rep.nfds * sizeof(int));
-	fd = fds[0];
-	raw_bell_fd = rep.nfds == 3 ? fds[2] : -1;
-	*size = rep.chan_size;
-	map = mmap(NULL, rep.chan_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	cr_assert_neq(map, MAP_FAILED);
-	/* the channel is sealed: it cannot be shrunk under the broker */
-	cr_assert_neq(ftruncate(fd, 0), 0);
-	close(fd);
-	return map;
+	return h_raw_register(&br, sock, size, &raw_bell_fd);
 }
 
 static void ring_bell(struct chan_shm *ch)
 {
-	static const uint64_t one = 1;
-
-	__atomic_add_fetch(&ch->broker_bell, 1, __ATOMIC_SEQ_CST);
-	if (ch->bell_kind == CHAN_BELL_EVENTFD)
-		cr_assert_eq(write(raw_bell_fd, &one, sizeof(one)), (ssize_t)sizeof(one));
-	else
-		futex_wake(&ch->broker_bell);
+	cr_assert_eq(h_raw_ring(ch, raw_bell_fd), 0);
 }
 
 static int hung_up(int sock)
