@@ -1,7 +1,10 @@
 /* No head-of-line stall: quick statements that share pipelines never wait
  * behind a slow one. Six agents loop `select 1` while another runs
- * `select pg_sleep(3)` several times, on a real broker and PostgreSQL. */
+ * `select pg_sleep(3)` several times, on a real broker and PostgreSQL.
+ * And an agent that dies with statements in shared pipelines: they are
+ * not cancelled, they run, and the log says how many. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,4 +124,150 @@ Test(stall, select1_never_waits_behind_a_sleep, .timeout = 180)
 	cr_expect_lt(worst, STALLED_US, "a select 1 took %lld us: queued behind a sleep", worst);
 	cr_assert_eq(h_broker_stop(&br), 0);
 	munmap(sh, sizeof(*sh));
+}
+
+/* ---- a dead agent's statements in a shared pipeline ---- */
+
+#define DEAD_K 8                /* statements the agent leaves in pipelines */
+#define DEAD_SQL "update stall_dead set v = v + 1 where k = 1"
+
+static int sleeper(void *arg)
+{
+	pgb_conn *c = pgb_connect(br.dir);
+
+	(void)arg;
+	if (pgb_status(c) != PGB_CONNECTION_OK)
+		return 10;
+	pgb_clear(pgb_exec(c, "select pg_sleep(60)"));
+	return 0;
+}
+
+/* Sends DEAD_K quick statements that wait for a row lock, then waits to be killed. */
+static int victim(void *arg)
+{
+	pgb_conn *c = pgb_connect(br.dir);
+
+	(void)arg;
+	if (pgb_status(c) != PGB_CONNECTION_OK)
+		return 10;
+	for (int i = 0; i < DEAD_K; i++)
+		if (pgb_send(c, DEAD_SQL, 0, NULL, PGB_INDEPENDENT) < 0)
+			return 11;
+	pause();
+	return 0;
+}
+
+static PGconn *watch;
+
+static int lock_waiters(void *arg)
+{
+	return h_backends(watch, &br, "wait_event_type = 'Lock'") >= *(long long *)arg;
+}
+
+static int backends_at_least(void *arg)
+{
+	return h_backends(watch, &br, "state = 'active' and query like 'select pg_sleep%'") >=
+	       *(long long *)arg;
+}
+
+static long long dead_log_count(void)
+{
+	char line[4096];
+	FILE *f = fopen(br.log, "r");
+	long long n = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		const char *p = strstr(line, "gone: ");
+
+		if (p && strstr(line, "in shared pipelines run to completion"))
+			n = atoll(p + 6);
+	}
+	fclose(f);
+	return n;
+}
+
+static int dead_logged(void *arg)
+{
+	(void)arg;
+	return dead_log_count() >= 0;
+}
+
+struct want_v {
+	PGconn *pg;
+	long long v;
+};
+
+static int v_is(void *arg)
+{
+	struct want_v *w = arg;
+
+	return h_pg_num(w->pg, "select v from stall_dead where k = 1") == w->v;
+}
+
+Test(stall, a_dead_agents_piped_statements_run_to_completion_and_are_told, .timeout = 180)
+{
+	const char *args[] = { "--max-pool-size", "24", "--pool-size", "24",
+			       "--max-backends-per-agent", "24", "--log-level", "info", NULL };
+	long long cores = sysconf(_SC_NPROCESSORS_ONLN), one = 1;
+	PGconn *lock;
+	pid_t sl[64], vic;
+	pgb_conn *c;
+	struct want_v w;
+	PGresult *res;
+
+	cr_assert(cores > 0 && cores <= 16, "%lld cores", cores);
+	watch = h_pg();
+	lock = h_pg();
+	res = PQexec(lock, "drop table if exists stall_dead; "
+			   "create table stall_dead (k int primary key, v int not null); "
+			   "insert into stall_dead values (1, 0)");
+	cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(lock));
+	PQclear(res);
+	h_broker_start(&br, args);
+	/* the text runs alone, is timed, and proves quick (its slow first
+	 * runs, planning on a loaded machine, decay by 1/8 per run) */
+	c = h_connect(&br);
+	for (int i = 0; i < 100; i++)
+		pgb_clear(h_ok(c, DEAD_SQL));
+	pgb_finish(c);
+	res = PQexec(lock, "update stall_dead set v = 0; begin; "
+			   "update stall_dead set v = v where k = 1");
+	cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(lock));
+	PQclear(res);
+	/* one busy backend per core: from now on quick statements share pipelines */
+	for (long long i = 0; i < cores; i++)
+		sl[i] = h_fork(sleeper, NULL);
+	cr_assert(h_until(backends_at_least, &cores, 60000), "sleepers not running");
+	vic = h_fork(victim, NULL);
+	/* the head of a pipeline waits for the row lock, the rest behind it */
+	cr_assert(h_until(lock_waiters, &one, 60000), "nothing waits for the lock");
+	cr_assert_eq(kill(vic, SIGKILL), 0);
+	h_wait(vic, 30000);
+	if (!h_until(dead_logged, NULL, 30000)) {
+		char cmd[256];
+
+		snprintf(cmd, sizeof(cmd), "tail -n 20 %s >&2", br.log);
+		(void)!system(cmd);
+		cr_assert_fail("the broker did not tell of them");
+	}
+	cr_expect_eq(dead_log_count(), DEAD_K, "told %lld of %d", dead_log_count(), DEAD_K);
+	/* none was cancelled (a cancel could hit a neighbour's statement) */
+	res = PQexec(lock, "commit");
+	PQclear(res);
+	/* and each of them ran, as the log said */
+	w.pg = watch;
+	w.v = DEAD_K;
+	cr_assert(h_until(v_is, &w, 60000), "v = %lld, not %d",
+		  h_pg_num(watch, "select v from stall_dead where k = 1"), DEAD_K);
+	for (long long i = 0; i < cores; i++)
+		kill(sl[i], SIGKILL);
+	for (long long i = 0; i < cores; i++)
+		h_wait(sl[i], 30000);
+	cr_assert_eq(h_broker_stop(&br), 0);
+	res = PQexec(lock, "drop table stall_dead");
+	PQclear(res);
+	PQfinish(lock);
+	PQfinish(watch);
 }
