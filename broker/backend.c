@@ -426,7 +426,10 @@ int be_flush(struct backend *be)
 {
 	int rc = cork_flush(be->fd);
 
-	return rc ? rc : PQflush(be->pg);
+	if (rc)
+		return rc;
+	rc = PQflush(be->pg);
+	return rc < 0 ? -EIO : rc;
 }
 
 void be_reset(struct broker *b, struct backend *be, enum be_state how)

@@ -36,7 +36,7 @@ void be_capacity_result(struct broker *b, PGresult *x);
 void be_on_connect_poll(struct broker *b, struct backend *be);
 /* Close and free the slot; its running and pipelined statements fail. */
 void be_close(struct broker *b, struct backend *be, enum close_reason why);
-/* Send corked then libpq's output: 0 all out, 1 some left, -1 broken. */
+/* Send corked then libpq's output: 0 all out, 1 some left, -errno broken. */
 int be_flush(struct backend *be);
 /* After queuing output: flush it and arm for the answer (and POLLOUT
  * while output remains). 0, or -EIO: broken, be is closed. */

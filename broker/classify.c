@@ -5,6 +5,7 @@
  * EXPLAIN's statement), not only the places a hand-written rule expects. */
 #include "classify.h"
 
+#include <errno.h>
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 #include <stdlib.h>
@@ -109,7 +110,7 @@ static unsigned node_session(const ProtobufCMessage *m)
 }
 
 /* Every message below m, m included: their node_session flags into *fl;
- * -1 when the tree is deeper than we walk. A constant's string is data,
+ * -E2BIG when the tree is deeper than we walk. A constant's string is data,
  * not a name: constants are not entered. */
 static int walk_session(const ProtobufCMessage *m, int depth, unsigned *fl)
 {
@@ -118,7 +119,7 @@ static int walk_session(const ProtobufCMessage *m, int depth, unsigned *fl)
 	if (!m)
 		return 0;
 	if (depth > WALK_DEPTH_MAX)
-		return -1;
+		return -E2BIG;
 	d = m->descriptor;
 	if (d == &pg_query__a__const__descriptor)
 		return 0;

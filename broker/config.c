@@ -249,14 +249,14 @@ int cfg_parse_num(const char *s, size_t len, long long *out)
 	size_t i;
 
 	if (len == 0)
-		return -1;
+		return -EINVAL;
 	for (i = 0; i < len; i++) {
 		int d = s[i] - '0';
 
 		if (d < 0 || d > 9)
-			return -1;
+			return -EINVAL;
 		if (v > (LLONG_MAX - d) / 10)
-			return -1;
+			return -EINVAL;
 		v = v * 10 + d;
 	}
 	*out = v;
@@ -336,7 +336,7 @@ int cfg_bad_value(const struct key_def *k, const char *value, char *msg,
 	cfg_quote(q, sizeof(q), value, strlen(value));
 	cfg_describe_allowed(k, allowed, sizeof(allowed));
 	errbuf_set(msg, msglen, "invalid value \"%s\" (allowed: %s)", q, allowed);
-	return -1;
+	return -EINVAL;
 }
 
 int cfg_parse_int_value(const struct key_def *k, const char *value, long long *out)
@@ -351,25 +351,25 @@ int cfg_parse_int_value(const struct key_def *k, const char *value, long long *o
 					*out = b;
 					return 0;
 				}
-		return -1;
+		return -EINVAL;
 	}
 	if (cfg_parse_num(value, strlen(value), &v) == 0) {
 		if ((v < k->min || v > k->max) && !(v == 0 && k->zero_ok))
-			return -1;
+			return -EINVAL;
 		if (k->kind == KIND_KB_POW2 && !cfg_is_pow2(v))
-			return -1;
+			return -EINVAL;
 		*out = v;
 		return 0;
 	}
 	if (k->kind != KIND_LEVEL)
-		return -1;
+		return -EINVAL;
 	for (i = 0; i < sizeof(cfg_level_names) / sizeof(cfg_level_names[0]); i++) {
 		if (strcasecmp(value, cfg_level_names[i]) == 0) {
 			*out = (long long)i;
 			return 0;
 		}
 	}
-	return -1;
+	return -EINVAL;
 }
 
 /* "1000, 1001": entries are strict numbers, blanks around commas allowed,
@@ -396,14 +396,14 @@ static int parse_ids(const struct key_def *k, const char *value,
 		len = (size_t)(end - p);
 		if (count == CONFIG_MAX_IDS || cfg_parse_num(p, len, &v) < 0 ||
 		    v > k->max)
-			return -1;
+			return -EINVAL;
 		ids[count++] = (unsigned int)v;
 		while (*end == ' ' || *end == '\t')
 			end++;
 		if (*end == '\0')
 			break;
 		if (*end != ',')
-			return -1;
+			return -EINVAL;
 		p = end + 1;
 		while (*p == ' ' || *p == '\t')
 			p++;
@@ -423,7 +423,7 @@ int cfg_key_apply(struct pgb_config *cfg, const struct key_def *k,
 
 	if (!value) {
 		errbuf_set(msg, msglen, "missing value");
-		return -1;
+		return -EINVAL;
 	}
 	switch (k->kind) {
 	case KIND_STR:
@@ -472,7 +472,7 @@ int cfg_unknown_key(const char *key, size_t len, char *msg, size_t msglen)
 
 	cfg_quote(q, sizeof(q), key, len);
 	errbuf_set(msg, msglen, "unknown key \"%s\"", q);
-	return -1;
+	return -EINVAL;
 }
 
 int config_set(struct pgb_config *cfg, const char *key, const char *value,
@@ -485,7 +485,7 @@ int config_set(struct pgb_config *cfg, const char *key, const char *value,
 		return cfg_unknown_key(key, strlen(key), err, errlen);
 	if (cfg_key_apply(cfg, k, value, msg, sizeof(msg)) < 0) {
 		errbuf_set(err, errlen, "%s: %s", k->name, msg);
-		return -1;
+		return -EINVAL;
 	}
 	return 0;
 }

@@ -68,12 +68,15 @@ struct pgb_config {
 void config_defaults(struct pgb_config *cfg);
 
 /* Set one key ("pool_size"; '-' is accepted for '_') from its text form.
- * Returns 0, or -1 with err naming the key, the value and what is allowed. */
+ * Returns 0, or -EINVAL with err naming the key, the value and what is
+ * allowed. Every config_* call that takes err returns 0 or a negative errno
+ * and says why in err. */
 int config_set(struct pgb_config *cfg, const char *key, const char *value,
 	       char *err, size_t errlen);
 
-/* Read "key = value" lines ('#' comments, blank lines). -1 with err naming
- * file:line on the first bad line or an unreadable file. */
+/* Read "key = value" lines ('#' comments, blank lines). -EINVAL with err
+ * naming file:line on the first bad line; -errno for a file that cannot be
+ * opened or read. */
 int config_load_file(struct pgb_config *cfg, const char *path, char *err,
 		     size_t errlen);
 
@@ -90,7 +93,7 @@ int config_advise(const struct pgb_config *cfg, char *buf, size_t len);
 
 /* The whole precedence chain for the daemon: defaults, --config FILE,
  * environment, then the flags in argv (--key value, --key=value, --dir,
- * --dsn, --help, --check-config, --ready-fd). Returns 0, or -1 with err. */
+ * --dsn, --help, --check-config, --ready-fd). Returns 0, or -errno with err. */
 int config_load(struct pgb_config *cfg, int argc, char **argv, char *err,
 		size_t errlen);
 

@@ -65,10 +65,10 @@ const struct key_def *cfg_key_find(const char *s, size_t len);
 int cfg_int_get(const struct pgb_config *cfg, const struct key_def *k);
 const char *cfg_str_get(const struct pgb_config *cfg, const struct key_def *k);
 const unsigned int *cfg_ids_get(const struct pgb_config *cfg, const struct key_def *k, int *n);
-/* Decimal digits only: no sign, no blanks, no hex. -1 on junk or overflow. */
+/* Decimal digits only: no sign, no blanks, no hex. -EINVAL on junk or overflow. */
 int cfg_parse_num(const char *s, size_t len, long long *out);
 int cfg_is_pow2(long long v);
-/* Reports "invalid value ..." for k into msg (without the key name); -1. */
+/* Reports "invalid value ..." for k into msg (without the key name); -EINVAL. */
 int cfg_bad_value(const struct key_def *k, const char *value, char *msg, size_t msglen);
 /* An integer key's value: digits, with the unit words its kind allows. */
 int cfg_parse_int_value(const struct key_def *k, const char *value, long long *out);
@@ -79,7 +79,7 @@ int cfg_is_choice(const struct key_def *k, const char *value);
 /* Set k from value; on error msg says why, without naming the key. */
 int cfg_key_apply(struct pgb_config *cfg, const struct key_def *k, const char *value,
 		  char *msg, size_t msglen);
-/* "unknown key ..." into msg; -1. */
+/* "unknown key ..." into msg; -EINVAL. */
 int cfg_unknown_key(const char *key, size_t len, char *msg, size_t msglen);
 
 #endif

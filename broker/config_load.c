@@ -45,12 +45,12 @@ static int file_line(struct pgb_config *cfg, char *line, size_t len,
 
 	if (strlen(line) != len) {
 		errbuf_set(msg, msglen, "NUL byte in line");
-		return -1;
+		return -EINVAL;
 	}
 	if (len > LINE_MAX_LEN) {
 		errbuf_set(msg, msglen, "line too long (allowed: at most %d bytes)",
 			LINE_MAX_LEN);
-		return -1;
+		return -EINVAL;
 	}
 	line = trim(line, &len);
 	if (len == 0 || line[0] == '#')
@@ -61,7 +61,7 @@ static int file_line(struct pgb_config *cfg, char *line, size_t len,
 
 		cfg_quote(q, sizeof(q), line, len);
 		errbuf_set(msg, msglen, "expected \"key = value\", got \"%s\"", q);
-		return -1;
+		return -EINVAL;
 	}
 	klen = (size_t)(eq - line);
 	key = trim(line, &klen);
@@ -72,7 +72,7 @@ static int file_line(struct pgb_config *cfg, char *line, size_t len,
 		return cfg_unknown_key(key, klen, msg, msglen);
 	if (cfg_key_apply(cfg, k, value, kmsg, sizeof(kmsg)) < 0) {
 		errbuf_set(msg, msglen, "%s: %s", k->name, kmsg);
-		return -1;
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -88,8 +88,9 @@ int config_load_file(struct pgb_config *cfg, const char *path, char *err,
 
 	f = fopen(path, "r");
 	if (!f) {
-		errbuf_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-		return -1;
+		rc = -errno;
+		errbuf_set(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
+		return rc;
 	}
 	while ((n = getline(&line, &cap, f)) >= 0) {
 		char *s = line;
@@ -103,13 +104,13 @@ int config_load_file(struct pgb_config *cfg, const char *path, char *err,
 		}
 		if (file_line(cfg, s, len, msg, sizeof(msg)) < 0) {
 			errbuf_set(err, errlen, "%s:%d: %s", path, lineno, msg);
-			rc = -1;
+			rc = -EINVAL;
 			break;
 		}
 	}
 	if (rc == 0 && ferror(f)) {
-		errbuf_set(err, errlen, "%s: read error: %s", path, strerror(errno));
-		rc = -1;
+		rc = errno ? -errno : -EIO;
+		errbuf_set(err, errlen, "%s: read error: %s", path, strerror(-rc));
 	}
 	free(line);
 	fclose(f);
@@ -127,7 +128,7 @@ int config_load_env(struct pgb_config *cfg, char *err, size_t errlen)
 
 		if (v && cfg_key_apply(cfg, k, v, msg, sizeof(msg)) < 0) {
 			errbuf_set(err, errlen, "%s (%s): %s", k->env, k->name, msg);
-			return -1;
+			return -EINVAL;
 		}
 	}
 	return 0;
@@ -144,14 +145,14 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 
 		if (!memchr(s, '\0', k->size)) {
 			errbuf_set(err, errlen, "%s is not terminated", k->name);
-			return -1;
+			return -EINVAL;
 		}
 		if (k->choices && !cfg_is_choice(k, s)) {
 			char msg[256];
 
 			cfg_bad_value(k, s, msg, sizeof(msg));
 			errbuf_set(err, errlen, "%s: %s", k->name, msg);
-			return -1;
+			return -EINVAL;
 		}
 		return 0;
 	}
@@ -161,7 +162,7 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 			return 0;
 		errbuf_set(err, errlen, "%s: %d ids (allowed: at most %d)", k->name,
 			n, CONFIG_MAX_IDS);
-		return -1;
+		return -EINVAL;
 	}
 	v = cfg_int_get(cfg, k);
 	if (((v >= k->min && v <= k->max) || (v == 0 && k->zero_ok)) &&
@@ -170,7 +171,7 @@ static int check_range(const struct pgb_config *cfg, const struct key_def *k,
 	cfg_describe_allowed(k, allowed, sizeof(allowed));
 	errbuf_set(err, errlen, "%s (%d) out of range (allowed: %s)", k->name, v,
 		allowed);
-	return -1;
+	return -EINVAL;
 }
 
 static int check_le(const char *a, int va, const char *b, int vb, char *err,
@@ -179,7 +180,7 @@ static int check_le(const char *a, int va, const char *b, int vb, char *err,
 	if (va <= vb)
 		return 0;
 	errbuf_set(err, errlen, "%s (%d) must not exceed %s (%d)", a, va, b, vb);
-	return -1;
+	return -EINVAL;
 }
 
 static int check_dir(const char *dir, char *err, size_t errlen)
@@ -190,7 +191,7 @@ static int check_dir(const char *dir, char *err, size_t errlen)
 
 	if (len == 0) {
 		errbuf_set(err, errlen, "dir must not be empty");
-		return -1;
+		return -EINVAL;
 	}
 	if (len <= max)
 		return 0;
@@ -198,7 +199,7 @@ static int check_dir(const char *dir, char *err, size_t errlen)
 	errbuf_set(err, errlen,
 		"dir \"%s\" is too long for a unix socket path (allowed: at most %zu bytes)",
 		q, max);
-	return -1;
+	return -EINVAL;
 }
 
 int config_validate(const struct pgb_config *cfg, char *err, size_t errlen)
@@ -207,7 +208,7 @@ int config_validate(const struct pgb_config *cfg, char *err, size_t errlen)
 
 	for (i = 0; i < cfg_nkeys; i++)
 		if (check_range(cfg, &cfg_keys[i], err, errlen) < 0)
-			return -1;
+			return -EINVAL;
 	if (check_le("min_pool_size", cfg->min_pool_size, "max_pool_size",
 		     cfg->max_pool_size, err, errlen) < 0 ||
 	    check_le("min_pool_size", cfg->min_pool_size, "pool_size",
@@ -218,7 +219,7 @@ int config_validate(const struct pgb_config *cfg, char *err, size_t errlen)
 		     cfg->retry_max_delay_ms, err, errlen) < 0 ||
 	    check_le("max_backends_per_agent", cfg->max_backends_per_agent, "max_pool_size",
 		     cfg->max_pool_size, err, errlen) < 0)
-		return -1;
+		return -EINVAL;
 	return check_dir(cfg->dir, err, errlen);
 }
 
@@ -271,7 +272,7 @@ static int opt_classify(struct opt *o)
 	else if ((o->key = cfg_key_find(n, len)))
 		o->kind = OPT_KEY;
 	else
-		return -1;
+		return -EINVAL;
 	return 0;
 }
 
@@ -293,20 +294,20 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 	    (strncmp(a, "--", 2) != 0 || a[2] == '\0')) {
 		cfg_quote(q, sizeof(q), a, strlen(a));
 		errbuf_set(err, errlen, "unexpected argument \"%s\" (see --help)", q);
-		return -1;
+		return -EINVAL;
 	}
 	eq = strchr(a, '=');
 	o->namelen = eq ? (size_t)(eq - a) : strlen(a);
 	if (opt_classify(o) < 0) {
 		cfg_quote(q, sizeof(q), a, o->namelen);
 		errbuf_set(err, errlen, "unknown option \"%s\" (see --help)", q);
-		return -1;
+		return -EINVAL;
 	}
 	if (!opt_takes_value(o)) {
 		if (!eq)
 			return 0;
 		errbuf_set(err, errlen, "%.*s takes no value", (int)o->namelen, a);
-		return -1;
+		return -EINVAL;
 	}
 	if (eq) {
 		o->value = eq + 1;
@@ -321,7 +322,7 @@ static int opt_next(int argc, char **argv, int *i, struct opt *o, char *err,
 		o->value = argv[++*i];
 	} else {
 		errbuf_set(err, errlen, "%.*s: missing value", (int)o->namelen, a);
-		return -1;
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -339,7 +340,7 @@ static int set_ready_fd(struct pgb_config *cfg, const struct opt *o, char *err,
 	cfg_quote(q, sizeof(q), o->value, strlen(o->value));
 	errbuf_set(err, errlen, "%.*s: invalid value \"%s\" (allowed: integer 0..%d)",
 		(int)o->namelen, o->name, q, INT_MAX);
-	return -1;
+	return -EINVAL;
 }
 
 static int set_config_file(struct pgb_config *cfg, const struct opt *o,
@@ -354,7 +355,7 @@ static int set_config_file(struct pgb_config *cfg, const struct opt *o,
 	errbuf_set(err, errlen,
 		"%.*s: invalid file name (allowed: 1..%zu bytes)",
 		(int)o->namelen, o->name, sizeof(cfg->config_file) - 1);
-	return -1;
+	return -EINVAL;
 }
 
 static int opt_apply(struct pgb_config *cfg, const struct opt *o, char *err,
@@ -373,7 +374,7 @@ static int opt_apply(struct pgb_config *cfg, const struct opt *o, char *err,
 			return 0;
 		errbuf_set(err, errlen, "%.*s (%s): %s", (int)o->namelen, o->name,
 			o->key->name, msg);
-		return -1;
+		return -EINVAL;
 	default:	/* --help and --config act in the scan pass */
 		return 0;
 	}
@@ -402,8 +403,8 @@ static int args_walk(struct pgb_config *cfg, int argc, char **argv, int pass,
 		}
 		if (r < 0) {
 			if (pass == PASS_APPLY)
-				return -1;
-			rc = -1;
+				return -EINVAL;
+			rc = -EINVAL;
 		}
 	}
 	return rc;
@@ -419,14 +420,14 @@ int config_load(struct pgb_config *cfg, int argc, char **argv, char *err,
 	if (cfg->want_help || cfg->want_version)
 		return 0;
 	if (rc < 0)
-		return -1;
+		return -EINVAL;
 	if (cfg->config_file[0] &&
 	    config_load_file(cfg, cfg->config_file, err, errlen) < 0)
-		return -1;
+		return -EINVAL;
 	if (config_load_env(cfg, err, errlen) < 0)
-		return -1;
+		return -EINVAL;
 	if (args_walk(cfg, argc, argv, PASS_APPLY, err, errlen) < 0)
-		return -1;
+		return -EINVAL;
 	return config_validate(cfg, err, errlen);
 }
 

@@ -61,7 +61,7 @@ int cork_hold(int fd)
 		return 0;	/* not corked: libpq flushes itself */
 	if (!(c = cork_of(fd))) {
 		if (!(c = calloc(1, sizeof(*c))))
-			return -1;
+			return -ENOMEM;
 		__atomic_store_n(&corks[fd], c, __ATOMIC_RELAXED);
 	}
 	c->held = 1;
@@ -76,7 +76,7 @@ static int cork_write(int fd, struct cork *c)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
 		}
 		c->off += (size_t)n;
 	}
@@ -141,9 +141,8 @@ ssize_t send(int fd, const void *buf, size_t len, int flags)
 		if (c->held)
 			return cork_take(c, buf, len);
 		if ((rc = cork_write(fd, c)) != 0) {
-			if (rc > 0)
-				errno = EAGAIN;
-			return -1;
+			errno = rc > 0 ? EAGAIN : -rc;
+			return -1;	/* send()'s contract, for libpq */
 		}
 	}
 	return sendto(fd, buf, len, flags, NULL, 0);

@@ -4,10 +4,10 @@
 #ifndef PGB_CORK_H
 #define PGB_CORK_H
 
-/* Take libpq's writes to fd from now on; -1 when out of memory. */
+/* Take libpq's writes to fd from now on; 0, or -ENOMEM. */
 int cork_hold(int fd);
 /* Write what was taken: 0 when all is out, 1 when the socket is full
- * (wait for POLLOUT and call again), -1 on an error (errno). */
+ * (wait for POLLOUT and call again), -errno on an error. */
 int cork_flush(int fd);
 
 #endif

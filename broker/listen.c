@@ -109,7 +109,8 @@ static void send_reply(int fd, const struct reg_reply *rep, const int *fds, int 
 
 /* max_agents is reached: the connection that has waited longest without
  * registering makes room, so connections that never say hello cannot lock
- * out an agent that does (it says hello at once). 0 when one went. */
+ * out an agent that does (it says hello at once). 0 when one went,
+ * -ENOENT when none was waiting. */
 static int drop_oldest_silent(struct broker *b)
 {
 	struct list *pos;
@@ -129,7 +130,7 @@ static int drop_oldest_silent(struct broker *b)
 		agent_free(b, old);
 		return 0;
 	}
-	return -1;
+	return -ENOENT;
 }
 
 static void refuse(int fd, int status, const char *why)

@@ -6,7 +6,8 @@
 struct broker;
 struct agent;
 
-/* Take the run directory and listen on its socket; -1 (logged) if not. */
+/* Listen on the run directory's socket (piddir_take took the directory);
+ * -errno (logged) if not. */
 int agent_listen(struct broker *b);
 /* (Re)arm the multishot accept. */
 void agent_accept_arm(struct broker *b);

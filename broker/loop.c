@@ -14,7 +14,7 @@ int loop_parse(const char *s)
 		return LOOP_IO_URING;
 	if (strcmp(s, "epoll") == 0)
 		return LOOP_EPOLL;
-	return -1;
+	return -EINVAL;
 }
 
 int loop_open(enum loop_want want, struct loop **out, char *why, size_t len)

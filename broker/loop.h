@@ -52,7 +52,7 @@ struct loop {
 /* How the backend is chosen (the `loop` setting). */
 enum loop_want { LOOP_AUTO = 0, LOOP_IO_URING, LOOP_EPOLL };
 
-/* "auto", "io_uring", "epoll" -> enum loop_want; -1 for anything else. */
+/* "auto", "io_uring", "epoll" -> enum loop_want; -EINVAL for anything else. */
 int loop_parse(const char *s);
 
 /* Open the backend `want` asks for; auto takes io_uring when it works and

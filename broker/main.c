@@ -310,7 +310,7 @@ static int run(struct broker *b)
 		int rc = loop_wait(b->loop, next, on_event, b);
 		if (rc < 0) {
 			log_error("%s wait: %s", b->loop->name, strerror(-rc));
-			return -1;
+			return rc;
 		}
 	}
 }

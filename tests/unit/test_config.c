@@ -1,5 +1,6 @@
 /* Unit tests for common/config.c: defaults, file, environment, flags,
  * hostile values, cross-key validation, printing. */
+#include <errno.h>
 #include <criterion/criterion.h>
 
 #include <limits.h>
@@ -292,13 +293,13 @@ Test(config, loop_is_one_of_its_words)
 	}
 	for (const char *const *w = (const char *const[]){ "EPOLL", "uring", "", "epoll ", NULL };
 	     *w; w++) {
-		cr_assert_eq(config_set(&cfg, "loop", *w, err, sizeof(err)), -1, "%s accepted", *w);
+		cr_assert_eq(config_set(&cfg, "loop", *w, err, sizeof(err)), -EINVAL, "%s accepted", *w);
 		cr_expect(strstr(err, "allowed: auto, io_uring, epoll"), "%s", err);
 	}
 	cr_expect_str_eq(cfg.loop, "auto");
 	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
 	snprintf(cfg.loop, sizeof(cfg.loop), "select");
-	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect(strstr(err, "loop"), "%s", err);
 }
 
@@ -383,7 +384,7 @@ Test(config, set_bad_values_refused_with_key_value_and_allowed)
 		config_defaults(&cfg);
 		before = cfg;
 		cr_expect_eq(config_set(&cfg, key, bad_values[i].value, err,
-					sizeof(err)), -1,
+					sizeof(err)), -EINVAL,
 			     "%s=\"%s\" accepted", key, bad_values[i].value);
 		cr_expect_eq(memcmp(&cfg, &before, sizeof(cfg)), 0,
 			     "%s=\"%s\" changed the config", key, bad_values[i].value);
@@ -399,11 +400,11 @@ Test(config, zero_or_a_range)
 	char err[ERRLEN] = "";
 
 	config_defaults(&cfg);
-	cr_expect_eq(config_set(&cfg, "max_connection_lifetime_ms", "500", err, sizeof(err)), -1);
+	cr_expect_eq(config_set(&cfg, "max_connection_lifetime_ms", "500", err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "max_connection_lifetime_ms: invalid value \"500\" (allowed: 0, "
 			 "or integer 1000..604800000, milliseconds)");
 	cfg.max_connection_lifetime_ms = 500;
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect(strstr(err, "max_connection_lifetime_ms (500) out of range"), "%s", err);
 	cfg.max_connection_lifetime_ms = 0;
 	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
@@ -415,17 +416,17 @@ Test(config, error_message_format)
 	char err[ERRLEN] = "";
 
 	config_defaults(&cfg);
-	cr_assert_eq(config_set(&cfg, "pool_size", "abc", err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "pool_size", "abc", err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "pool_size: invalid value \"abc\" (allowed: integer 1..10000)");
-	cr_assert_eq(config_set(&cfg, "channel_size_kb", "48", err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "channel_size_kb", "48", err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "channel_size_kb: invalid value \"48\" "
 			 "(allowed: power of two 16..65536, KiB)");
-	cr_assert_eq(config_set(&cfg, "poolsize", "5", err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "poolsize", "5", err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "unknown key \"poolsize\"");
-	cr_assert_eq(config_set(&cfg, "pool_size", NULL, err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "pool_size", NULL, err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "pool_size: missing value");
 	/* Control characters are escaped, not echoed. */
-	cr_assert_eq(config_set(&cfg, "pool_size", "1\x1b[2J\"", err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "pool_size", "1\x1b[2J\"", err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "pool_size: invalid value \"1\\x1b[2J\\\"\" "
 			 "(allowed: integer 1..10000)");
 }
@@ -438,23 +439,23 @@ Test(config, huge_values_are_cut_in_messages)
 
 	memset(huge, '7', sizeof(huge) - 1);
 	config_defaults(&cfg);
-	cr_assert_eq(config_set(&cfg, "pool_size", huge, err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "pool_size", huge, err, sizeof(err)), -EINVAL);
 	cr_expect_lt(strlen(err), 200);
 	cr_expect_not_null(strstr(err, "...\" (allowed"), "%s", err);
 
 	memset(huge, 'x', sizeof(huge) - 1);
-	cr_assert_eq(config_set(&cfg, "dsn", huge, err, sizeof(err)), -1);
-	cr_assert_eq(config_set(&cfg, "dir", huge, err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, "dsn", huge, err, sizeof(err)), -EINVAL);
+	cr_assert_eq(config_set(&cfg, "dir", huge, err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(cfg.dir, default_dir());
-	cr_assert_eq(config_set(&cfg, huge, "1", err, sizeof(err)), -1);
+	cr_assert_eq(config_set(&cfg, huge, "1", err, sizeof(err)), -EINVAL);
 	cr_expect_eq(strncmp(err, "unknown key \"xxx", 16), 0, "%s", err);
 
 	/* A tiny error buffer is truncated, never overrun. */
 	memset(small, '#', sizeof(small));
-	cr_assert_eq(config_set(&cfg, "pool_size", "abc", small, 4), -1);
+	cr_assert_eq(config_set(&cfg, "pool_size", "abc", small, 4), -EINVAL);
 	cr_expect_str_eq(small, "poo");
 	cr_expect_eq(small[4], '#');
-	cr_assert_eq(config_set(&cfg, "pool_size", "abc", NULL, 0), -1);
+	cr_assert_eq(config_set(&cfg, "pool_size", "abc", NULL, 0), -EINVAL);
 }
 
 Test(config, dsn_at_its_limit)
@@ -470,7 +471,7 @@ Test(config, dsn_at_its_limit)
 	cr_expect_eq(strlen(cfg.dsn), sizeof(cfg.dsn) - 1);
 	dsn[sizeof(cfg.dsn) - 1] = 'a';
 	dsn[sizeof(cfg.dsn)] = '\0';		/* 4096 bytes: does not */
-	cr_expect_eq(config_set(&cfg, "dsn", dsn, err, sizeof(err)), -1);
+	cr_expect_eq(config_set(&cfg, "dsn", dsn, err, sizeof(err)), -EINVAL);
 }
 
 /* ---- id lists ---------------------------------------------------------- */
@@ -591,7 +592,7 @@ Test(config, file_bad_lines_name_file_and_line)
 
 		snprintf(want, sizeof(want), "%s:%s", path, bad_files[i].want);
 		config_defaults(&cfg);
-		cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -1,
+		cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -EINVAL,
 			     "accepted: %s", bad_files[i].content);
 		cr_expect_eq(strncmp(err, want, strlen(want)), 0,
 			     "got \"%s\", want prefix \"%s\"", err, want);
@@ -607,7 +608,7 @@ Test(config, file_with_nul_byte)
 
 	snprintf(want, sizeof(want), "%s:2: NUL byte in line", path);
 	config_defaults(&cfg);
-	cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -1);
+	cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, want);
 }
 
@@ -624,7 +625,7 @@ Test(config, file_with_huge_line)
 	path = write_file("huge.conf", data);
 	snprintf(want, sizeof(want), "%s:1: line too long", path);
 	config_defaults(&cfg);
-	cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -1);
+	cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -EINVAL);
 	cr_expect_eq(strncmp(err, want, strlen(want)), 0, "%s", err);
 	cr_expect_str_eq(cfg.dsn, "");
 }
@@ -636,11 +637,11 @@ Test(config, file_missing_or_directory)
 
 	config_defaults(&cfg);
 	snprintf(path, sizeof(path), "%s/nope.conf", tmpdir);
-	cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -1);
+	cr_expect_eq(config_load_file(&cfg, path, err, sizeof(err)), -ENOENT);
 	cr_expect_eq(strncmp(err, path, strlen(path)), 0, "%s", err);
 	cr_expect_not_null(strstr(err, "No such file"), "%s", err);
 
-	cr_expect_eq(config_load_file(&cfg, tmpdir, err, sizeof(err)), -1);
+	cr_expect_eq(config_load_file(&cfg, tmpdir, err, sizeof(err)), -EISDIR);
 	cr_expect_eq(strncmp(err, tmpdir, strlen(tmpdir)), 0, "%s", err);
 }
 
@@ -700,7 +701,7 @@ Test(config, env_errors_name_the_variable)
 		clear_env();
 		setenv(cases[i].var, cases[i].value, 1);
 		config_defaults(&cfg);
-		cr_expect_eq(config_load_env(&cfg, err, sizeof(err)), -1);
+		cr_expect_eq(config_load_env(&cfg, err, sizeof(err)), -EINVAL);
 		cr_expect_str_eq(err, cases[i].want);
 	}
 }
@@ -797,7 +798,7 @@ Test(config, booleans_and_version)
 		cr_assert_eq(config_set(&cfg, "syslog", no[i], err, sizeof(err)), 0, "%s", err);
 		cr_expect_eq(cfg.syslog, 0, "%s", no[i]);
 	}
-	cr_expect_eq(config_set(&cfg, "syslog", "maybe", err, sizeof(err)), -1);
+	cr_expect_eq(config_set(&cfg, "syslog", "maybe", err, sizeof(err)), -EINVAL);
 	cr_expect(strstr(err, "syslog: invalid value \"maybe\" (allowed: on, off"), "%s", err);
 	/* --version, like --help, wins over errors in other flags */
 	cr_assert_eq(load_args(&cfg, err, version), 0, "%s", err);
@@ -898,7 +899,7 @@ Test(config, bad_flags)
 		const char *want = bad_args[i].want;
 		size_t wlen = strlen(want);
 
-		cr_expect_eq(load_args(&cfg, err, bad_args[i].args), -1,
+		cr_expect_eq(load_args(&cfg, err, bad_args[i].args), -EINVAL,
 			     "case %zu accepted", i);
 		if (want[wlen - 1] == '*')
 			cr_expect_eq(strncmp(err, want, wlen - 1), 0,
@@ -917,11 +918,11 @@ Test(config, load_reports_file_and_env_errors)
 	const char *args2[] = { NULL };
 
 	snprintf(want, sizeof(want), "%s:2: unknown key \"bogus\"", path);
-	cr_expect_eq(load_args(&cfg, err, args), -1);
+	cr_expect_eq(load_args(&cfg, err, args), -EINVAL);
 	cr_expect_str_eq(err, want);
 
 	setenv("POSTGRES_MAX_POOL_SIZE", "x", 1);
-	cr_expect_eq(load_args(&cfg, err, args2), -1);
+	cr_expect_eq(load_args(&cfg, err, args2), -EINVAL);
 	cr_expect_eq(strncmp(err, "POSTGRES_MAX_POOL_SIZE (max_pool_size): ", 40), 0,
 		     "%s", err);
 }
@@ -934,7 +935,7 @@ Test(config, load_validates)
 	const char *args2[] = { "--pool-size", "60", "--max-pool-size", "60",
 				"--min-pool-size", "60", NULL };
 
-	cr_expect_eq(load_args(&cfg, err, args), -1);
+	cr_expect_eq(load_args(&cfg, err, args), -EINVAL);
 	cr_expect_str_eq(err, "min_pool_size (60) must not exceed max_pool_size (50)");
 	cr_expect_eq(load_args(&cfg, err, args2), 0, "%s", err);
 }
@@ -975,7 +976,7 @@ Test(config, validate_cross_key_rules)
 			cr_expect_eq(config_validate(&cfg, err, sizeof(err)), 0,
 				     "case %zu: %s", i, err);
 		} else {
-			cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1,
+			cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL,
 				     "case %zu", i);
 			cr_expect_str_eq(err, cases[i].want);
 		}
@@ -1012,7 +1013,7 @@ Test(config, per_agent_limits)
 		if (!cases[i].want) {
 			cr_expect_eq(rc, 0, "%s=%s: %s", cases[i].key, cases[i].value, err);
 		} else {
-			cr_expect_eq(rc, -1, "%s=%s accepted", cases[i].key, cases[i].value);
+			cr_expect_eq(rc, -EINVAL, "%s=%s accepted", cases[i].key, cases[i].value);
 			cr_expect(strstr(err, cases[i].want), "%s", err);
 		}
 	}
@@ -1021,7 +1022,7 @@ Test(config, per_agent_limits)
 	cfg.pool_size = 4;
 	cfg.min_pool_size = 1;
 	cfg.max_backends_per_agent = 5;
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "max_backends_per_agent (5) must not exceed max_pool_size (4)");
 }
 
@@ -1069,17 +1070,17 @@ Test(config, validate_ranges_of_struct_set_directly)
 
 	config_defaults(&cfg);
 	cfg.channel_size_kb = 48;
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect_eq(strncmp(err, "channel_size_kb (48) out of range", 33), 0, "%s", err);
 
 	config_defaults(&cfg);
 	cfg.max_agents = -1;
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect_eq(strncmp(err, "max_agents (-1)", 15), 0, "%s", err);
 
 	config_defaults(&cfg);
 	cfg.n_allow_uids = CONFIG_MAX_IDS + 1;
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 }
 
 Test(config, validate_dir)
@@ -1098,17 +1099,17 @@ Test(config, validate_dir)
 	/* One byte more is refused where it is set ... */
 	dir[93] = 'd';
 	dir[94] = '\0';
-	cr_expect_eq(config_set(&cfg, "dir", dir, err, sizeof(err)), -1);
+	cr_expect_eq(config_set(&cfg, "dir", dir, err, sizeof(err)), -EINVAL);
 	cr_expect_not_null(strstr(err, "at most 93 bytes"), "%s", err);
 
 	/* ... and by config_validate when the struct was filled directly. */
 	memcpy(cfg.dir, dir, 95);
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect_not_null(strstr(err, "too long"), "%s", err);
 	cr_expect_not_null(strstr(err, "at most 93 bytes"), "%s", err);
 
 	cfg.dir[0] = '\0';
-	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -1);
+	cr_expect_eq(config_validate(&cfg, err, sizeof(err)), -EINVAL);
 	cr_expect_str_eq(err, "dir must not be empty");
 }
 

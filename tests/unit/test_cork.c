@@ -130,7 +130,7 @@ Test(cork, errors_and_other_sockets, .init = setup, .fini = teardown)
 	close(sv[1]);
 	sv[1] = open("/dev/null", O_RDONLY);
 	errno = 0;
-	cr_expect_eq(cork_flush(sv[0]), -1);
+	cr_expect_eq(cork_flush(sv[0]), -EPIPE);
 	cr_expect_eq(errno, EPIPE);
 
 	/* descriptors out of range are never corked */
