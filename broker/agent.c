@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -121,6 +122,16 @@ void agent_wake(struct broker *b, struct agent *a)
 	}
 }
 
+/* Make the agent's pgb_socket readable: a byte on its registration socket
+ * (REG_F_SOCK_WAKE), which it drains; else its eventfd. */
+static void agent_fd_signal(struct broker *b, struct agent *a)
+{
+	if (a->sock_wake)
+		(void)!send(a->sock, "w", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	else
+		loop_eventfd_signal(b->loop, a->efd);
+}
+
 /* Once per loop pass: wake the agents we produced for that sleep. The
  * FUTEX_WAKEs ride in the loop's next submit (io_uring) or are made at
  * once (epoll). */
@@ -135,7 +146,7 @@ void agent_run_wakes(struct broker *b)
 		if (chan_bell_ring(&a->chan->agent_bell, &a->chan->agent_sleeping))
 			loop_futex_wake(b->loop, &a->chan->agent_bell);
 		if (chan_fd_take(a->chan))
-			loop_eventfd_signal(b->loop, a->efd);
+			agent_fd_signal(b, a);
 	}
 }
 

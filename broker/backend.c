@@ -12,6 +12,7 @@
 
 #include "agent.h"
 #include "backend.h"
+#include "bnotice.h"
 #include "backoff.h"
 #include "broker.h"
 #include "classify.h"
@@ -199,7 +200,8 @@ void be_connect(struct broker *b, uint64_t ticket)
 		be_connect_failed(b, be, be->pg ? PQerrorMessage(be->pg) : "out of memory");
 		return;
 	}
-	PQsetNoticeProcessor(be->pg, notice_quiet, NULL);
+	if (bnotice_attach(be->pg) < 0)
+		PQsetNoticeProcessor(be->pg, notice_quiet, NULL);
 	/* The server's SQLSTATE in a failed connect's message: is it refusing
 	 * us (misconfigured) or not there (an outage)? connect_done resets it. */
 	PQsetErrorVerbosity(be->pg, PQERRORS_VERBOSE);

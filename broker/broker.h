@@ -150,6 +150,7 @@ struct agent {
 	uint32_t slot, gen;
 	enum agent_state state;
 	int sock;
+	int sock_wake;            /* REG_F_SOCK_WAKE: wake pgb_socket through sock */
 	pid_t pid;
 	uid_t uid;
 	int64_t since_ms;

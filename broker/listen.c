@@ -276,6 +276,7 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 		agent_fail(b, a, DOOM_HELLO_BELL);
 		return;
 	}
+	a->sock_wake = (h.flags & REG_F_SOCK_WAKE) != 0;
 	fd = chan_create(b, a);
 	if (fd < 0) {
 		log_error("cannot create channel: %s", strerror(-fd));

@@ -11,6 +11,7 @@
 #include "errform.h"
 #include "exec.h"
 #include "response.h"
+#include "bnotice.h"
 
 void response_free(struct response *rs)
 {
@@ -169,6 +170,7 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 	rs->src.head.cmd_tuples = strtoull(PQcmdTuples(res), NULL, 10);
 	rs->src.err = PQresultErrorMessage(res);
 	rs->src.cmd = PQcmdStatus(res);
+	rs->src.notices = bnotice_of(res, &rs->src.notices_len);
 	rs->src.ctx = res;
 	rs->src.fname = pg_fname;
 	rs->src.ftype = pg_ftype;

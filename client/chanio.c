@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -44,13 +45,15 @@ static void notify_broker(pgb_conn *c)
 /* 1 when the broker has closed its end of the registration socket. */
 int pgbi_broker_gone(pgb_conn *c)
 {
-	struct pollfd p = { .fd = c->sock, .events = POLLIN | POLLRDHUP };
+	struct pollfd p = { .fd = c->sock, .events = POLLRDHUP };
+	char buf[64];
 
 	if (chan_closing(c->chan))
 		return 1;
-	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLIN)))
+	/* POLLIN alone is a wake-up byte (REG_F_SOCK_WAKE); its end is not. */
+	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)))
 		return 1;
-	return 0;
+	return recv(c->sock, buf, sizeof(buf), MSG_DONTWAIT | MSG_PEEK) == 0;
 }
 
 enum wait_for { WAIT_RESPONSE, WAIT_SPACE };

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -379,15 +380,22 @@ PGB_API pgb_result *pgb_get_result(pgb_conn *c, long long *id)
 PGB_API pgb_result *pgb_try_result(pgb_conn *c, long long *id)
 {
 	pgb_result *r;
-	uint64_t n;
+	char buf[64];
+	ssize_t got;
 	int signalled, was_armed;
 
 	if (!c || c->status != PGB_CONNECTION_OK)
 		return next_result(c, id, 0);
-	/* Clear the eventfd first, then look: a result published after the
-	 * look finds fd_armed set and signals the fd again. */
+	/* Drain the wake-up bytes first, then look: a result published after
+	 * the look finds fd_armed set and signals the socket again. */
 	was_armed = chan_fd_armed(c->chan);
-	signalled = read(c->efd, &n, sizeof(n)) == (ssize_t)sizeof(n);
+	got = recv(c->sock, buf, sizeof(buf), MSG_DONTWAIT);
+	signalled = got > 0;
+	if (got == 0) {
+		/* end of file: the broker went away */
+		pgbi_mark_gone(c);
+		return next_result(c, id, 0);
+	}
 	r = next_result(c, id, 0);
 	if (r)
 		return r;
@@ -412,6 +420,12 @@ PGB_API int pgb_socket(const pgb_conn *c)
 PGB_API int pgb_in_flight(const pgb_conn *c)
 {
 	return c ? (int)c->nflights : 0;
+}
+
+const char *pgbi_result_notices(const pgb_result *r, uint32_t *len)
+{
+	*len = r && r->v.notices ? r->v.notices_len : 0;
+	return *len ? r->v.notices : NULL;
 }
 
 int pgbi_in_transaction(const pgb_conn *c)

@@ -36,7 +36,7 @@ struct pgb_conn {
 	int sock;
 	int efd;                 /* readable when a result is ready and fd_armed was set */
 	int bfd;                 /* the broker's bell eventfd (CHAN_BELL_EVENTFD), else -1 */
-	int pfd;                 /* pgb_socket: an epoll set of efd and sock, so that
+	int pfd;                 /* pgb_socket: a duplicate of sock (REG_F_SOCK_WAKE), so that
 				    it also becomes readable when the broker dies */
 	unsigned fork_gen;       /* fork generation at connect: see on_fork */
 	struct chan_shm *chan;

@@ -203,7 +203,7 @@ static int conn_dial(pgb_conn *c, const struct sockaddr_un *sa)
 static int conn_hello(pgb_conn *c, const char *path, struct reg_reply *rep, int *fd)
 {
 	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
-				   .flags = REG_F_BELL_EVENTFD };
+				   .flags = REG_F_BELL_EVENTFD | REG_F_SOCK_WAKE };
 	ssize_t sent;
 	int err, send_err = 0;
 
@@ -303,12 +303,10 @@ static void conn_open(pgb_conn *c)
 	}
 	if (conn_map(c, &rep, fd) < 0)
 		goto fail;
-	/* pgb_socket: readable on a result (efd) and on the broker's hang-up. */
-	c->pfd = epoll_create1(EPOLL_CLOEXEC);
-	if (c->pfd < 0 ||
-	    epoll_ctl(c->pfd, EPOLL_CTL_ADD, c->efd, &(struct epoll_event){ .events = EPOLLIN }) < 0 ||
-	    epoll_ctl(c->pfd, EPOLL_CTL_ADD, c->sock,
-		      &(struct epoll_event){ .events = EPOLLIN | EPOLLRDHUP }) < 0) {
+	/* pgb_socket: the registration socket (REG_F_SOCK_WAKE): readable on
+	 * a wake-up byte or the broker's hang-up, and writable. */
+	c->pfd = fcntl(c->sock, F_DUPFD_CLOEXEC, 0);
+	if (c->pfd < 0) {
 		pgbi_set_error(c, "could not set up the connection's pollable fd: %s", strerror(errno));
 		goto fail;
 	}

@@ -33,5 +33,8 @@ void pgbi_sleep_ms(int64_t ms);
 /* client.c: 1 when the broker's last answer on c said its session was inside a
  * transaction (a BEGIN without its COMMIT or ROLLBACK yet). */
 int pgbi_in_transaction(const pgb_conn *c);
+/* The notices PostgreSQL sent before r (proto.h's packing: each notice its
+ * error fields, then a NUL); *len 0 when none. Valid until pgb_clear. */
+const char *pgbi_result_notices(const pgb_result *r, uint32_t *len);
 
 #endif

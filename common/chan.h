@@ -9,7 +9,8 @@
 #include "ring.h"
 
 #define CHAN_MAGIC   0x43424750u /* "PGBC" */
-#define CHAN_VERSION 2u /* 2: results carry status, column types, error fields */
+#define CHAN_VERSION 3u /* 2: results carry status, column types, error fields;
+			  3: REG_F_SOCK_WAKE, notices in results */
 #define CHAN_HDR_SIZE 4096u
 
 /* Registration handshake over the unix socket. */
@@ -17,6 +18,11 @@
 /* hello.flags: the agent can ring an eventfd bell (CHAN_BELL_EVENTFD). A
  * broker on epoll refuses agents without it; io_uring ignores it. */
 #define REG_F_BELL_EVENTFD 0x1u
+/* hello.flags: wake this agent's pgb_socket by one byte on the registration
+ * socket instead of its eventfd, so that the descriptor a program polls is
+ * writable too (libpq programs wait for write first) and reads end of file
+ * when the broker goes away. */
+#define REG_F_SOCK_WAKE 0x2u
 struct reg_hello {
 	uint32_t magic;
 	uint32_t version;

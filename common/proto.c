@@ -215,7 +215,8 @@ int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const c
 /* Items: 0 the head, 1 err, 2 cmd, 3 error fields, then the columns, then
  * the values. */
 #define ITEM_DIAG 3u
-#define ITEM_COLS 4u
+#define ITEM_NOTICES 4u
+#define ITEM_COLS 5u
 /* PostgreSQL's fields are far shorter; this bounds what 64 codes can add. */
 #define RESP_DIAG_FIELD_MAX (1u << 24)
 
@@ -252,6 +253,26 @@ static int diag_check(const char *d, uint32_t len)
 		const char *nul;
 
 		if (*d == '\0' || !(nul = memchr(d + 1, '\0', (size_t)(end - d - 1))))
+			return -1;
+		d = nul + 1;
+	}
+	return 0;
+}
+
+/* len bytes of packed notices: fields as diag_check, a NUL after each
+ * notice's last one. */
+static int notices_check(const char *d, uint32_t len)
+{
+	const char *end = d + len;
+
+	while (d < end) {
+		const char *nul;
+
+		if (*d == '\0') {
+			d++;
+			continue;
+		}
+		if (!(nul = memchr(d + 1, '\0', (size_t)(end - d - 1))))
 			return -1;
 		d = nul + 1;
 	}
@@ -304,6 +325,9 @@ static void item_get(const struct resp_src *src, uint64_t item, struct item *it)
 	} else if (item == ITEM_DIAG) {
 		s = src->diag ? src->diag : "";
 		len = src->diag ? src->diag_len : 0;
+	} else if (item == ITEM_NOTICES) {
+		s = src->notices ? src->notices : "";
+		len = src->notices ? src->notices_len : 0;
 	} else if (item - ITEM_COLS < nf) {
 		uint32_t col = (uint32_t)(item - ITEM_COLS), oid = 0;
 		int32_t mod = -1;
@@ -444,7 +468,9 @@ int resp_parse(const uint8_t *buf, uint64_t n, struct resp_view *v,
 	if (take_item(buf, n, &at, &v->err, &len) < 0 || !v->err ||
 	    take_item(buf, n, &at, &v->cmd, &len) < 0 || !v->cmd ||
 	    take_item(buf, n, &at, &v->diag, &v->diag_len) < 0 || !v->diag ||
-	    diag_check(v->diag, v->diag_len) < 0)
+	    diag_check(v->diag, v->diag_len) < 0 ||
+	    take_item(buf, n, &at, &v->notices, &v->notices_len) < 0 || !v->notices ||
+	    notices_check(v->notices, v->notices_len) < 0)
 		return -1;
 	for (uint32_t i = 0; i < v->head.nfields; i++) {
 		if (take_item(buf, n, &at, &fnames[i], &len) < 0 || !fnames[i] ||

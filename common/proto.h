@@ -73,10 +73,13 @@ int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const c
 
 /* Response blob: resp_head, then items "u32 len, bytes, NUL" (len
  * 0xffffffff = NULL, no bytes): error message, command status, error fields,
- * nfields column items, ntuples * nfields values in row order.
+ * notices, nfields column items, ntuples * nfields values in row order.
  * - error fields: PostgreSQL's diagnostics packed as in its ErrorResponse,
  *   one "<code letter>text NUL" per field (code letters are libpq's
  *   PG_DIAG_*); empty when the statement succeeded or the broker failed it.
+ * - notices: PostgreSQL's NOTICE, WARNING, INFO, ... messages that came
+ *   before this result, each packed as the error fields followed by one
+ *   NUL (an empty field); empty when none.
  * - a column item: its descriptor (u32 type OID, i32 typmod, the host's byte
  *   order; RESP_COL_DESC bytes) followed by its name.
  * The channel's version (CHAN_VERSION) names this layout. */
@@ -116,6 +119,8 @@ struct resp_src {
 	const char *cmd;
 	const char *diag;        /* packed error fields (see above); NULL: none */
 	uint32_t diag_len;       /* bytes of diag, without the item's own NUL */
+	const char *notices;     /* packed notices (see above); NULL: none */
+	uint32_t notices_len;
 	void *ctx;
 	const char *(*fname)(void *ctx, uint32_t col);
 	/* a column's type OID and typmod; NULL: 0 and -1 for every column */
@@ -155,6 +160,8 @@ struct resp_view {
 	const char *cmd;
 	const char *diag;   /* the error fields item (checked), diag_len bytes */
 	uint32_t diag_len;
+	const char *notices; /* the notices item (checked), notices_len bytes */
+	uint32_t notices_len;
 };
 /* Check a whole response blob and fill fnames[nfields], vals[ntuples*nfields],
  * lens[...] (arrays sized from resp_parse_head). 0 ok, -1 corrupt.

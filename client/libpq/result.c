@@ -9,6 +9,7 @@
 
 #include "face.h"
 #include "errform.h"
+#include "internal.h"
 
 #define NAMEDATALEN_NAME_CHARS 63
 
@@ -119,6 +120,37 @@ static ExecStatusType status_of(const pgb_result *r)
 	}
 }
 
+/* The notices that came with r, one PGRES_NONFATAL_ERROR result each, to
+ * the connection's notice receiver (libpq's default prints them). */
+static void deliver_notices(PGconn *conn, const pgb_result *r)
+{
+	uint32_t len;
+	const char *p = pgbi_result_notices(r, &len), *end = p + len;
+
+	while (p && p < end) {
+		const char *q = p;
+		PGresult *res;
+
+		while (q < end && *q)
+			q += strlen(q) + 1;
+		if (q >= end)
+			break;
+		res = face_result_new(conn, PGRES_NONFATAL_ERROR);
+		if (!res)
+			return;
+		res->fields = malloc((size_t)(q - p) + 1);
+		if (res->fields) {
+			memcpy(res->fields, p, (size_t)(q - p) + 1);
+			res->errmsg = PQresultVerboseErrorMessage(res, conn->verbosity,
+								  conn->show_context);
+			if (conn->notice_rcv && res->errmsg)
+				conn->notice_rcv(conn->notice_rcv_arg, res);
+		}
+		PQclear(res);
+		p = q + 1;
+	}
+}
+
 PGresult *face_result_wrap(PGconn *conn, pgb_result *r)
 {
 	PGresult *res;
@@ -126,6 +158,8 @@ PGresult *face_result_wrap(PGconn *conn, pgb_result *r)
 
 	if (!r)
 		return NULL;
+	if (conn)
+		deliver_notices(conn, r);
 	res = face_result_new(conn, status_of(r));
 	if (!res) {
 		pgb_clear(r);
@@ -230,7 +264,7 @@ FACE_API char *PQresultVerboseErrorMessage(const PGresult *res, PGVerbosity verb
 	char *out, *p;
 	int n;
 
-	if (!res || res->status != PGRES_FATAL_ERROR)
+	if (!res || (res->status != PGRES_FATAL_ERROR && res->status != PGRES_NONFATAL_ERROR))
 		return strdup("PGresult is not an error result\n");
 	sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
 	state = PQresultErrorField(res, PG_DIAG_SQLSTATE);

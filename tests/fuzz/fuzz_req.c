@@ -366,6 +366,10 @@ static void fuzz_response(const uint8_t *in, size_t n)
 				const char *f = resp_diag_find(v.diag, v.diag_len, code);
 				CHECK(!f || (f > v.diag && f + strlen(f) < v.diag + v.diag_len));
 			}
+			/* the face walks the notices notice by notice, field by field */
+			for (const char *p = v.notices, *end = p + v.notices_len; p < end;)
+				p += *p ? strlen(p) + 1 : 1;
+			CHECK(v.notices[v.notices_len] == '\0');
 			for (uint32_t i = 0; i < h.nfields; i++) {
 				uint32_t oid;
 				int32_t mod;
@@ -452,6 +456,9 @@ static void seed_ftype(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod)
 	*typmod = -1;
 }
 
+/* two notices, each its fields and an empty one */
+static const char seed_notices[] = "SNOTICE\0VNOTICE\0C00000\0Mtable does not exist, skipping\0\0"
+				   "SWARNING\0C01000\0Msecond\0Hhint\0\0";
 static const char seed_diag[] = "SERROR\0VERROR\0C42P01\0Mrelation does not exist\0P15\0"
 				"ttbl\0sschema";
 
@@ -533,7 +540,8 @@ int main(int argc, char **argv)
 			  .err = "relation does not exist", .cmd = "", .diag = seed_diag,
 			  .diag_len = sizeof(seed_diag) },
 			{ .head = { .ok = 1, .cmd_tuples = 3, .status = RESP_COMMAND_OK }, .err = "",
-			  .cmd = "INSERT 0 3" },
+			  .cmd = "INSERT 0 3", .notices = seed_notices,
+			  .notices_len = sizeof(seed_notices) - 1 },
 			{ .head = { .ok = 1, .ntuples = 2, .nfields = 2, .status = RESP_TUPLES_OK },
 			  .err = "", .cmd = "SELECT 2", .fname = seed_fname, .ftype = seed_ftype,
 			  .value = seed_value },

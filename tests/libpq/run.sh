@@ -210,7 +210,7 @@ section_psycopg2() {
 
 # tools/run-integ.sh passes --jobs 1 (for Criterion): not ours.
 [ "${1:-}" = "--jobs" ] && shift 2
-[ $# -gt 0 ] || set -- exports connect pgbench psql
+[ $# -gt 0 ] || set -- exports connect pgbench psql psycopg2
 for s in "$@"; do
 	case $s in
 	exports|connect|pgbench|psql|psycopg2) ;;

@@ -3,6 +3,8 @@
 \set ON_ERROR_STOP 0
 CREATE TABLE libpq_psql (id int PRIMARY KEY, v text, n numeric(6,2));
 CREATE SEQUENCE libpq_watch;
+DROP TABLE IF EXISTS libpq_no_such_table;
+DO $$ BEGIN RAISE NOTICE 'a notice with % and a hint', 42 USING HINT = 'the hint'; END $$;
 SELECT 1 AS one; SELECT 'two' AS two, NULL::int AS nothing;
 BEGIN;
 INSERT INTO libpq_psql VALUES (1, 'a', 1.5), (2, 'b', 2.25);

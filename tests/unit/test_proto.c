@@ -457,6 +457,8 @@ struct table {
 	unsigned value_calls;
 	const char *diag;       /* packed error fields, or NULL */
 	uint32_t diag_len;
+	const char *notices;    /* packed notices, or NULL */
+	uint32_t notices_len;
 };
 
 /* Column c's type: a distinct OID and typmod per column, with the high bits
@@ -519,6 +521,8 @@ static struct resp_src make_src(struct table *t, const char *err, const char *cm
 		.value = tab_value,
 		.diag = t->diag,
 		.diag_len = t->diag_len,
+		.notices = t->notices,
+		.notices_len = t->notices_len,
 	};
 
 	s.head.status = err ? RESP_FATAL_ERROR : t->nfields ? RESP_TUPLES_OK : RESP_COMMAND_OK;
@@ -533,6 +537,7 @@ static uint64_t expected_total(const struct table *t, const char *err, const cha
 	n += 4 + strlen(err ? err : "") + 1;
 	n += 4 + strlen(cmd ? cmd : "") + 1;
 	n += 4 + t->diag_len + 1;
+	n += 4 + t->notices_len + 1;
 	for (uint32_t c = 0; c < t->nfields; c++)
 		n += 4 + 8 + strlen(t->names[c]) + 1;
 	for (uint32_t i = 0; i < t->nfields * t->ntuples; i++)
@@ -1006,7 +1011,7 @@ Test(proto, resp_parse_rejects)
 	cr_assert_eq(parse_checked(b, n + 8), -1, "trailing bytes");
 
 	/* every item: length past the end, length one too long, missing NUL */
-	unsigned nitems = 3 + t.nfields * (1 + t.ntuples);
+	unsigned nitems = 4 + t.nfields * (1 + t.ntuples);
 	for (unsigned k = 0; k < nitems; k++) {
 		size_t at = item_at(good, k);
 		uint32_t len;
@@ -1033,12 +1038,12 @@ Test(proto, resp_parse_rejects)
 		set_u32(b, at, RESP_NULL);
 		memcpy(b + at + 4, good + at + 4 + len + 1, n - (at + 4 + len + 1));
 		set_total(b, m);
-		cr_assert_eq(parse_checked(b, m), k < 3 + t.nfields ? -1 : 0, "item %u: NULL", k);
+		cr_assert_eq(parse_checked(b, m), k < 4 + t.nfields ? -1 : 0, "item %u: NULL", k);
 	}
 	/* a column item shorter than its descriptor: each length 0..7, the
 	 * item's bytes kept and its NUL moved to match */
 	for (uint32_t short_len = 0; short_len < RESP_COL_DESC; short_len++) {
-		size_t at = item_at(good, 3);
+		size_t at = item_at(good, 4);
 		uint32_t len;
 
 		memcpy(&len, good + at, 4);
@@ -1116,9 +1121,10 @@ Test(proto, resp_parse_head_huge_counts)
 
 Test(proto, resp_parse_head_terminates_sqlstate)
 {
-	/* head, then empty err, cmd and error fields: "u32 0, NUL" thrice */
-	struct resp_head in = { .total = sizeof(struct resp_head) + 15 }, h;
-	uint8_t blob[sizeof(struct resp_head) + 15] = { 0 };
+	/* head, then empty err, cmd, error fields and notices: "u32 0, NUL"
+	 * four times */
+	struct resp_head in = { .total = sizeof(struct resp_head) + 20 }, h;
+	uint8_t blob[sizeof(struct resp_head) + 20] = { 0 };
 
 	memcpy(in.sqlstate, "ABCDEFGH", 8);
 	memcpy(blob, &in, sizeof(in));
@@ -1206,5 +1212,32 @@ Test(proto, resp_diag_pack_find_and_reject)
 	cr_assert_eq(parse_checked(blob, total), -1, "unterminated field");
 	blob[at + need - 1] = '\0';
 	cr_assert_eq(parse_checked(blob, total), 0);
+	free(blob);
+}
+
+Test(proto, resp_notices_round_trip_and_reject)
+{
+	/* two notices, each its fields then an empty one */
+	static const char notices[] = "SNOTICE\0C00000\0Mfirst\0\0SWARNING\0Msecond\0Hhint\0\0";
+	struct table t = { .notices = notices, .notices_len = sizeof(notices) - 1 };
+	struct resp_src src = make_src(&t, NULL, "DO");
+	uint64_t total = resp_measure(&src);
+	struct resp_view v;
+
+	cr_assert_eq(total, expected_total(&t, NULL, "DO"));
+	uint8_t *blob = emit_whole(&src);
+
+	cr_assert_eq(resp_parse(blob, total, &v, NULL, NULL, NULL), 0);
+	cr_assert_eq(v.notices_len, sizeof(notices) - 1);
+	cr_assert_eq(memcmp(v.notices, notices, sizeof(notices) - 1), 0);
+	cr_assert_str_eq(resp_diag_find(v.notices, v.notices_len, 'M'), "first");
+	/* the last field's NUL gone: it runs into the item's end */
+	size_t at = item_at(blob, 3) + 4;
+	uint8_t *bad = dup_exact(blob, total);
+
+	bad[at + sizeof(notices) - 2] = 'x';
+	bad[at + sizeof(notices) - 3] = 'x';
+	cr_assert_eq(parse_checked(bad, total), -1);
+	free(bad);
 	free(blob);
 }
