@@ -258,6 +258,7 @@ static const char *const agent_doom_names[] = {
 	[DOOM_RESP_CORRUPT] = "response ring corrupt",
 	[DOOM_RESP_NOMEM] = "out of memory for a response",
 	[DOOM_SEND_TIMEOUT] = "stopped reading its responses (send_timeout_ms)",
+	[DOOM_CANCEL_DONE] = "cancel request answered",
 };
 
 /* The transitions an agent may make (docs/architecture.md). */
@@ -366,6 +367,9 @@ void agent_run_doomed(struct broker *b)
 
 		if (a->doom == DOOM_HANGUP)
 			log_hangup(a);
+		else if (a->doom == DOOM_CANCEL_DONE)
+			log_debug("connection %u (pid %d): %s", a->slot, (int)a->pid,
+				  agent_doom_names[a->doom]);
 		else if (a->state == AG_HELLO)
 			agent_warn_limited(b, &b->rl_silent, "agent %u (pid %d uid %d) disconnected: %s",
 					   a->slot, (int)a->pid, (int)a->uid, agent_doom_names[a->doom]);

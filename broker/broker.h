@@ -117,7 +117,8 @@ enum agent_state {
 };
 
 /* Why an agent is disconnected (agent_fail); agent_doom_names has the text
- * the log shows. Every reason but DOOM_HANGUP is the agent's fault. */
+ * the log shows. Every reason but DOOM_HANGUP and DOOM_CANCEL_DONE is the
+ * agent's fault. */
 enum agent_doom {
 	DOOM_NONE = 0,
 	DOOM_HANGUP,          /* its socket hung up (or the broker closes) */
@@ -138,6 +139,7 @@ enum agent_doom {
 	DOOM_RESP_CORRUPT,
 	DOOM_RESP_NOMEM,
 	DOOM_SEND_TIMEOUT,
+	DOOM_CANCEL_DONE,     /* a cancel request (REG_F_CANCEL), answered */
 };
 
 /* What an agent lost with a backend that died while pinned to it. Until
@@ -151,6 +153,7 @@ struct agent {
 	enum agent_state state;
 	int sock;
 	int sock_wake;            /* REG_F_SOCK_WAKE: wake pgb_socket through sock */
+	uint64_t cancel_key;      /* what a cancel request must give (REG_F_CANCEL) */
 	pid_t pid;
 	uid_t uid;
 	int64_t since_ms;

@@ -9,12 +9,14 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "agent.h"
+#include "backend.h"
 #include "broker.h"
 #include "clock.h"
 #include "listen.h"
@@ -234,6 +236,7 @@ static int chan_create(struct broker *b, struct agent *a)
 	a->chan->version = CHAN_VERSION;
 	a->chan->ring_size = ring;
 	a->chan->bell_kind = b->loop->bell;
+	a->chan->cancel_key = a->cancel_key;
 	ring_init(&a->req, &a->chan->req, chan_req_data(a->chan, ring), ring);
 	ring_init(&a->resp, &a->chan->resp, chan_resp_data(a->chan, ring), ring);
 	return fd;
@@ -243,6 +246,34 @@ fail:
 		close(fd);
 		return -e;
 	}
+}
+
+/* A cancel request (REG_F_CANCEL) on connection a: cancel the statement
+ * the named agent runs alone on a backend (a shared pipeline's statements
+ * are short and not only its own: left alone), then end a. Status 0 also
+ * when nothing runs; -ESRCH when no agent has that slot and key. */
+static void cancel_request(struct broker *b, struct agent *a, const struct reg_hello *h)
+{
+	struct reg_reply rep = { .magic = REG_MAGIC, .version = CHAN_VERSION };
+	struct agent *t = h->cancel_slot < (uint32_t)b->cfg.max_agents ? b->agents[h->cancel_slot]
+								      : NULL;
+	struct request *r;
+	struct backend *be;
+
+	if (!t || t->state != AG_READY || t->cancel_key != h->cancel_key || !h->cancel_key) {
+		rep.status = -ESRCH;
+		snprintf(rep.message, sizeof(rep.message), "no such session to cancel");
+	} else if ((r = t->running) && (be = r->be) && be->req == r && be->state == BE_BUSY &&
+		   !__atomic_load_n(&be->cancel_pending, __ATOMIC_ACQUIRE)) {
+		log_info("agent %u: cancel request: cancelling on backend %u (pid %d)", t->slot,
+			 be->slot, be->pg_pid);
+		if (be_cancel(b, be) < 0) {
+			rep.status = -EAGAIN;
+			snprintf(rep.message, sizeof(rep.message), "could not send the cancel");
+		}
+	}
+	send_reply(a->sock, &rep, NULL, 0);
+	agent_fail(b, a, DOOM_CANCEL_DONE);
 }
 
 void agent_on_hello(struct broker *b, struct agent *a, int res)
@@ -261,13 +292,21 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 		loop_poll(b->loop, a->sock, POLLIN, tag_make(TAG_HELLO, a->slot, a->gen));
 		return;
 	}
-	if (n != (ssize_t)sizeof(h) || h.magic != REG_MAGIC) {
+	if (n < (ssize_t)REG_HELLO_MIN || h.magic != REG_MAGIC) {
 		agent_fail(b, a, DOOM_HELLO_BAD);
 		return;
 	}
 	if (h.version != CHAN_VERSION) {
 		refuse(dup(a->sock), -EPROTO, "client library version does not match the broker");
 		agent_fail(b, a, DOOM_HELLO_VERSION);
+		return;
+	}
+	if (n != (ssize_t)sizeof(h)) {
+		agent_fail(b, a, DOOM_HELLO_BAD);
+		return;
+	}
+	if (h.flags & REG_F_CANCEL) {
+		cancel_request(b, a, &h);
 		return;
 	}
 	if (b->loop->bell == CHAN_BELL_EVENTFD && !(h.flags & REG_F_BELL_EVENTFD)) {
@@ -277,6 +316,9 @@ void agent_on_hello(struct broker *b, struct agent *a, int res)
 		return;
 	}
 	a->sock_wake = (h.flags & REG_F_SOCK_WAKE) != 0;
+	if (getrandom(&a->cancel_key, sizeof(a->cancel_key), GRND_NONBLOCK) !=
+	    (ssize_t)sizeof(a->cancel_key))
+		a->cancel_key = 0;	/* no cancel for this one */
 	fd = chan_create(b, a);
 	if (fd < 0) {
 		log_error("cannot create channel: %s", strerror(-fd));

@@ -59,6 +59,10 @@ struct pgb_conn {
 	/* for pgb_reset: where the broker is, and whom it must run as */
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char require[256];       /* "": $PGBROKER_REQUIRE_UID, else ours or root */
+	/* for a cancel request (REG_F_CANCEL) */
+	uid_t broker_uid;        /* the broker's, checked at connect */
+	uint32_t slot;           /* ours at the broker */
+	uint64_t cancel_key;
 };
 
 #define RESULT_LIVE 0x6c697665u

@@ -174,6 +174,7 @@ static int check_peer(pgb_conn *c, const char *dir, const char *sock, const char
 		pgbi_set_error(c, "%s", why);
 		return -1;
 	}
+	c->broker_uid = cr.uid;
 	return 0;
 }
 
@@ -257,6 +258,8 @@ static int conn_map(pgb_conn *c, const struct reg_reply *rep, int fd)
 	c->chan = map;
 	c->chan_size = rep->chan_size;
 	c->ring_size = rep->ring_size;
+	c->slot = rep->agent_id;
+	c->cancel_key = __atomic_load_n(&c->chan->cancel_key, __ATOMIC_RELAXED);
 	if (c->chan->magic != CHAN_MAGIC || c->chan->version != CHAN_VERSION ||
 	    c->chan->ring_size != rep->ring_size) {
 		pgbi_set_error(c, "channel has an unknown layout (version %u)", c->chan->version);
@@ -409,4 +412,74 @@ int pgbi_reconnect(pgb_conn *c)
 		close(keep);
 	}
 	return c->status == PGB_CONNECTION_OK ? 0 : -1;
+}
+
+int pgbi_cancel_info(const pgb_conn *c, struct pgbi_cancel *out)
+{
+	if (!c || c->status != PGB_CONNECTION_OK || !c->cancel_key)
+		return -1;
+	memset(out, 0, sizeof(*out));
+	if ((size_t)snprintf(out->sock, sizeof(out->sock), "%s/pgbroker.sock", c->dir) >=
+	    sizeof(out->sock))
+		return -1;
+	out->uid = c->broker_uid;
+	out->slot = c->slot;
+	out->key = c->cancel_key;
+	return 0;
+}
+
+/* Copy s into err (n bytes) without stdio: a signal handler may call us. */
+static void copy_err(char *err, size_t n, const char *s)
+{
+	size_t i = 0;
+
+	if (!err || n == 0)
+		return;
+	for (; s[i] && i + 1 < n; i++)
+		err[i] = s[i];
+	err[i] = '\0';
+}
+
+int pgbi_cancel_send(const struct pgbi_cancel *k, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct reg_hello hello = { .magic = REG_MAGIC, .version = CHAN_VERSION,
+				   .flags = REG_F_CANCEL, .cancel_slot = k->slot,
+				   .cancel_key = k->key };
+	struct reg_reply rep;
+	struct ucred cr = { .uid = (uid_t)-1 };
+	socklen_t len = sizeof(cr);
+	int fd, rc = -1, saved = errno;
+
+	memcpy(sa.sun_path, k->sock, sizeof(sa.sun_path) - 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		copy_err(err, errlen, "cancel: could not make a socket\n");
+		goto out;
+	}
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		copy_err(err, errlen, "cancel: could not reach the broker\n");
+		goto out;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != k->uid) {
+		copy_err(err, errlen, "cancel: the broker's socket is not the broker's any more\n");
+		goto out;
+	}
+	if (send(fd, &hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello) ||
+	    recv(fd, &rep, sizeof(rep), MSG_WAITALL) != (ssize_t)sizeof(rep) ||
+	    rep.magic != REG_MAGIC) {
+		copy_err(err, errlen, "cancel: no answer from the broker\n");
+		goto out;
+	}
+	if (rep.status != 0) {
+		rep.message[sizeof(rep.message) - 1] = '\0';
+		copy_err(err, errlen, rep.message);
+		goto out;
+	}
+	rc = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	errno = saved;
+	return rc;
 }

@@ -4,6 +4,7 @@
 #define PGB_CLIENT_INTERNAL_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "pgbroker.h"
 
@@ -33,6 +34,21 @@ void pgbi_sleep_ms(int64_t ms);
 /* client.c: 1 when the broker's last answer on c said its session was inside a
  * transaction (a BEGIN without its COMMIT or ROLLBACK yet). */
 int pgbi_in_transaction(const pgb_conn *c);
+/* What a cancel request for c needs, copied so that it can be sent from
+ * another thread or a signal handler while c is in use (PQgetCancel). */
+struct pgbi_cancel {
+	char sock[108];          /* the broker's socket path */
+	uid_t uid;               /* the broker's uid, checked again */
+	uint32_t slot;
+	uint64_t key;
+};
+/* 0, or -1 when c cannot be cancelled (not connected, no key). */
+int pgbi_cancel_info(const pgb_conn *c, struct pgbi_cancel *out);
+/* Ask the broker to cancel the statement that agent runs: 0 when the
+ * request was taken (also when nothing was running), -1 with err filled.
+ * Async-signal-safe: no allocation, no stdio, errno kept. */
+int pgbi_cancel_send(const struct pgbi_cancel *k, char *err, size_t errlen);
+
 /* The notices PostgreSQL sent before r (proto.h's packing: each notice its
  * error fields, then a NUL); *len 0 when none. Valid until pgb_clear. */
 const char *pgbi_result_notices(const pgb_result *r, uint32_t *len);

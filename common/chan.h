@@ -10,7 +10,7 @@
 
 #define CHAN_MAGIC   0x43424750u /* "PGBC" */
 #define CHAN_VERSION 3u /* 2: results carry status, column types, error fields;
-			  3: REG_F_SOCK_WAKE, notices in results */
+			  3: REG_F_SOCK_WAKE, notices in results, REG_F_CANCEL */
 #define CHAN_HDR_SIZE 4096u
 
 /* Registration handshake over the unix socket. */
@@ -23,12 +23,20 @@
  * writable too (libpq programs wait for write first) and reads end of file
  * when the broker goes away. */
 #define REG_F_SOCK_WAKE 0x2u
+/* hello.flags: not an agent but a cancel request (libpq's PQcancel): stop
+ * the statement agent cancel_slot is running, if cancel_key is that agent's
+ * (chan_shm.cancel_key). The reply's status says whether it was known;
+ * the connection ends there. */
+#define REG_F_CANCEL 0x4u
 struct reg_hello {
 	uint32_t magic;
 	uint32_t version;
 	uint32_t flags;        /* REG_F_* */
-	uint32_t reserved;
+	uint32_t cancel_slot;  /* REG_F_CANCEL: the agent's slot (reply.agent_id) */
+	uint64_t cancel_key;   /* REG_F_CANCEL: its key */
 };
+/* An older agent's hello is shorter; magic and version come first in both. */
+#define REG_HELLO_MIN 16u
 struct reg_reply {
 	uint32_t magic;
 	uint32_t version;
@@ -74,6 +82,10 @@ struct chan_shm {
 	uint32_t agent_bye;
 	/* enum chan_bell, written by the broker before registration ends. */
 	uint32_t bell_kind;
+	/* The key a cancel request for this agent must give (REG_F_CANCEL):
+	 * random, written by the broker before registration ends; the broker
+	 * checks requests against its own copy. */
+	uint64_t cancel_key;
 };
 
 _Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");

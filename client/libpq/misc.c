@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "face.h"
+#include "internal.h"
 
 /* --- SSL and GSS: the channel is a local shared memory ring --- */
 
@@ -94,14 +95,21 @@ FACE_API int PQgssEncInUse(PGconn *conn)
 /* --- cancel --- */
 
 struct pg_cancel {
-	int unused;
+	struct pgbi_cancel k;
 };
 
 FACE_API PGcancel *PQgetCancel(PGconn *conn)
 {
+	PGcancel *cancel;
+
 	if (!conn || conn->status != CONNECTION_OK)
 		return NULL;
-	return calloc(1, sizeof(PGcancel));
+	cancel = calloc(1, sizeof(*cancel));
+	if (cancel && pgbi_cancel_info(conn->c, &cancel->k) < 0) {
+		free(cancel);
+		return NULL;
+	}
+	return cancel;
 }
 
 FACE_API void PQfreeCancel(PGcancel *cancel)
@@ -109,27 +117,40 @@ FACE_API void PQfreeCancel(PGcancel *cancel)
 	free(cancel);
 }
 
-/* Async-signal-safe, as libpq's: no allocation, no stdio. */
+/* Async-signal-safe, as libpq's: the broker cancels the statement the
+ * session runs alone on a backend; the statement then fails with 57014. */
 FACE_API int PQcancel(PGcancel *cancel, char *errbuf, int errbufsize)
 {
-	static const char msg[] = "pgbroker: cancelling a statement is not supported yet\n";
+	static const char none[] = "PQcancel() -- no cancel object supplied";
 
-	(void)cancel;
-	if (errbuf && errbufsize > 0) {
-		size_t n = sizeof(msg) < (size_t)errbufsize ? sizeof(msg) : (size_t)errbufsize;
+	if (!cancel) {
+		if (errbuf && errbufsize > 0) {
+			size_t n = sizeof(none) < (size_t)errbufsize ? sizeof(none) : (size_t)errbufsize;
 
-		memcpy(errbuf, msg, n);
-		errbuf[n - 1] = '\0';
+			memcpy(errbuf, none, n);
+			errbuf[n - 1] = '\0';
+		}
+		return 0;
 	}
-	return 0;
+	return pgbi_cancel_send(&cancel->k, errbuf, errbufsize > 0 ? (size_t)errbufsize : 0) == 0;
 }
 
 FACE_API int PQrequestCancel(PGconn *conn)
 {
+	struct pgbi_cancel k;
+	char err[256];
+
 	if (!conn)
 		return 0;
-	face_set_error(conn, "pgbroker: cancelling a statement is not supported yet");
-	return 0;
+	if (pgbi_cancel_info(conn->c, &k) < 0) {
+		face_set_error(conn, "PQrequestCancel() -- connection is not open");
+		return 0;
+	}
+	if (pgbi_cancel_send(&k, err, sizeof(err)) < 0) {
+		face_set_error(conn, "%s", err);
+		return 0;
+	}
+	return 1;
 }
 
 /* --- COPY and notifications: not relayed by the broker yet --- */

@@ -4,6 +4,7 @@ with the drop-in in front. The connection comes from PGHOST, PGUSER, ...
 One line per check; exit status 1 at the first failure."""
 import select
 import sys
+import threading
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -114,6 +115,34 @@ def main():
     cur.execute("DO $$ BEGIN RAISE NOTICE 'from psycopg2 %', 7; END $$")
     check(any("NOTICE:  from psycopg2 7" in n for n in conn.notices), "notices %r" % conn.notices)
     ok("notices: %r" % conn.notices[-1].strip())
+
+    # cancel(): from another thread, again and again until the statement
+    # ends (a cancel that comes before the statement runs cancels nothing)
+    victim = psycopg2.connect("")
+    victim.autocommit = True
+    done = threading.Event()
+
+    def canceller():
+        for _ in range(300):
+            if done.wait(0.1):
+                return
+            victim.cancel()
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    try:
+        victim.cursor().execute("SELECT pg_sleep(60)")
+        check(False, "pg_sleep(60) was not cancelled")
+    except psycopg2.errors.QueryCanceled as e:
+        check(e.pgcode == "57014", "cancel pgcode %r" % e.pgcode)
+    finally:
+        done.set()
+        t.join()
+    vcur = victim.cursor()
+    vcur.execute("SELECT 1")
+    check(vcur.fetchone()[0] == 1, "the session after its cancel")
+    victim.close()
+    ok("cancel(): the running statement fails with 57014, the session goes on")
 
     aconn = psycopg2.connect("", async_=1)
     wait(aconn)
