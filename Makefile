@@ -241,11 +241,14 @@ demo: deps
 	sh tools/demo.sh
 
 # poolbench --compare (direct, pgbouncer, broker) on a throwaway PostgreSQL;
-# writes bench/results.md and bench/results.svg.
+# writes bench/results.md and bench/results.svg. Then pgbench itself, direct,
+# through PgBouncer and through the drop-in libpq (tools/pgbench-bench.sh):
+# bench/pgbench.md.
 bench:
 	@sh tools/deps.sh --bench
 	$(MAKE) all
 	sh tools/bench.sh
+	PGB_TEST_TIMEOUT=1800 sh tools/run-integ.sh tools/pgbench-bench.sh
 
 # libFuzzer on the request decoder, the ring and the channel's framing
 # (tests/fuzz/fuzz_req.c), built
