@@ -170,7 +170,7 @@ deps:
 # The integration suite runs twice: on the event loop the broker picks
 # (io_uring where it works), then on epoll forced (PGBROKER_LOOP=epoll).
 test: deps
-	$(MAKE) all $(UNIT_BIN) $(INTEG_BIN) tools/no_uring
+	$(MAKE) all $(UNIT_BIN) $(INTEG_BIN) tools/no_uring $(LIBPQ_API)
 	./$(UNIT_BIN) --jobs 2
 	sh tools/run-integ.sh ./$(INTEG_BIN)
 	PGBROKER_LOOP=epoll sh tools/run-integ.sh ./$(INTEG_BIN)
@@ -206,8 +206,15 @@ NODE_ADDON := $(NODE_DIR)/build/Release/pgbroker.node
 .PHONY: node test-node bench-node test-libpq
 # pgbench, psql and psycopg2, unmodified, through client/libpq/libpq.so.5
 # (tests/libpq/run.sh [SECTION...]).
-test-libpq: all
+test-libpq: all $(LIBPQ_API)
 	sh tools/run-integ.sh tests/libpq/run.sh
+
+# A libpq program of our own, linked with the system's libpq (-lpq):
+# tests/libpq/run.sh compares its output direct and through the drop-in.
+LIBPQ_API := tests/libpq/api
+$(LIBPQ_API): tests/libpq/api.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 node: $(NODE_ADDON)
 
@@ -375,7 +382,7 @@ uninstall:
 	$(Q)$(if $(RUN_LDCONFIG),ldconfig || :)
 
 clean:
-	rm -f $(ALL) $(UNIT_BIN) client/libpq/*.o client/libpq/*.d $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak tools/no_uring
+	rm -f $(ALL) $(UNIT_BIN) $(LIBPQ_API) client/libpq/*.o client/libpq/*.d $(INTEG_BIN) */*.o */*/*.o */*.d */*/*.d tools/soak tools/no_uring
 	rm -rf $(NODE_DIR)/build $(NODE_DIR)/build.log
 
 -include $(wildcard */*.d */*/*.d)

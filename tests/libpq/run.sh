@@ -4,7 +4,7 @@
 # psycopg2, unmodified, through it (LD_LIBRARY_PATH) against a real broker
 # on the PostgreSQL that tools/run-integ.sh started:
 #   sh tools/run-integ.sh tests/libpq/run.sh [SECTION...]
-# Sections: exports connect pgbench psql psycopg2 (default: all). One line
+# Sections: exports connect api pgbench psql psycopg2 (default: all). One line
 # per check; exits 1 at the first failure, after showing what the program
 # said. Readiness is the broker's --ready-fd line, never a sleep.
 set -eu
@@ -191,6 +191,20 @@ section_psql() {
 	cd - >/dev/null
 }
 
+# tests/libpq/api (linked with -lpq): every line it prints must be the
+# same directly and through the drop-in.
+section_api() {
+	api=$ROOT/tests/libpq/api
+	[ -x "$api" ] || fail "$api is not built: run make test-libpq"
+	"$api" >"$TMP/api.direct" 2>&1 || { show "$TMP/api.direct"; fail "api directly"; }
+	run_dropin "$api" >"$TMP/api.dropin" 2>&1 || { show "$TMP/api.dropin"; fail "api through the drop-in"; }
+	if ! diff -u "$TMP/api.direct" "$TMP/api.dropin" >"$TMP/api.diff"; then
+		show "$TMP/api.diff"
+		fail "api: libpq's answers through the drop-in differ from direct"
+	fi
+	ok "api: the same $(wc -l <"$TMP/api.direct") answers directly and through the drop-in (statements, types, errors, transaction status, parameters, async, pipeline, escapes)"
+}
+
 # psycopg2 from Debian, for Debian's own /usr/bin/python3 (BUILD-NOTES.md).
 section_psycopg2() {
 	py=/usr/bin/python3
@@ -210,11 +224,11 @@ section_psycopg2() {
 
 # tools/run-integ.sh passes --jobs 1 (for Criterion): not ours.
 [ "${1:-}" = "--jobs" ] && shift 2
-[ $# -gt 0 ] || set -- exports connect pgbench psql psycopg2
+[ $# -gt 0 ] || set -- exports connect api pgbench psql psycopg2
 for s in "$@"; do
 	case $s in
-	exports|connect|pgbench|psql|psycopg2) ;;
-	*) fail "unknown section $s (exports connect pgbench psql psycopg2)" ;;
+	exports|connect|api|pgbench|psql|psycopg2) ;;
+	*) fail "unknown section $s (exports connect api pgbench psql psycopg2)" ;;
 	esac
 done
 start_broker
