@@ -57,7 +57,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # run_dropin CMD...: CMD with the drop-in in front of the system libpq,
-# reaching the broker of $TMP/run.
+# reaching the broker of $TMP/run (or $RUN_DIR).
 # A sanitizer build (make SANITIZE=1) needs its runtimes loaded first in
 # programs built without them; their leaks are not ours to report.
 SAN_PRELOAD=$(ldd "$DROPIN/libpq.so.5" | awk '$1 ~ /^lib(asan|ubsan)\.so/ {printf "%s%s", sep, $3; sep=":"}')
@@ -65,9 +65,9 @@ run_dropin() {
 	if [ -n "$SAN_PRELOAD" ]; then
 		LD_PRELOAD=$SAN_PRELOAD ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0 \
 			LD_LIBRARY_PATH=$DROPIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-			PGBROKER_DIR=$TMP/run "$@"
+			PGBROKER_DIR=${RUN_DIR:-$TMP/run} "$@"
 	else
-		LD_LIBRARY_PATH=$DROPIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PGBROKER_DIR=$TMP/run "$@"
+		LD_LIBRARY_PATH=$DROPIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PGBROKER_DIR=${RUN_DIR:-$TMP/run} "$@"
 	fi
 }
 
@@ -123,8 +123,7 @@ section_connect() {
 	grep -q "serves user \"$PGUSER\", not \"no_such_user\"" "$TMP/out" ||
 		{ show "$TMP/out"; fail "no clear error for the wrong user"; }
 	ok "connect: another user fails with a clear error"
-	if PGBROKER_DIR=$TMP/nowhere LD_LIBRARY_PATH=$DROPIN "$BINDIR/psql" -X -c 'select 1' \
-		>"$TMP/out" 2>&1; then
+	if RUN_DIR=$TMP/nowhere run_dropin "$BINDIR/psql" -X -c 'select 1' >"$TMP/out" 2>&1; then
 		fail "connected without a broker"
 	fi
 	grep -q "could not connect to the broker" "$TMP/out" ||
