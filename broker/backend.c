@@ -260,6 +260,12 @@ static void connect_done(struct broker *b, struct backend *be)
 
 	b->connect_fails = 0;
 	b->st.c.connects++;
+	{
+		/* reported by PostgreSQL 14 and later; unknown: not a primary */
+		const char *hs = PQparameterStatus(be->pg, "in_hot_standby");
+
+		b->primary = hs && strcmp(hs, "off") == 0;
+	}
 	if (b->breaker.state == BREAKER_MISCONFIGURED)
 		log_info("PostgreSQL lets the broker in again: no longer misconfigured");
 	else if (b->breaker.state != BREAKER_CLOSED)
@@ -407,6 +413,7 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why)
 	if (be->res)
 		PQclear(be->res);
 	be->res = NULL;
+	be->begin_step = 0;
 	if (be->pg)
 		PQfinish(be->pg);
 	be->pg = NULL;

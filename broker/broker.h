@@ -89,6 +89,8 @@ struct request {
 	struct list alink;        /* agent->active while it left the agent queue */
 	int counted;              /* independent, one of its agent's nindep */
 	/* REQ_BATCH: the statements, their parameters, their results */
+	char *begin;              /* a BEGIN the broker answered itself: it goes to
+				     the backend first (exec.c, begin_start) */
 	uint32_t nsub;
 	struct req_view *subs;
 	const char ***sparams;
@@ -193,6 +195,8 @@ struct agent {
 	enum agent_lost lost;     /* its transaction or session died with its backend */
 	int txn_open;             /* its session is inside a transaction: RESP_IN_TXN */
 	int session_pinned;       /* changed session state: keeps its backend */
+	char *begin;              /* its BEGIN, answered but not yet sent: it goes with
+				     the transaction's first statement (request.c) */
 	struct list responses;    /* results to stream, in order */
 	int64_t blocked_since_ns; /* response waiting for ring space since (its last progress) */
 	struct list blocked_link; /* broker blocked list while that is set */
@@ -258,6 +262,9 @@ struct backend {
 	struct list flink;
 	int in_txn;               /* the running statement started inside a transaction */
 	int unsupported;          /* COPY and the like: answer PB009 */
+	int begin_step;           /* running a deferred BEGIN before req (exec.c):
+				     1 its results, 2 the statement's, 3 the Sync */
+	int begin_pipe;           /* ...in one pipeline with req, else alone first */
 	int copy_out;             /* draining COPY OUT data */
 	uint64_t served;
 };
@@ -313,6 +320,7 @@ struct broker {
 	uint32_t connect_fails;   /* consecutive failed connects (not observations) */
 	char last_connect_error[256];  /* libpq's first line, without the SQLSTATE */
 	char last_connect_code[6];     /* the server's SQLSTATE for it, "" none */
+	int primary;              /* the last backend connected said in_hot_standby=off */
 
 	struct stats_seg *seg;
 	struct stats_data st;     /* broker's working copy, published per pass */

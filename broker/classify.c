@@ -16,6 +16,7 @@
 
 #define WALK_DEPTH_MAX 10000	/* deeper trees are taken for the worst */
 #define CURSOR_OPT_HOLD 0x0020	/* PostgreSQL's parsenodes.h */
+#define SQL_COPY (1u << 30)	/* stmt_flags only: a COPY (never in a result) */
 
 /* pg_temp or pg_temp_<n>: the session's own schema for temporary objects. */
 static int temp_schema(const char *s)
@@ -154,6 +155,57 @@ static int walk_session(const ProtobufCMessage *m, int depth, unsigned *fl)
 	return 0;
 }
 
+/* SQL_BEGIN (| SQL_BEGIN_PRIMARY) for a BEGIN or START TRANSACTION whose
+ * modes PostgreSQL always accepts at the start of a transaction: each of
+ * isolation level, read only/write and deferrable at most once (the
+ * grammar admits only valid values). SERIALIZABLE and READ WRITE are
+ * refused by a hot standby. Anything else: 0. */
+static unsigned begin_flags(const PgQuery__TransactionStmt *t)
+{
+	unsigned fl = SQL_BEGIN, seen = 0;
+
+	for (size_t i = 0; i < t->n_options; i++) {
+		const PgQuery__Node *o = t->options[i];
+		const PgQuery__DefElem *d;
+		const PgQuery__AConst *c;
+		unsigned bit;
+
+		if (!o || o->node_case != PG_QUERY__NODE__NODE_DEF_ELEM)
+			return 0;
+		d = o->def_elem;
+		if (!d->defname || !d->arg || d->arg->node_case != PG_QUERY__NODE__NODE_A_CONST)
+			return 0;
+		c = d->arg->a_const;
+		if (strcmp(d->defname, "transaction_isolation") == 0) {
+			if (c->val_case != PG_QUERY__A__CONST__VAL_SVAL || !c->sval->sval)
+				return 0;
+			if (strcmp(c->sval->sval, "serializable") == 0)
+				fl |= SQL_BEGIN_PRIMARY;
+			else if (strcmp(c->sval->sval, "repeatable read") != 0 &&
+				 strcmp(c->sval->sval, "read committed") != 0 &&
+				 strcmp(c->sval->sval, "read uncommitted") != 0)
+				return 0;
+			bit = 1;
+		} else if (strcmp(d->defname, "transaction_read_only") == 0) {
+			if (c->val_case != PG_QUERY__A__CONST__VAL_IVAL)
+				return 0;
+			if (!c->ival->ival)
+				fl |= SQL_BEGIN_PRIMARY;
+			bit = 2;
+		} else if (strcmp(d->defname, "transaction_deferrable") == 0) {
+			if (c->val_case != PG_QUERY__A__CONST__VAL_IVAL)
+				return 0;
+			bit = 4;
+		} else {
+			return 0;
+		}
+		if (seen & bit)
+			return 0;
+		seen |= bit;
+	}
+	return fl;
+}
+
 /* The SQL_* flags of one top-level statement; *walk_failed set when its
  * tree is too deep to walk. */
 static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
@@ -199,6 +251,17 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 			fl = 0;
 			break;
 		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
+			fl = SQL_TXN_CONTROL | SQL_MAY_COMMIT |
+			     (n->transaction_stmt->chain ? 0 : SQL_COMMIT);
+			break;
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN:
+			fl = SQL_TXN_CONTROL | begin_flags(n->transaction_stmt);
+			break;
+		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
+			fl = SQL_TXN_CONTROL | begin_flags(n->transaction_stmt);
+			if (fl & SQL_BEGIN)
+				fl |= SQL_START;
+			break;
 		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
 		case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
 			fl = SQL_TXN_CONTROL | SQL_MAY_COMMIT;
@@ -231,6 +294,9 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 	case PG_QUERY__NODE__NODE_MERGE_STMT:
 	case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
 		fl |= SQL_PIPELINABLE;
+		break;
+	case PG_QUERY__NODE__NODE_COPY_STMT:
+		fl |= SQL_COPY;
 		break;
 	default:
 		break;
@@ -274,7 +340,10 @@ static unsigned parse_flags(const char *sql)
 		}
 		s = stmt_flags(rs->stmt, &walk_failed);
 		fl |= s & (SQL_SESSION | SQL_UNCLEAN | SQL_TXN_CONTROL | SQL_MAY_COMMIT |
-			   (tree->n_stmts == 1 ? SQL_ROLLBACK : 0u));
+			   (tree->n_stmts == 1 ? SQL_ROLLBACK | SQL_COMMIT | SQL_BEGIN |
+			    SQL_BEGIN_PRIMARY | SQL_START : 0u));
+		if (tree->n_stmts == 1 && !(s & SQL_COPY))
+			fl |= SQL_SINGLE;
 		fl &= s | ~(SQL_ALL_OR_NOTHING | SQL_PIPELINABLE);
 	}
 	pg_query__parse_result__free_unpacked(tree, NULL);
@@ -379,6 +448,11 @@ int sql_pipelinable(const char *sql)
 int sql_is_rollback(const char *sql)
 {
 	return (sql_classify(sql) & SQL_ROLLBACK) != 0;
+}
+
+int sql_is_commit(const char *sql)
+{
+	return (sql_classify(sql) & SQL_COMMIT) != 0;
 }
 
 void sql_class_stats(struct sql_class_stats *st)

@@ -20,6 +20,16 @@
 				      setseed, dblink_connect...): close the backend */
 #define SQL_ROLLBACK       0x80u   /* the text is one plain ROLLBACK (ABORT): not TO
 				      SAVEPOINT, PREPARED nor AND CHAIN */
+#define SQL_COMMIT        0x100u   /* the text is one plain COMMIT (END): not AND
+				      CHAIN nor PREPARED */
+#define SQL_BEGIN         0x200u   /* the text is one BEGIN or START TRANSACTION whose
+				      modes (each given once) cannot fail on a primary:
+				      the broker may answer it and send it later */
+#define SQL_BEGIN_PRIMARY 0x400u   /* ...with ISOLATION LEVEL SERIALIZABLE or READ
+				      WRITE: a hot standby refuses these */
+#define SQL_START        0x1000u   /* ...SQL_BEGIN spelt START TRANSACTION: its tag */
+#define SQL_SINGLE        0x800u   /* exactly one statement, not COPY: it may run with
+				      the extended protocol in a pipeline */
 
 #define CLASS_SETS      1024              /* cache: sets of CLASS_WAYS entries */
 #define CLASS_WAYS      4
@@ -64,6 +74,9 @@ int sql_pipelinable(const char *sql);
  * WORK or TRANSACTION and AND NO CHAIN; not ROLLBACK TO SAVEPOINT,
  * ROLLBACK PREPARED nor AND CHAIN, and no other statement in the text. */
 int sql_is_rollback(const char *sql);
+
+/* 1 when the text is exactly one plain COMMIT or END (not AND CHAIN). */
+int sql_is_commit(const char *sql);
 
 struct sql_class_stats {
 	uint64_t parses;    /* texts given to the parser */

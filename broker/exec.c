@@ -7,6 +7,7 @@
 
 #include "backend.h"
 #include "broker.h"
+#include "classify.h"
 #include "exec.h"
 #include "log.h"
 #include "pipeline.h"
@@ -16,6 +17,8 @@
 #include "waitq.h"
 
 static void be_start_batch(struct broker *b, struct backend *be, struct request *r);
+static void begin_start(struct broker *b, struct backend *be, struct request *r);
+static int exec_send(struct broker *b, struct backend *be, struct request *r);
 
 /* r ran for ns: kept per text for the pipelinable ones, which share a
  * pipeline only while their recent runs were quick (pool_submit). */
@@ -27,9 +30,7 @@ void exec_time(struct broker *b, const struct request *r, int64_t ns)
 
 void exec_start(struct broker *b, struct backend *be, struct request *r)
 {
-	int ok;
-
-	be->in_txn = PQtransactionStatus(be->pg) != PQTRANS_IDLE;
+	be->in_txn = PQtransactionStatus(be->pg) != PQTRANS_IDLE || r->begin;
 	be->req = r;
 	be->head_ns = b->now_ns;
 	r->be = be;
@@ -56,9 +57,22 @@ void exec_start(struct broker *b, struct backend *be, struct request *r)
 		stats_hist_add(&b->st.acquire,
 			       r->enq_ns ? (uint64_t)(b->now_ns - r->enq_ns) / 1000 : 0);
 	be_set_state(b, be, BE_BUSY);
+	if (r->begin) {
+		begin_start(b, be, r);
+		return;
+	}
+	exec_send(b, be, r);
+}
+
+/* Send r (a statement or batch) on be, BE_BUSY. 0, or -1 when be closed
+ * (r retried elsewhere or failed). */
+static int exec_send(struct broker *b, struct backend *be, struct request *r)
+{
+	int ok;
+
 	if (r->nsub) {
 		be_start_batch(b, be, r);
-		return;
+		return be->state == BE_FREE ? -1 : 0;
 	}
 	if (r->v.nparams == 0)
 		ok = PQsendQuery(be->pg, r->v.sql);
@@ -80,12 +94,101 @@ void exec_start(struct broker *b, struct backend *be, struct request *r)
 				pool_submit(b, r);
 			else
 				request_done(b, r);
-			return;
+			return -1;
 		}
 		be_close(b, be, CLOSE_BROKEN);	/* fails r: its transaction or session is gone */
+		return -1;
+	}
+	return be_flush_arm(b, be) < 0 ? -1 : 0;
+}
+
+/* r is the first statement after a BEGIN the broker answered itself
+ * (r->begin): the BEGIN goes first. A statement that may run with the
+ * extended protocol (one statement, not COPY, as PQexecParams runs it)
+ * goes with it in one pipeline, one Sync: one round trip, and an error in
+ * either leaves the transaction as on a direct connection (the statement
+ * failed: aborted, 25P02 next). A text of several statements, a COPY or a
+ * batch needs its own protocol: the BEGIN goes alone and r follows it
+ * (begin_result). Either way be->in_txn is set: the connection breaking
+ * now loses the agent's transaction. */
+static void begin_start(struct broker *b, struct backend *be, struct request *r)
+{
+	be->begin_step = 1;
+	be->begin_pipe = !r->nsub && (r->v.nparams || (sql_classify(r->v.sql) & SQL_SINGLE));
+	if (!be->begin_pipe) {
+		if (!PQsendQuery(be->pg, r->begin))
+			goto broken;
+		be_flush_arm(b, be);
 		return;
 	}
+	if (!PQenterPipelineMode(be->pg) ||
+	    !PQsendQueryParams(be->pg, r->begin, 0, NULL, NULL, NULL, NULL, 0) ||
+	    !PQsendQueryParams(be->pg, r->v.sql, (int)r->v.nparams, NULL, r->params, NULL, NULL,
+			       0) ||
+	    !PQpipelineSync(be->pg))
+		goto broken;
 	be_flush_arm(b, be);
+	return;
+broken:
+	log_debug("backend %u: deferred BEGIN send failed: %s", be->slot, PQerrorMessage(be->pg));
+	be->begin_step = 0;
+	be_close(b, be, CLOSE_BROKEN);
+}
+
+/* One result (x) or end of results (NULL) while be->begin_step is set:
+ * step 1 the BEGIN's (an error kept in be->res: r's answer), step 2 the
+ * pipelined statement's (skipped by the server after a failed BEGIN), step
+ * 3 the Sync. 1 when r is complete, 0 for more, -1 when be closed. */
+static int begin_result(struct broker *b, struct backend *be, PGresult *x)
+{
+	struct request *r = be->req;
+
+	if (x && (PQresultStatus(x) == PGRES_COPY_IN || PQresultStatus(x) == PGRES_COPY_OUT ||
+		  PQresultStatus(x) == PGRES_COPY_BOTH)) {
+		PQclear(x);	/* no COPY in a pipeline: begin_start sends none */
+		be->begin_step = 0;
+		be_close(b, be, CLOSE_BROKEN);
+		return -1;
+	}
+	switch (be->begin_step) {
+	case 1:
+		if (x) {
+			if (PQresultStatus(x) == PGRES_FATAL_ERROR && !be->res)
+				be->res = x;
+			else
+				PQclear(x);
+			return 0;
+		}
+		if (be->begin_pipe) {
+			be->begin_step = 2;
+			return 0;
+		}
+		be->begin_step = 0;
+		/* failed, or its agent is gone: r is not sent */
+		if (be->res || !r->agent)
+			return 1;
+		return exec_send(b, be, r) < 0 ? -1 : 0;
+	case 2:
+		if (x)
+			exec_keep_result(be, x);	/* a failed BEGIN's error wins */
+		else
+			be->begin_step = 3;
+		return 0;
+	default:
+		if (!x)
+			return 0;
+		if (PQresultStatus(x) != PGRES_PIPELINE_SYNC) {
+			PQclear(x);
+			return 0;
+		}
+		PQclear(x);
+		be->begin_step = 0;
+		if (pipe_exit(be->pg) < 0) {
+			be_close(b, be, CLOSE_BROKEN);
+			return -1;
+		}
+		return 1;
+	}
 }
 
 /* A batch goes out as one pipeline: every statement, one Sync. Until
@@ -285,6 +388,17 @@ static void drain(struct broker *b, struct backend *be)
 		if (PQisBusy(be->pg))
 			break;
 		x = PQgetResult(be->pg);
+		if (be->req && be->begin_step && be->state == BE_BUSY) {
+			int rc = begin_result(b, be, x);
+
+			if (rc < 0)
+				return;
+			if (rc > 0) {
+				statement_done(b, be);
+				return;
+			}
+			continue;	/* (after a BEGIN alone, r's results follow) */
+		}
 		if (be->req && be->req->nsub && be->state == BE_BUSY) {
 			if (x && (PQresultStatus(x) == PGRES_COPY_IN ||
 				  PQresultStatus(x) == PGRES_COPY_OUT ||

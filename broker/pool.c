@@ -97,6 +97,8 @@ void pool_agent_gone(struct broker *b, struct agent *a)
 			 "(not cancelled: a cancel could hit another agent's); results dropped",
 			 a->slot, piped, piped == 1 ? "" : "s");
 	unpin(b, a);
+	free(a->begin);	/* never sent: nothing to undo */
+	a->begin = NULL;
 }
 
 /* pgb_reset: a, with no statement running, starts a clean session. */
@@ -105,6 +107,8 @@ void pool_agent_reset(struct broker *b, struct agent *a)
 	unpin(b, a);
 	a->session_pinned = 0;
 	a->txn_open = 0;
+	free(a->begin);	/* a transaction with nothing in it yet */
+	a->begin = NULL;
 }
 
 void pool_grow(struct broker *b)

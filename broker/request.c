@@ -69,6 +69,7 @@ void request_free(struct request *r)
 	free(r->bres);
 	free(r->blob);
 	free(r->params);
+	free(r->begin);
 	free(r);
 }
 
@@ -81,6 +82,8 @@ static int refuse_new(const struct broker *b, const struct agent *a)
 
 	if (!b->stopping)
 		return 0;
+	if (b->stopping == STOP_DRAIN && a->begin)
+		return 0;	/* its BEGIN was answered: the transaction is open */
 	if (b->stopping == STOP_FAST || !be)
 		return 1;
 	st = PQtransactionStatus(be->pg);
@@ -202,7 +205,7 @@ static void request_queue(struct broker *b, struct agent *a, struct request *r)
 {
 	a->nbytes += r->nbytes;
 	if ((r->flags & (REQ_INDEPENDENT | REQ_RESET)) == REQ_INDEPENDENT && !a->pinned &&
-	    !a->lost) {
+	    !a->lost && !a->begin) {
 		/* Beside the agent's other statements, on any backend, unless it
 		 * holds its share of the pool: then it waits its turn here, not
 		 * in the broker's queue ahead of other agents. */
@@ -286,12 +289,49 @@ bad:
 	}
 }
 
+/* r is a BEGIN the broker may answer itself and send later, with the
+ * transaction's first statement (begin_start in exec.c): a plain
+ * transaction start (SQL_BEGIN) in no transaction, whose modes the server
+ * accepts for certain (SERIALIZABLE and READ WRITE only where the last
+ * backend connected said it is no hot standby). The tag PostgreSQL would
+ * answer it with, or NULL. */
+static const char *begin_deferrable(const struct broker *b, const struct agent *a,
+				    const struct request *r)
+{
+	unsigned fl;
+
+	if (r->nsub || r->v.nparams || a->begin || a->txn_open ||
+	    (a->pinned && PQtransactionStatus(a->pinned->pg) != PQTRANS_IDLE))
+		return NULL;
+	fl = sql_classify(r->v.sql);
+	if (!(fl & SQL_BEGIN) || ((fl & SQL_BEGIN_PRIMARY) && !b->primary))
+		return NULL;
+	return (fl & SQL_START) ? "START TRANSACTION" : "BEGIN";	/* PostgreSQL's tags */
+}
+
+/* The agent's BEGIN is answered but not sent, and r ends the transaction
+ * at once: a plain COMMIT or ROLLBACK. PostgreSQL would answer it with its
+ * tag and do nothing else: so does the broker. The tag, or NULL. */
+static const char *txn_ends_empty(const struct agent *a, const struct request *r)
+{
+	if (!a->begin || r->nsub || r->v.nparams)
+		return NULL;
+	if (sql_is_commit(r->v.sql))
+		return "COMMIT";
+	if (sql_is_rollback(r->v.sql))
+		return "ROLLBACK";
+	return NULL;
+}
+
 /* The requests the broker answers itself, in their turn: pgb_reset's, and
  * every statement while the agent's transaction or session is lost (a
- * plain ROLLBACK acknowledges a lost transaction). 1 when r was answered
- * (and freed). */
+ * plain ROLLBACK acknowledges a lost transaction); a BEGIN it defers, and
+ * the COMMIT or ROLLBACK of such a transaction with nothing in it. 1 when
+ * r was answered (and freed). */
 static int answer_here(struct broker *b, struct agent *a, struct request *r)
 {
+	const char *tag;
+
 	if (r->flags & REQ_RESET) {
 		a->lost = LOST_NONE;
 		pool_agent_reset(b, a);
@@ -312,6 +352,24 @@ static int answer_here(struct broker *b, struct agent *a, struct request *r)
 			      "the session was lost: the connection to PostgreSQL broke while it "
 			      "held session state (SET, PREPARE, temporary tables, locks) and any "
 			      "open transaction; every statement fails until pgb_reset()");
+	} else if ((tag = begin_deferrable(b, a, r))) {
+		/* The agent's view: inside a transaction from now on. */
+		a->begin = r->v.sql ? strdup(r->v.sql) : NULL;
+		if (!a->begin)
+			return 0;	/* out of memory: sent as it is */
+		a->txn_open = 1;
+		b->st.c.begins_deferred++;
+		count_statement(b, 0, NULL, 0);
+		a->statements++;
+		agent_respond_tag(b, a, r->id, tag);
+	} else if ((tag = txn_ends_empty(a, r))) {
+		free(a->begin);
+		a->begin = NULL;
+		a->txn_open = 0;
+		b->st.c.txns_local++;
+		count_statement(b, 0, NULL, 0);
+		a->statements++;
+		agent_respond_tag(b, a, r->id, tag);
 	} else {
 		return 0;
 	}
@@ -349,6 +407,9 @@ static void agent_kick(struct broker *b, struct agent *a)
 			continue;
 		a->running = r;
 		request_activate(a, r);
+		/* The deferred BEGIN goes first, with r (exec.c). */
+		r->begin = a->begin;
+		a->begin = NULL;
 		pool_submit(b, r);
 	}
 }

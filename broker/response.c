@@ -109,6 +109,7 @@ void agent_respond_tag(struct broker *b, struct agent *a, uint32_t id, const cha
 	snprintf(rs->msg, sizeof(rs->msg), "%s", tag);
 	rs->id = id;
 	rs->src.head.ok = 1;
+	rs->src.head.status = RESP_COMMAND_OK;	/* as PostgreSQL answers a command */
 	rs->src.err = "";
 	rs->src.cmd = rs->msg;
 	resp_measure(&rs->src);

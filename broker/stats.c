@@ -186,7 +186,7 @@ static uint32_t fill_agents(struct broker *b, struct stats_agent *row)
 			state = STATS_AG_WAITING;
 		else if (r)
 			state = STATS_AG_RUNNING;
-		else if (a->pinned)
+		else if (a->pinned || a->begin)
 			state = STATS_AG_IN_TXN;
 		row[n++] = (struct stats_agent){
 			.slot = a->slot,

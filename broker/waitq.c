@@ -133,7 +133,8 @@ void pool_submit(struct broker *b, struct request *r)
 			fl |= sql_classify(r->subs[i].sql) & (SQL_SESSION | SQL_UNCLEAN);
 		r->session = (fl & SQL_UNCLEAN) ? DISCARD_CLOSE : (fl & SQL_SESSION) ? DISCARD_ALL : 0;
 		r->pipe_ok = 0;
-		if (!r->session && !r->nsub && (fl & SQL_PIPELINABLE) && b->heat) {
+		/* after a deferred BEGIN it opens the transaction: never shared */
+		if (!r->session && !r->nsub && !r->begin && (fl & SQL_PIPELINABLE) && b->heat) {
 			/* Timed from now on; shared only when quick lately. */
 			r->text_hash = stmt_hash(r->v.sql, (int)r->v.nparams);
 			r->pipe_ok = stmt_time_quick(b->heat, r->text_hash, PIPE_QUICK_EWMA_US,

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 5u          /* bump on any change of the structs below */
+#define STATS_VERSION 6u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
 
 /* Latency histograms: log-scaled buckets of microseconds, four per power of
@@ -57,6 +57,10 @@ struct stats_counters {
 	uint64_t agents_registered, agents_gone, agents_refused, protocol_errors;
 	uint64_t session_pins;
 	uint64_t reloads, reload_failures;   /* SIGHUP */
+	uint64_t begins_deferred;  /* BEGINs answered by the broker and sent later with
+				      the transaction's first statement */
+	uint64_t txns_local;       /* ...of which the transaction ended (COMMIT or
+				      ROLLBACK) before any statement: no backend used */
 };
 
 /* Published once per loop pass: the broker counts into its own copy

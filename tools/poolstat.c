@@ -420,11 +420,13 @@ static void print_json(struct view *v, FILE *f)
 		(unsigned long long)d->c.agents_refused, (unsigned long long)d->c.protocol_errors);
 	fprintf(f, "\"queries\":{\"total\":%llu,\"failed\":%llu,\"succeeded\":%llu,"
 		"\"success_rate\":%.6f,\"retried\":%llu,\"acquire_timeouts\":%llu,"
-		"\"statement_timeouts\":%llu,\"session_pins\":%llu,\"per_second\":%.3f},",
+		"\"statement_timeouts\":%llu,\"session_pins\":%llu,\"begins_deferred\":%llu,"
+		"\"txns_local\":%llu,\"per_second\":%.3f},",
 		(unsigned long long)d->c.statements, (unsigned long long)d->c.failed,
 		(unsigned long long)(d->c.statements - d->c.failed), success_ratio(d),
 		(unsigned long long)d->c.retried, (unsigned long long)d->c.acquire_timeouts,
 		(unsigned long long)d->c.statement_timeouts, (unsigned long long)d->c.session_pins,
+		(unsigned long long)d->c.begins_deferred, (unsigned long long)d->c.txns_local,
 		rate_now(h));
 	fputs("\"latency_ms\":", f);
 	json_hist(f, &d->stmt);

@@ -1,5 +1,6 @@
 /* Integration test harness; see harness.h. */
 #include "harness.h"
+#include "stats.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -408,5 +409,22 @@ int h_raw_ring(struct chan_shm *ch, int bell_fd)
 	if (ch->bell_kind == CHAN_BELL_EVENTFD)
 		return write(bell_fd, &one, sizeof(one)) == (ssize_t)sizeof(one) ? 0 : -errno;
 	futex_wake(&ch->broker_bell);
+	return 0;
+}
+
+int h_stats(const char *dir, struct stats_data *d)
+{
+	struct stats_map m;
+	struct stats_snap s = { 0 };
+	char err[256];
+	int rc;
+
+	if (stats_map_open(dir, &m, err, sizeof(err)) < 0)
+		return -1;
+	rc = stats_read(m.seg, &s);
+	stats_map_close(&m);
+	if (rc < 0)
+		return -1;
+	*d = s.d;
 	return 0;
 }

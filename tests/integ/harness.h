@@ -38,6 +38,10 @@ long long h_backends(PGconn *pg, const struct h_broker *br, const char *where);
 /* tools/pgtmp.sh CMD on the test's PostgreSQL (PGB_TEST_PGDIR): "pause"
  * (a fast stop) or "start"; fails the test when it fails. */
 void h_pgtmp(const char *cmd);
+/* The stats segment of the broker at dir, read directly: 0, or -1 when it
+ * cannot be mapped or read consistently. */
+struct stats_data;
+int h_stats(const char *dir, struct stats_data *d);
 /* Run the broker binary with args and capture exit status and output. */
 int h_run(const char *const *argv, char *out, size_t n);
 

@@ -80,30 +80,12 @@ static long long pg_ctl_watched(const char *cmd, long long *down_ms)
 	return t;
 }
 
-/* The broker's stats segment, read directly. */
-static int read_stats(const char *dir, struct stats_data *d)
-{
-	struct stats_map m;
-	struct stats_snap s = { 0 };
-	char err[256];
-	int rc;
-
-	if (stats_map_open(dir, &m, err, sizeof(err)) < 0)
-		return -1;
-	rc = stats_read(m.seg, &s);
-	stats_map_close(&m);
-	if (rc < 0)
-		return -1;
-	*d = s.d;
-	return 0;
-}
-
 static int connect_failed_once(void *arg)
 {
 	struct stats_data d;
 
 	(void)arg;
-	return read_stats(br.dir, &d) == 0 && d.c.connect_failures > 0;
+	return h_stats(br.dir, &d) == 0 && d.c.connect_failures > 0;
 }
 
 static int log_has(const char *needle)
@@ -244,7 +226,7 @@ Test(breaker, a_short_restart_under_load_is_served_again_within_a_probe_interval
 		pb010 += l->pb010[i];
 		errs += l->err[i];
 	}
-	cr_assert_eq(read_stats(br.dir, &d), 0);
+	cr_assert_eq(h_stats(br.dir, &d), 0);
 	fprintf(stderr, "breaker: PostgreSQL restarted in %lld ms; served again %lld ms "
 		"(first agent) and %lld ms (all %d agents) after it accepted connections; "
 		"errors %lld (PB002 %lld, PB010 %lld); connect failures %llu, breaker opened %llu "
@@ -380,7 +362,7 @@ static void check_refusal(const struct refusal *c)
 		cr_assert_null(strstr(pgb_result_error(r), "unreachable"), "%s", pgb_result_error(r));
 		pgb_clear(r);
 	}
-	cr_assert_eq(read_stats(br.dir, &d), 0);
+	cr_assert_eq(h_stats(br.dir, &d), 0);
 	cr_assert_str_eq(stats_breaker_name(d.breaker_state), "misconfigured");
 	cr_assert_str_eq(d.connect_code, c->sqlstate);
 	cr_assert(strstr(d.connect_error, c->words), "segment: %s", d.connect_error);

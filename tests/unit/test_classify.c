@@ -211,7 +211,7 @@ Test(classify, cache_parses_a_text_once_and_stays_bounded)
 	sql_class_reset();
 	for (int k = 0; k < 100; k++)
 		cr_assert_eq(sql_classify("select abalance from pgbench_accounts where aid = $1"),
-			     SQL_ALL_OR_NOTHING | SQL_PIPELINABLE);
+			     SQL_ALL_OR_NOTHING | SQL_PIPELINABLE | SQL_SINGLE);
 	sql_class_stats(&st);
 	cr_assert_eq(st.parses, 1);
 	cr_assert_eq(st.hits, 99);
@@ -257,4 +257,68 @@ Test(classify, state_discard_all_cannot_undo)
 			     SQL_UNCLEAN | SQL_SESSION, "%s", yes[i]);
 	for (size_t i = 0; i < N(no); i++)
 		cr_expect_eq(sql_classify(no[i]) & SQL_UNCLEAN, 0, "%s", no[i]);
+}
+
+/* BEGIN texts the broker may answer itself: a plain transaction start whose
+ * modes cannot fail; SERIALIZABLE and READ WRITE flagged as needing a
+ * primary. Everything else is sent as it is. */
+Test(classify, deferrable_begin)
+{
+	static const struct {
+		const char *sql;
+		unsigned flags;   /* SQL_BEGIN | SQL_BEGIN_PRIMARY bits expected */
+	} cases[] = {
+		{ .sql = "begin", .flags = SQL_BEGIN },
+		{ .sql = "BEGIN;", .flags = SQL_BEGIN },
+		{ .sql = "begin work", .flags = SQL_BEGIN },
+		{ .sql = "start transaction", .flags = SQL_BEGIN },
+		{ .sql = "BEGIN ISOLATION LEVEL REPEATABLE READ", .flags = SQL_BEGIN },
+		{ .sql = "begin isolation level read committed read only", .flags = SQL_BEGIN },
+		{ .sql = "begin isolation level read uncommitted, deferrable", .flags = SQL_BEGIN },
+		{ .sql = "BEGIN READ ONLY", .flags = SQL_BEGIN },
+		{ .sql = "begin not deferrable", .flags = SQL_BEGIN },
+		{ .sql = "BEGIN ISOLATION LEVEL SERIALIZABLE",
+		  .flags = SQL_BEGIN | SQL_BEGIN_PRIMARY },
+		{ .sql = "start transaction isolation level serializable, read only, deferrable",
+		  .flags = SQL_BEGIN | SQL_BEGIN_PRIMARY },
+		{ .sql = "begin read write", .flags = SQL_BEGIN | SQL_BEGIN_PRIMARY },
+		/* not deferred */
+		{ .sql = "begin read only, read write", .flags = 0 },
+		{ .sql = "begin isolation level serializable isolation level read committed",
+		  .flags = 0 },
+		{ .sql = "begin; select 1", .flags = 0 },
+		{ .sql = "select 1; begin", .flags = 0 },
+		{ .sql = "begin isolation level bogus", .flags = 0 },
+		{ .sql = "begin transaction isolation", .flags = 0 },
+		{ .sql = "commit", .flags = 0 },
+		{ .sql = "savepoint s", .flags = 0 },
+		{ .sql = "set transaction isolation level serializable", .flags = 0 },
+		{ .sql = "", .flags = 0 },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		cr_expect_eq(sql_classify(cases[i].sql) & (SQL_BEGIN | SQL_BEGIN_PRIMARY),
+			     cases[i].flags, "%s", cases[i].sql);
+}
+
+Test(classify, plain_commit_and_single_statement)
+{
+	static const char *const commit[] = { "commit", "END", "commit work", "commit and no chain",
+					      "COMMIT TRANSACTION;" };
+	static const char *const not_commit[] = { "commit and chain", "commit prepared 'x'",
+						  "prepare transaction 'x'", "commit; commit",
+						  "rollback", "begin", "select 'commit'" };
+	static const char *const single[] = { "select 1", "insert into t values (1);",
+					      "savepoint s", "update t set a = $1", "commit" };
+	static const char *const not_single[] = { "select 1; select 2", "", "copy t from stdin",
+						  "copy t to stdout", "select (" };
+
+	for (size_t i = 0; i < sizeof(commit) / sizeof(commit[0]); i++)
+		cr_expect_eq(sql_is_commit(commit[i]), 1, "%s", commit[i]);
+	for (size_t i = 0; i < sizeof(not_commit) / sizeof(not_commit[0]); i++)
+		cr_expect_eq(sql_is_commit(not_commit[i]), 0, "%s", not_commit[i]);
+	for (size_t i = 0; i < sizeof(single) / sizeof(single[0]); i++)
+		cr_expect(sql_classify(single[i]) & SQL_SINGLE, "%s", single[i]);
+	for (size_t i = 0; i < sizeof(not_single) / sizeof(not_single[0]); i++)
+		cr_expect(!(sql_classify(not_single[i]) & SQL_SINGLE), "%s", not_single[i]);
 }
