@@ -73,12 +73,14 @@ struct agent *agent_by_tag(struct broker *b, uint64_t tag)
 	return a;
 }
 
-/* Reading stops while an agent has this much outstanding: statements,
+/* Reading stops while an agent's COPY data waits for its backend, or while
+ * it has this much outstanding: statements,
  * responses, or request bytes held (a queue of max_inflight_per_agent
  * statements of max_request_kb each would be gigabytes). */
 int agent_backlogged(const struct broker *b, const struct agent *a)
 {
-	return a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
+	return a->copy_stalled ||
+	       a->nqueued + a->nactive >= (uint32_t)b->cfg.max_inflight_per_agent ||
 	       a->nresponses >= (uint32_t)b->cfg.max_inflight_per_agent ||
 	       a->nbytes >= (uint64_t)b->cfg.max_request_kb * 1024;
 }
@@ -259,6 +261,9 @@ static const char *const agent_doom_names[] = {
 	[DOOM_RESP_NOMEM] = "out of memory for a response",
 	[DOOM_SEND_TIMEOUT] = "stopped reading its responses (send_timeout_ms)",
 	[DOOM_CANCEL_DONE] = "cancel request answered",
+	[DOOM_COPY_FRAME] = "malformed COPY frame",
+	[DOOM_COPY_NESTED] = "COPY frame inside an unfinished request",
+	[DOOM_COPY_NOMEM] = "out of memory for COPY data",
 };
 
 /* The transitions an agent may make (docs/architecture.md). */

@@ -15,6 +15,7 @@
 #include "bnotice.h"
 #include "backoff.h"
 #include "broker.h"
+#include "copy.h"
 #include "classify.h"
 #include "clock.h"
 #include "cork.h"
@@ -193,7 +194,7 @@ void be_connect(struct broker *b, uint64_t ticket)
 	be->flushing = 0;
 	be->poll_events = 0;
 	be->unsupported = 0;
-	be->copy_out = 0;
+	copy_forget(b, be);
 	b->ntotal++;
 	be_set_state(b, be, BE_CONNECTING);
 	if (!be->pg || PQstatus(be->pg) == CONNECTION_BAD) {
@@ -377,6 +378,7 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why)
 		be->flush_due = 0;
 		list_del(&be->flink);
 	}
+	copy_forget(b, be);
 	if (be->state == BE_CONNECTING)
 		;	/* connect_failed said why */
 	else if (why == CLOSE_BROKEN || why == CLOSE_VALIDATION)

@@ -96,6 +96,7 @@ struct request {
 	const char ***sparams;
 	PGresult **bres;
 	uint32_t bdone;           /* results collected so far */
+	int copied;               /* a COPY of it started: never run again */
 };
 
 /* A result on its way to an agent. */
@@ -107,6 +108,8 @@ struct response {
 	struct resp_cursor cur;
 	char msg[256];            /* broker's own error text */
 	char *diag;               /* packed error fields of a failed res, or NULL */
+	uint8_t *chunk;           /* COPY TO STDOUT rows (FRAME_COPY_DATA), src.head.total
+				     bytes; then res is NULL and src unused */
 };
 
 /* An agent's life; agent_set_state (agent.c) is the only place that
@@ -142,6 +145,9 @@ enum agent_doom {
 	DOOM_RESP_NOMEM,
 	DOOM_SEND_TIMEOUT,
 	DOOM_CANCEL_DONE,     /* a cancel request (REG_F_CANCEL), answered */
+	DOOM_COPY_FRAME,
+	DOOM_COPY_NESTED,
+	DOOM_COPY_NOMEM,
 };
 
 /* What an agent lost with a backend that died while pinned to it. Until
@@ -204,6 +210,8 @@ struct agent {
 	uint32_t nresponses;
 	int resp_more;            /* responses being queued are not the last for their id */
 	int throttled;            /* reading stopped: agent_backlogged() */
+	int copy_stalled;         /* its COPY data waits for its backend's output to drain */
+	uint64_t copy_queued;     /* COPY TO STDOUT bytes queued in responses */
 	enum agent_doom doom;     /* set: disconnect at the end of this pass */
 	struct list doom_link;
 
@@ -261,11 +269,17 @@ struct backend {
 	int flush_due;            /* on broker->flushq: output waits for pool_flush */
 	struct list flink;
 	int in_txn;               /* the running statement started inside a transaction */
-	int unsupported;          /* COPY and the like: answer PB009 */
+	int unsupported;          /* a COPY not relayed: answer PB009 */
 	int begin_step;           /* running a deferred BEGIN before req (exec.c):
 				     1 its results, 2 the statement's, 3 the Sync */
 	int begin_pipe;           /* ...in one pipeline with req, else alone first */
-	int copy_out;             /* draining COPY OUT data */
+	int copy_in;              /* in COPY FROM STDIN: the agent's data goes here */
+	int copy_out;             /* in COPY TO STDOUT: rows go to the agent (or away) */
+	int copy_paused;          /* ...not read on: the agent's queue is full */
+	int copy_due;             /* on broker->copyq: read on at the end of the pass */
+	struct list copy_link;
+	uint8_t *chunk;           /* COPY TO STDOUT rows being gathered, chunk_len bytes */
+	uint32_t chunk_len;
 	uint64_t served;
 };
 
@@ -311,6 +325,9 @@ struct broker {
 	struct list delayed;      /* requests waiting out a retry backoff */
 	struct list pipes;        /* backends running a shared pipeline */
 	struct list flushq;       /* backends with pipelined output to send this pass */
+	struct list copyq;        /* backends whose COPY goes on this pass (copy_run) */
+	uint8_t *copy_buf;        /* one COPY FROM STDIN frame on its way to libpq */
+	uint32_t copy_buf_size;
 	uint32_t busy_target;     /* busy backends worth having: one per core */
 	struct stmt_heat *heat;   /* statement texts seen lately */
 	uint32_t stmt_token;      /* random, in the names of prepared statements */

@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "broker.h"
 #include "classify.h"
+#include "copy.h"
 #include "exec.h"
 #include "log.h"
 #include "pipeline.h"
@@ -320,7 +321,7 @@ static void statement_done(struct broker *b, struct backend *be)
 		 * (CALL, DO, a COMMIT between statements): that part would run
 		 * twice. */
 		int retried = a && !ok && !be->in_txn && ts == PQTRANS_IDLE &&
-			      policy_rolled_back(state) && !be->unsupported &&
+			      policy_rolled_back(state) && !be->unsupported && !r->copied &&
 			      policy_all_or_nothing(&r->v, r->subs, r->nsub) &&
 			      waitq_retry(b, r, state);
 
@@ -332,7 +333,8 @@ static void statement_done(struct broker *b, struct backend *be)
 				exec_stale_forget(b, r);
 			if (be->unsupported && !r->nsub) {
 				e.sqlstate = "PB009";
-				e.msg = "COPY is not supported through pgbroker";
+				e.msg = "only one COPY per statement string is relayed by "
+					"pgbroker: the second was aborted";
 			}
 			request_finish(b, r, &e);
 			res = NULL;
@@ -375,15 +377,18 @@ static void drain(struct broker *b, struct backend *be)
 	for (;;) {
 		PGresult *x;
 
+		/* In COPY IN libpq answers every PQgetResult with another
+		 * PGRES_COPY_IN: the agent's data and its end drive it
+		 * (copy_in_frame). */
+		if (be->copy_in)
+			break;
 		if (be->copy_out) {
-			char *buf;
-			int n;
+			enum copy_pump rc = copy_out_pump(b, be);
 
-			while ((n = PQgetCopyData(be->pg, &buf, 1)) > 0)
-				PQfreemem(buf);
-			if (n == 0)
+			if (rc == COPY_WAIT_AGENT)
+				return;	/* no poll: copy_sent reads on */
+			if (rc == COPY_WAIT_INPUT)
 				break;
-			be->copy_out = 0;
 		}
 		if (PQisBusy(be->pg))
 			break;
@@ -431,15 +436,17 @@ static void drain(struct broker *b, struct backend *be)
 		}
 		switch (PQresultStatus(x)) {
 		case PGRES_COPY_IN:
-			be->unsupported = 1;
-			PQclear(x);
-			PQputCopyEnd(be->pg, "COPY FROM STDIN is not supported through pgbroker");
-			be->flushing = be_flush(be) == 1;
-			break;
 		case PGRES_COPY_OUT:
-			be->unsupported = 1;
-			be->copy_out = 1;
-			PQclear(x);
+			if (be->state != BE_BUSY) {
+				/* not from the broker's own statements */
+				PQclear(x);
+				be_close(b, be, CLOSE_BROKEN);
+				return;
+			}
+			if (copy_begin(b, be, x))
+				return;
+			if (be->state != BE_BUSY)
+				return;	/* closed */
 			break;
 		case PGRES_COPY_BOTH:
 			PQclear(x);
@@ -464,6 +471,11 @@ static void drain(struct broker *b, struct backend *be)
 	be_arm(b, be, POLLIN | (be->flushing ? POLLOUT : 0));
 }
 
+void exec_drain(struct broker *b, struct backend *be)
+{
+	drain(b, be);
+}
+
 void pool_on_poll(struct broker *b, struct backend *be, int res)
 {
 	be->poll_events = 0;   /* one-shot: it fired */
@@ -483,6 +495,8 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 			return;
 		}
 		be->flushing = rc == 1;
+		if (!be->flushing)
+			copy_flushed(b, be);
 	}
 	if ((res & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(be->pg)) {
 		log_info("backend %u (pid %d) lost: %s", be->slot, be->pg_pid,

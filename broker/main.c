@@ -16,6 +16,7 @@
 #include "backend.h"
 #include "brstats.h"
 #include "classify.h"
+#include "copy.h"
 #include "exec.h"
 #include "health.h"
 #include "listen.h"
@@ -281,11 +282,13 @@ static int run(struct broker *b)
 		b->pass++;
 		next = b->now_ns + MAX_WAIT_NS;
 		agent_run_ready(b);
+		copy_run(b);
 		pool_timers(b, &next);
 		agent_timers(b, &next);
 		health_timers(b, &next);
 		agent_run_kicks(b);
 		agent_run_doomed(b);
+		copy_run(b);	/* agents gone mid-COPY end theirs */
 		pool_flush(b);
 		agent_run_wakes(b);
 		stats_publish(b);
@@ -299,7 +302,7 @@ static int run(struct broker *b)
 			return 0;
 		if (b->stopping == STOP_FAST && b->nbusy == 0)
 			return 0;
-		if (!list_empty(&b->ready) || !list_empty(&b->kicks))
+		if (!list_empty(&b->ready) || !list_empty(&b->kicks) || !list_empty(&b->copyq))
 			next = b->now_ns;
 		if (b->stopping && b->stop_deadline_ns < next)
 			next = b->stop_deadline_ns;

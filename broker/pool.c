@@ -13,6 +13,7 @@
 #include "backend.h"
 #include "broker.h"
 #include "clock.h"
+#include "copy.h"
 #include "log.h"
 #include "pipeline.h"
 #include "pool.h"
@@ -50,6 +51,9 @@ static int orphan(struct broker *b, struct agent *a, struct request *r)
 	be->owner = NULL;
 	if (a->session_pinned && !be->discard)
 		be->discard = DISCARD_ALL;
+	/* Mid-COPY IN: ended with an error, no cancel needed. */
+	if (copy_orphan(b, be))
+		return 0;
 	/* Mid-statement: cancel it, then roll back and reuse the backend
 	 * once it is idle and clean (see statement_done). */
 	if (b->stopping) {	/* closing ends it: no cancel thread to wait for */
@@ -240,7 +244,9 @@ int pool_init(struct broker *b)
 	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
 	list_init(&b->flushq);
+	list_init(&b->copyq);
 	for (uint32_t i = 0; i < b->nslots; i++) {
+		list_init(&b->backends[i].copy_link);
 		list_init(&b->backends[i].pipeq);
 		list_init(&b->backends[i].plink);
 		list_init(&b->backends[i].flink);
@@ -343,6 +349,8 @@ void pool_close_all(struct broker *b)
 		be_close(b, &b->backends[i], CLOSE_SHUTDOWN);
 	free(b->heat);
 	b->heat = NULL;
+	free(b->copy_buf);
+	b->copy_buf = NULL;
 	if (pending) {
 		log_warn("a cancel request is still out: exiting without waiting for it");
 		return;

@@ -9,6 +9,7 @@
 #include "agent.h"
 #include "broker.h"
 #include "classify.h"
+#include "copy.h"
 #include "pool.h"
 #include "request.h"
 #include "response.h"
@@ -502,12 +503,31 @@ void request_read(struct broker *b, struct agent *a, int *budget)
 
 	while (*budget > 0 && !a->doom) {
 		enum chan_rx_rc rc;
+		struct frame_hdr h;
 
 		if (agent_backlogged(b, a)) {
 			/* Backpressure: leave the rest in the ring until this
 			 * agent's backlog drains (agent_unthrottle resumes). */
 			a->throttled = 1;
 			break;
+		}
+		if (ring_peek(&a->req, &h) > 0 &&
+		    (h.type == FRAME_COPY_DATA || h.type == FRAME_COPY_END)) {
+			enum agent_doom why;
+			int taken = copy_in_frame(b, a, &h, &why);
+
+			if (taken < 0) {
+				b->st.c.protocol_errors++;
+				agent_fail(b, a, why);
+				return;
+			}
+			if (!taken) {
+				a->throttled = 1;	/* copy_flushed reads on */
+				break;
+			}
+			(*budget)--;
+			consumed = 1;
+			continue;
 		}
 		rc = chan_rx_frame(&a->rx, &a->req, FRAME_REQ, sizeof(struct req_head), max);
 		if (rc == CHAN_RX_EMPTY)

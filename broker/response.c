@@ -8,6 +8,7 @@
 
 #include "agent.h"
 #include "broker.h"
+#include "copy.h"
 #include "errform.h"
 #include "exec.h"
 #include "response.h"
@@ -17,6 +18,7 @@ void response_free(struct response *rs)
 {
 	if (rs->res)
 		PQclear(rs->res);
+	free(rs->chunk);
 	free(rs->diag);
 	free(rs);
 }
@@ -33,7 +35,9 @@ static const char *pg_value(void *ctx, uint32_t row, uint32_t col, uint32_t *len
 
 static const char *pg_fname(void *ctx, uint32_t col)
 {
-	return PQfname(ctx, (int)col);
+	const char *s = PQfname(ctx, (int)col);
+
+	return s ? s : "";	/* a COPY's columns have no names */
 }
 
 static void pg_ftype(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod)
@@ -142,7 +146,9 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res)
 {
 	struct response *rs;
-	int ok = result_ok(res);
+	ExecStatusType st = PQresultStatus(res);
+	/* a COPY that started is no failure: its data follows */
+	int ok = result_ok(res) || st == PGRES_COPY_IN || st == PGRES_COPY_OUT;
 
 	rs = calloc(1, sizeof(*rs));
 	if (!rs) {
@@ -219,12 +225,32 @@ void agent_respond_batch(struct broker *b, struct agent *a, struct request *r)
 		a->resp_more = 0;
 }
 
+void agent_respond_chunk(struct broker *b, struct agent *a, uint32_t id, uint8_t *chunk,
+			 uint32_t len)
+{
+	struct response *rs = calloc(1, sizeof(*rs));
+
+	if (!rs) {
+		free(chunk);
+		agent_fail(b, a, DOOM_RESP_NOMEM);
+		return;
+	}
+	rs->id = id;
+	rs->chunk = chunk;
+	rs->src.head.total = len;
+	a->copy_queued += len;
+	list_add_tail(&a->responses, &rs->link);
+	a->nresponses++;
+	agent_flush(b, a);
+}
+
 /* Stream queued responses into the response ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a)
 {
 	while (!list_empty(&a->responses) && !a->doom) {
 		struct response *rs = list_entry(a->responses.next, struct response, link);
-		struct frame_hdr h = { .type = FRAME_RESP, .id = rs->id };
+		struct frame_hdr h = { .type = rs->chunk ? FRAME_COPY_DATA : FRAME_RESP,
+				       .id = rs->id };
 		int64_t space, n = chan_frame_next(&a->resp, &h, rs->src.head.total, rs->cur.done,
 						   &space);
 
@@ -244,7 +270,12 @@ void agent_flush(struct broker *b, struct agent *a)
 			a->blocked_space = space;
 			return;
 		}
-		resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, (uint32_t)n);
+		if (rs->chunk) {
+			ring_write(&a->resp, FRAME_HDR, rs->chunk + rs->cur.done, (uint32_t)n);
+			rs->cur.done += (uint64_t)n;
+		} else {
+			resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, (uint32_t)n);
+		}
 		chan_frame_publish(&a->resp, &h);
 		a->resp_frames++;
 		agent_wake(b, a);
@@ -255,6 +286,8 @@ void agent_flush(struct broker *b, struct agent *a)
 		if (rs->cur.done == rs->src.head.total) {
 			list_del(&rs->link);
 			a->nresponses--;
+			if (rs->chunk)
+				copy_sent(b, a, (uint32_t)rs->src.head.total);
 			response_free(rs);
 			agent_unthrottle(b, a);
 		}

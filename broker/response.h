@@ -22,6 +22,10 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 /* Queue a finished batch's answers: every result, or, when one failed,
  * its error and for every other statement a PB011 naming it. */
 void agent_respond_batch(struct broker *b, struct agent *a, struct request *r);
+/* Queue len bytes of COPY TO STDOUT rows (chunk, now the response's) for
+ * statement id; counted in a->copy_queued until written. */
+void agent_respond_chunk(struct broker *b, struct agent *a, uint32_t id, uint8_t *chunk,
+			 uint32_t len);
 /* Stream queued responses into the ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a);
 void response_free(struct response *rs);

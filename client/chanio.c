@@ -25,11 +25,12 @@
 void pgbi_part_drop(pgb_conn *c)
 {
 	chan_rx_reset(&c->part);
+	pgbi_copy_drop(c);
 }
 
 /* Wake the broker if it sleeps on our channel: the futex word its
  * io_uring loop waits on, or the eventfd its epoll loop polls. */
-static void notify_broker(pgb_conn *c)
+void pgbi_notify_broker(pgb_conn *c)
 {
 	if (!chan_bell_ring(&c->chan->broker_bell, &c->chan->broker_armed))
 		return;
@@ -130,6 +131,16 @@ static int wait_broker(pgb_conn *c, enum wait_for what, uint32_t need)
 	}
 }
 
+int pgbi_wait_space(pgb_conn *c, uint32_t need)
+{
+	return wait_broker(c, WAIT_SPACE, need);
+}
+
+int pgbi_wait_response(pgb_conn *c)
+{
+	return wait_broker(c, WAIT_RESPONSE, 0);
+}
+
 pgb_result *pgbi_broken(pgb_conn *c, const char *why)
 {
 	c->status = PGB_CONNECTION_BAD;
@@ -177,7 +188,7 @@ int pgbi_send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t id
 		if (n == 0) {
 			int rc;
 
-			notify_broker(c);
+			pgbi_notify_broker(c);
 			if ((rc = pgbi_drain_responses(c)) < 0)
 				return rc;
 			if (wait_broker(c, WAIT_SPACE, c->ring_size / 4) < 0)
@@ -188,7 +199,7 @@ int pgbi_send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t id
 		chan_frame_publish(&c->req, &h);
 		off += (uint64_t)n;
 		chan_space_ok(&c->chan->req);
-		notify_broker(c);
+		pgbi_notify_broker(c);
 	}
 	return 0;
 }
@@ -201,8 +212,22 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 {
 	*id = 0;
 	for (;;) {
-		enum chan_rx_rc rc = chan_rx_frame(&c->part, &c->resp, FRAME_RESP, 0, UINT64_MAX);
+		struct frame_hdr fh;
+		enum chan_rx_rc rc;
 		pgb_result *r;
+
+		if (ring_peek(&c->resp, &fh) > 0 && fh.type == FRAME_COPY_DATA) {
+			int got = pgbi_copy_rx(c);
+
+			if (got < 0)
+				return pgbi_broken(c, "malformed COPY data from broker");
+			if (chan_space_wanted(&c->chan->resp))
+				pgbi_notify_broker(c);
+			if (got > 0 && c->copy_wait)
+				return NULL;	/* pgb_get_copy_data has a row */
+			continue;
+		}
+		rc = chan_rx_frame(&c->part, &c->resp, FRAME_RESP, 0, UINT64_MAX);
 
 		switch (rc) {
 		case CHAN_RX_EMPTY:
@@ -228,13 +253,15 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 			return pgbi_broken(c, "response frames out of order");
 		}
 		if (chan_space_wanted(&c->chan->resp))
-			notify_broker(c);
+			pgbi_notify_broker(c);
 		if (rc != CHAN_RX_DONE)
 			continue;
 		*id = c->part.id;
 		r = pgbi_build_result(chan_rx_take(&c->part), c->part.total);
-		if (r)
+		if (r) {
 			c->in_txn = (r->v.head.flags & RESP_IN_TXN) != 0;
+			pgbi_copy_track(c, *id, r);
+		}
 		return r;
 	}
 }

@@ -215,6 +215,12 @@ static uint32_t send_request(pgb_conn *c, const char *sql, int nparams,
 
 	if ((*err = check_usable(c)))
 		return 0;
+	if (c->copy) {
+		*err = pgbi_local_error(PGB_SQLSTATE_BAD_REQUEST,
+					"a COPY is in progress on this connection: end it first "
+					"(pgb_put_copy_end, or pgb_get_copy_data until -1)");
+		return 0;
+	}
 	if (!batch && !sql) {
 		*err = pgbi_local_error(PGB_SQLSTATE_BAD_REQUEST, "statement text is NULL");
 		return 0;
@@ -338,6 +344,19 @@ PGB_API int pgb_reset(pgb_conn *c)
 
 	if (!c)
 		return -1;
+	if (c->status == PGB_CONNECTION_OK && !pgbi_inherited(c) && c->copy) {
+		/* A COPY first: COPY IN fails, COPY OUT's rows are dropped; its
+		 * result goes too. */
+		uint32_t cid = c->copy_id;
+
+		if (c->copy == PGBI_COPY_IN && !c->copy_ended)
+			pgb_put_copy_end(c, "COPY aborted by pgb_reset");
+		pgbi_copy_drop(c);
+		r = stash_take(c, 0, cid, &got);
+		if (!r && c->status == PGB_CONNECTION_OK && flight_find(c, cid) >= 0)
+			r = wait_result(c, 0, cid, 1, &got);
+		pgb_clear(r);
+	}
 	if (c->status == PGB_CONNECTION_OK && !pgbi_inherited(c)) {
 		/* In its turn after what is in flight: the broker rolls back,
 		 * discards and unpins, and forgets what was lost. */
@@ -366,7 +385,20 @@ static pgb_result *next_result(pgb_conn *c, long long *id, int block)
 		*id = 0;
 	if (!c || (c->nflights == 0 && !c->stash))
 		return NULL;
+	if (c->copy == PGBI_COPY_IN && !c->copy_ended)
+		return pgbi_local_error(PGB_SQLSTATE_BAD_REQUEST, "COPY FROM STDIN in progress: "
+					"end it with pgb_put_copy_end first");
+	if (c->copy == PGBI_COPY_OUT) {
+		/* The rows not taken yet are dropped (docs/copy.md). */
+		free(c->chunk);
+		c->chunk = NULL;
+		c->chunk_len = c->chunk_at = 0;
+		if (!c->copy_ended)
+			c->copy = PGBI_COPY_NONE;
+	}
 	r = wait_result(c, 1, 0, block, &got);
+	if (r && c->copy && c->copy_ended && got == c->copy_id)
+		pgbi_copy_drop(c);
 	if (r && id)
 		*id = got;
 	return r;

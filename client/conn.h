@@ -55,6 +55,18 @@ struct pgb_conn {
 	int64_t spin_ns;         /* adaptive spin budget before sleeping */
 	int spin_skips;
 	uint64_t rtt_sum_ns;
+	/* A COPY of ours (copy.c): the statement copy_id is in COPY IN or COPY
+	 * OUT until its data ends; copy_ended once its final result arrived
+	 * (stashed for pgb_get_result). */
+	int copy;                /* PGBI_COPY_NONE, _IN, _OUT */
+	uint32_t copy_id;
+	int copy_ended;
+	int copy_wait;           /* pgbi_recv_next returns when a chunk of rows came */
+	uint8_t *cbuf;           /* COPY IN data not sent yet (COPY_CHUNK bytes) */
+	uint32_t clen;
+	struct chan_rx crx;      /* a chunk of COPY OUT rows arriving */
+	uint8_t *chunk;          /* rows received, not taken yet */
+	uint64_t chunk_len, chunk_at;
 	char errmsg[512];
 	/* for pgb_reset: where the broker is, and whom it must run as */
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -97,8 +109,15 @@ pgb_result *pgbi_local_error(const char *sqlstate, const char *fmt, ...)
 pgb_result *pgbi_build_result(uint8_t *blob, uint64_t n);
 
 /* chanio.c */
-/* Forget a response whose frames were still arriving. */
+/* Forget a response whose frames were still arriving, and a COPY's state. */
 void pgbi_part_drop(pgb_conn *c);
+/* Ring the broker's bell if it sleeps. */
+void pgbi_notify_broker(pgb_conn *c);
+/* Wait until the request ring has need bytes free (or a response came):
+ * 0, or -1 when the broker is gone (the connection is then bad). */
+int pgbi_wait_space(pgb_conn *c, uint32_t need);
+/* Wait until something arrives in the response ring: 0 or -1 as above. */
+int pgbi_wait_response(pgb_conn *c);
 /* 1 when the broker has closed its end of the registration socket. */
 int pgbi_broker_gone(pgb_conn *c);
 /* The connection is bad for why: an error result that says so. */
@@ -112,6 +131,17 @@ pgb_result *pgbi_gone_error(pgb_conn *c);
 int pgbi_send_blob(pgb_conn *c, const uint8_t *blob, uint64_t total, uint32_t id);
 /* The next whole response (its id in *id), waiting for it if block. */
 pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id);
+
+/* copy.c */
+enum { PGBI_COPY_NONE = 0, PGBI_COPY_IN, PGBI_COPY_OUT };
+/* Forget c's COPY: buffers, rows, state. */
+void pgbi_copy_drop(pgb_conn *c);
+/* Take one COPY data frame from the response ring: 1 when a chunk of rows
+ * is complete (kept when it is our COPY OUT's, else dropped), 0 when more
+ * frames are to come, -1 when the broker broke the rules. */
+int pgbi_copy_rx(pgb_conn *c);
+/* A response r for id arrived: a COPY starts or ends. */
+void pgbi_copy_track(pgb_conn *c, uint32_t id, const pgb_result *r);
 
 /* client.c */
 /* Free the stash of answers nobody has asked for yet. */

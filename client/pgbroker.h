@@ -22,7 +22,7 @@ enum { PGB_CONNECTION_OK = 0, PGB_CONNECTION_BAD = 1 };
 #define PGB_SQLSTATE_BAD_REQUEST      "PB006" /* malformed request or bad argument */
 #define PGB_SQLSTATE_NOT_CONNECTED    "PB007" /* the connection is closed or unusable */
 #define PGB_SQLSTATE_TOO_MANY         "PB008" /* too many statements in flight or waiting */
-#define PGB_SQLSTATE_UNSUPPORTED      "PB009" /* e.g. COPY, which the broker does not relay */
+#define PGB_SQLSTATE_UNSUPPORTED      "PB009" /* not relayed: COPY BOTH, a second COPY in one string */
 #define PGB_SQLSTATE_BACKEND_FAILED   "PB010" /* could not connect to PostgreSQL */
 #define PGB_SQLSTATE_BATCH_ABORTED    "PB011" /* another statement of the pgb_batch failed */
 
@@ -166,7 +166,10 @@ int pgb_parallel(pgb_conn *c, const struct pgb_stmt *stmts, int n, pgb_result **
 long long pgb_send(pgb_conn *c, const char *sql, int nparams, const char *const *values,
 		   int flags);
 /* The next finished result and its id; blocks until one is there. NULL
- * when nothing is in flight. */
+ * when nothing is in flight. After a COPY (pgb_put_copy_end, or
+ * pgb_get_copy_data's -1) it gives the COPY's final result. During COPY
+ * FROM STDIN it answers PB006 at once; during COPY TO STDOUT the rows not
+ * taken yet are dropped. */
 pgb_result *pgb_get_result(pgb_conn *c, long long *id);
 /* Like pgb_get_result but never blocks: NULL when no result is ready yet
  * (then pgb_socket becomes readable when one is). */
@@ -178,6 +181,31 @@ pgb_result *pgb_try_result(pgb_conn *c, long long *id);
 int pgb_socket(const pgb_conn *c);
 /* Statements sent whose results have not been taken yet. */
 int pgb_in_flight(const pgb_conn *c);
+
+/* --- COPY, streamed through the broker (docs/copy.md) --- */
+
+/* After pgb_exec of COPY ... FROM STDIN returned a result whose status is
+ * PGB_COPY_IN: send len bytes of COPY data (any split: rows may span
+ * calls). Small pieces are gathered into 64 KiB frames; blocks while the
+ * broker cannot take more. 1, or -1 (pgb_error_message): no COPY FROM
+ * STDIN in progress, the connection broke, or the COPY already ended (the
+ * broker's backend failed; its result waits for pgb_get_result). */
+int pgb_put_copy_data(pgb_conn *c, const char *buf, int len);
+/* End COPY FROM STDIN: errmsg NULL finishes it, else fails it with that
+ * message (PostgreSQL's 57014, nothing applied). 1, or -1 as above. Then
+ * pgb_get_result(c, NULL) gives the final result: "COPY n", or the error
+ * (a bad row's 22P02, say). */
+int pgb_put_copy_end(pgb_conn *c, const char *errmsg);
+/* After pgb_exec of COPY ... TO STDOUT returned PGB_COPY_OUT: the next row.
+ * Returns its length with *buf a NUL-terminated copy the caller frees with
+ * pgb_freemem; -1 at the end of the data (then pgb_get_result(c, NULL)
+ * gives the final result: "COPY n", or the error); -2 on error
+ * (pgb_error_message: no COPY TO STDOUT in progress, the connection
+ * broke). async non-zero: never blocks, 0 when no row has arrived yet
+ * (then pgb_socket becomes readable when one does), as PQgetCopyData. */
+int pgb_get_copy_data(pgb_conn *c, char **buf, int async);
+/* Free what libpgbroker allocated for the caller (a COPY row). */
+void pgb_freemem(void *p);
 
 /* This connection's own statement statistics. */
 struct pgb_conn_stats {

@@ -487,3 +487,52 @@ int resp_parse(const uint8_t *buf, uint64_t n, struct resp_view *v,
 	}
 	return at == n ? 0 : -1;
 }
+
+/* --- COPY --- */
+
+int copy_chunk_next(const uint8_t *buf, uint64_t n, uint64_t *at, const uint8_t **row,
+		    uint32_t *len)
+{
+	if (*at == n)
+		return 0;
+	if (*at > n || n - *at < 4)
+		return -1;
+	memcpy(len, buf + *at, 4);
+	if (*len > COPY_ROW_MAX || *len > n - *at - 4)
+		return -1;
+	*row = buf + *at + 4;
+	*at += 4 + (uint64_t)*len;
+	return 1;
+}
+
+uint32_t copy_end_len(const char *errmsg)
+{
+	size_t len = errmsg ? strnlen(errmsg, COPY_END_MSG_MAX) : 0;
+
+	return 2 + (uint32_t)len;
+}
+
+void copy_end_encode(uint8_t *buf, const char *errmsg)
+{
+	uint32_t len = copy_end_len(errmsg) - 2;
+
+	buf[0] = errmsg ? COPY_END_FAIL : COPY_END_DONE;
+	if (len)
+		memcpy(buf + 1, errmsg, len);
+	buf[1 + len] = '\0';
+}
+
+int copy_end_decode(const uint8_t *buf, uint32_t n, const char **errmsg)
+{
+	if (n < 2 || n > 2 + COPY_END_MSG_MAX || buf[n - 1] != '\0' ||
+	    memchr(buf + 1, '\0', n - 1) != buf + n - 1)
+		return -1;
+	if (buf[0] == COPY_END_DONE && n == 2) {
+		*errmsg = NULL;
+		return 0;
+	}
+	if (buf[0] != COPY_END_FAIL)
+		return -1;
+	*errmsg = (const char *)buf + 1;
+	return 0;
+}

@@ -11,6 +11,14 @@
 enum frame_type {
 	FRAME_REQ = 1,    /* agent -> broker: a statement */
 	FRAME_RESP = 2,   /* broker -> agent: its result */
+	/* Inside a COPY (docs/copy.md), tagged with the COPY's request id:
+	 * agent -> broker: raw COPY FROM STDIN data, each frame a message of
+	 * its own (FRAME_FIRST | FRAME_LAST, aux = len), forwarded as it is;
+	 * broker -> agent: one chunk of COPY TO STDOUT rows (copy_chunk_*),
+	 * a message of one or more frames. */
+	FRAME_COPY_DATA = 8,
+	/* agent -> broker: the end of COPY FROM STDIN, one frame (copy_end_*) */
+	FRAME_COPY_END = 9,
 };
 
 enum frame_flags {
@@ -70,6 +78,28 @@ void batch_encode(uint8_t *buf, const struct req_stmt *stmts, uint32_t n, uint32
 /* Check a whole batch blob; fills views[count] (count from batch_count). */
 int batch_count(const uint8_t *buf, uint64_t n, uint32_t *count, const char **why);
 int batch_decode(const uint8_t *buf, uint64_t n, struct req_view *views, const char **why);
+
+/* COPY TO STDOUT rows, broker -> agent: a chunk is one or more rows, each
+ * "u32 length, bytes" (the host's byte order), filling the message
+ * exactly. A row longer than COPY_CHUNK goes alone in its chunk. */
+#define COPY_CHUNK (64u * 1024)
+#define COPY_ROW_MAX 0x7fffffffu   /* a row's length fits an int */
+/* The next row of a chunk at *at: 1 with *row and *len (at advances), 0 at
+ * the end, -1 when the chunk is malformed. */
+int copy_chunk_next(const uint8_t *buf, uint64_t n, uint64_t *at, const uint8_t **row,
+		    uint32_t *len);
+
+/* The end of COPY FROM STDIN, agent -> broker: u8 COPY_END_DONE or
+ * COPY_END_FAIL, then (FAIL) the error message, then a NUL. */
+enum { COPY_END_DONE = 0, COPY_END_FAIL = 1 };
+/* Bytes needed to encode an end with errmsg (NULL: done). */
+uint32_t copy_end_len(const char *errmsg);
+void copy_end_encode(uint8_t *buf, const char *errmsg);
+/* Check an end message: 0 with *errmsg (NULL: done, else a string inside
+ * buf), or -1 when malformed. */
+int copy_end_decode(const uint8_t *buf, uint32_t n, const char **errmsg);
+/* The longest error message an end carries (longer ones are cut). */
+#define COPY_END_MSG_MAX 1024u
 
 /* Response blob: resp_head, then items "u32 len, bytes, NUL" (len
  * 0xffffffff = NULL, no bytes): error message, command status, error fields,

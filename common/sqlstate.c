@@ -138,7 +138,7 @@ static const struct sqlstate_info table[] = {
 	E("PB008", "too_many", TRANSIENT, RAN_NO,
 	  "too many statements in flight or waiting; never sent"),
 	E("PB009", "unsupported", PERMANENT, RAN_ROLLED_BACK,
-	  "COPY, which the broker does not relay; the copy was aborted"),
+	  "not relayed: a second COPY in one statement string (aborted), COPY BOTH"),
 	E("PB010", "backend_failed", TRANSIENT, RAN_NO,
 	  "no backend could be connected within acquire_timeout_ms, or at once while PostgreSQL "
 	  "refuses the broker (misconfigured, with the server's message); never sent"),

@@ -8,7 +8,10 @@
  * share: the reassembler (chan_rx_frame) on a hostile ring, and the frame
  * writer (chan_frame_next) round-tripping a message through it.
  *
- * Input: byte 0 selects the decoder (mod 5), the rest is its input:
+ * And the COPY messages (copy_chunk_next on the client's side,
+ * copy_end_decode on the broker's).
+ *
+ * Input: byte 0 selects the decoder (mod 6), the rest is its input:
  *   0  a request blob
  *   1  a batch blob
  *   2  a ring: u8 size selector (64 << (b % 7) bytes), u32 our head, u32 the
@@ -18,6 +21,8 @@
  *   4  the channel: as 2, but frames are reassembled by chan_rx_frame
  *      (min a request head, max 16 << (high nibble of the size byte)), then
  *      the ring bytes go as one message through chan_frame_next and back
+ *   5  a COPY message: a chunk of COPY TO STDOUT rows (read row by row)
+ *      and the same bytes as a COPY end
  *
  * Built with -DFUZZ_SEED_MAIN instead of -fsanitize=fuzzer it is a program
  * that writes a seed corpus of valid encodings into the directory argv[1].
@@ -387,11 +392,40 @@ static void fuzz_response(const uint8_t *in, size_t n)
 	free(blob);
 }
 
+/* A chunk of rows as the client reads it, and an end as the broker does;
+ * a chunk that parses re-encodes to the same bytes. */
+static void fuzz_copy(const uint8_t *in, size_t n)
+{
+	uint8_t *blob = dup_exact(in, n);
+	uint64_t at = 0, sum = 0;
+	const uint8_t *row;
+	const char *msg = NULL;
+	uint32_t len;
+	int rc;
+
+	while ((rc = copy_chunk_next(blob, n, &at, &row, &len)) > 0) {
+		CHECK(row >= blob + 4 && row + len <= blob + n && len <= COPY_ROW_MAX);
+		CHECK(at == (uint64_t)(row - blob) + len);
+		sum += 4 + (uint64_t)len;
+	}
+	CHECK(rc == -1 || sum == n);
+	if (n <= UINT32_MAX && copy_end_decode(blob, (uint32_t)n, &msg) == 0) {
+		uint8_t again[2 + COPY_END_MSG_MAX];
+
+		CHECK(!msg || ((const uint8_t *)msg == blob + 1 && strlen(msg) == n - 2));
+		CHECK(copy_end_len(msg) == n);
+		copy_end_encode(again, msg);
+		CHECK(memcmp(again, blob, n) == 0);
+	}
+	free(blob);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
 		return 0;
-	switch (data[0] % 5) {
+	switch (data[0] % 6) {
+	case 5: fuzz_copy(data + 1, size - 1); break;
 	case 0: fuzz_request(data + 1, size - 1); break;
 	case 1: fuzz_batch(data + 1, size - 1); break;
 	case 2: fuzz_ring(data + 1, size - 1); break;
@@ -556,6 +590,25 @@ int main(int argc, char **argv)
 			put_seed(3, data, got);
 		}
 		free(data);
+	}
+	/* COPY: a chunk of three rows (one empty), an end, a failed end */
+	{
+		uint8_t chunk[64], end[64];
+		size_t at = 0;
+		static const char *const rows[] = { "1\tone\n", "", "\\N\t\xe2\x9c\x93\n" };
+
+		for (int i = 0; i < 3; i++) {
+			uint32_t len = (uint32_t)strlen(rows[i]);
+
+			memcpy(chunk + at, &len, 4);
+			memcpy(chunk + at + 4, rows[i], len);
+			at += 4 + len;
+		}
+		put_seed(5, chunk, at);
+		copy_end_encode(end, NULL);
+		put_seed(5, end, copy_end_len(NULL));
+		copy_end_encode(end, "changed my mind");
+		put_seed(5, end, copy_end_len("changed my mind"));
 	}
 	fprintf(stderr, "fuzz seeds: %d written to %s\n", seed_no, seed_dir);
 	return 0;

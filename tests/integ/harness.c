@@ -428,3 +428,14 @@ int h_stats(const char *dir, struct stats_data *d)
 	*d = s.d;
 	return 0;
 }
+
+void h_asan_no_quarantine(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	char asan[512];
+
+	snprintf(asan, sizeof(asan), "%s:quarantine_size_mb=0:thread_local_quarantine_size_kb=0",
+		 getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "");
+	setenv("ASAN_OPTIONS", asan, 1);
+#endif
+}

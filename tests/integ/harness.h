@@ -31,6 +31,9 @@ void h_broker_start(struct h_broker *br, const char *const *extra);
 int h_broker_stop(struct h_broker *br);
 /* SIGKILL and reap. */
 void h_broker_kill(struct h_broker *br);
+/* Under AddressSanitizer: brokers started after this keep no freed memory
+ * in ASan's quarantine (it would count as grown in VmRSS). Else nothing. */
+void h_asan_no_quarantine(void);
 /* Resident memory of a process in kB (VmRSS), -1 when it is gone. */
 long long h_rss_kb(pid_t pid);
 /* Backends of this broker, counted directly in pg_stat_activity. */

@@ -292,15 +292,31 @@ Test(core, closed_connection_rolls_back_its_transaction)
 	pgb_finish(b);
 }
 
-Test(core, copy_is_refused_clearly)
+/* COPY is relayed (tests/integ/test_copy.c); a second COPY in one
+ * statement string is not: PB009 once the first one's data is through,
+ * and the connection goes on. */
+Test(core, second_copy_in_one_string_is_refused_clearly)
 {
 	pgb_conn *c = h_connect(&br);
-	pgb_result *r = pgb_exec(c, "copy (select 1) to stdout");
+	pgb_result *r = pgb_exec(c, "copy (select 1) to stdout; copy (select 2) to stdout");
+	char *row;
 
-	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_UNSUPPORTED);
+	cr_assert_eq(pgb_result_status(r), PGB_COPY_OUT, "%s", pgb_result_error(r));
 	pgb_clear(r);
-	r = pgb_exec(c, "create temp table cp (k int); copy cp from stdin");
-	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_UNSUPPORTED);
+	cr_assert_eq(pgb_get_copy_data(c, &row, 0), 2);
+	cr_assert_str_eq(row, "1\n");
+	pgb_freemem(row);
+	cr_assert_eq(pgb_get_copy_data(c, &row, 0), -1);
+	r = pgb_get_result(c, NULL);
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_UNSUPPORTED, "%s", pgb_result_error(r));
+	pgb_clear(r);
+	r = pgb_exec(c, "create temp table cp (k int); copy cp from stdin; copy cp from stdin");
+	cr_assert_eq(pgb_result_status(r), PGB_COPY_IN, "%s", pgb_result_error(r));
+	pgb_clear(r);
+	cr_assert_eq(pgb_put_copy_data(c, "7\n", 2), 1);
+	cr_assert_eq(pgb_put_copy_end(c, NULL), 1);
+	r = pgb_get_result(c, NULL);
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_UNSUPPORTED, "%s", pgb_result_error(r));
 	pgb_clear(r);
 	cr_assert_eq(h_num(c, "select 9"), 9);
 	pgb_finish(c);

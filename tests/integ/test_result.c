@@ -33,6 +33,18 @@ static void pg_do(PGconn *pg, const char *sql)
 	PQclear(r);
 }
 
+/* An error the broker makes itself: it refuses a batch that would begin a
+ * transaction (PB006), before anything runs. */
+static pgb_result *broker_error(pgb_conn *c)
+{
+	const struct pgb_stmt st[] = { { .sql = "begin" } };
+	pgb_result *res[1] = { NULL };
+
+	cr_assert_eq(pgb_batch(c, st, 1, res), -1);
+	cr_assert_not_null(res[0]);
+	return res[0];
+}
+
 Test(result, status_matches_libpq)
 {
 	static const struct {
@@ -79,8 +91,8 @@ Test(result, status_matches_libpq)
 	cr_assert_eq(pgb_result_status(r), PGB_COMMAND_OK, "%s", pgb_result_error(r));
 	pgb_clear(r);
 	/* Broker-side and local failures are PGB_FATAL_ERROR. */
-	r = pgb_exec(c, "copy (select 1) to stdout");
-	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_UNSUPPORTED);
+	r = broker_error(c);
+	cr_assert_str_eq(pgb_sqlstate(r), PGB_SQLSTATE_BAD_REQUEST);
 	cr_assert_eq(pgb_result_status(r), PGB_FATAL_ERROR);
 	pgb_clear(r);
 	r = pgb_exec(c, NULL);
@@ -256,10 +268,10 @@ Test(result, error_fields_match_libpq)
 		cr_assert_null(pgb_result_error_field(r, all_fields[i]));
 	pgb_clear(r);
 	/* The broker's own error: severity, code and message, nothing else. */
-	r = pgb_exec(c, "copy (select 1) to stdout");
+	r = broker_error(c);
 	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SEVERITY), "ERROR");
 	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SEVERITY_NONLOCALIZED), "ERROR");
-	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SQLSTATE), PGB_SQLSTATE_UNSUPPORTED);
+	cr_assert_str_eq(pgb_result_error_field(r, PGB_DIAG_SQLSTATE), PGB_SQLSTATE_BAD_REQUEST);
 	{
 		/* the message is "ERROR:  ", the primary message and a newline */
 		char full[512];
