@@ -139,6 +139,21 @@ struct Params {
 	int Count() const { return (int)ptr.size(); }
 };
 
+// What a COPY gets: the package has no COPY streams (libpgbroker has).
+Napi::Object CopyRefused(Napi::Env env)
+{
+	Napi::Object o = Napi::Object::New(env);
+	Napi::Object e = Napi::Object::New(env);
+
+	e.Set("message", "COPY is not supported by the Node package (use libpgbroker's "
+			 "pgb_put_copy_data and pgb_get_copy_data)");
+	e.Set("code", PGB_SQLSTATE_UNSUPPORTED);
+	e.Set("severity", "ERROR");
+	o.Set("status", (int)PGB_FATAL_ERROR);
+	o.Set("error", e);
+	return o;
+}
+
 class Conn : public Napi::ObjectWrap<Conn> {
 public:
 	static Napi::Function Init(Napi::Env env)
@@ -184,6 +199,7 @@ public:
 
 private:
 	pgb_conn *conn_ = nullptr;
+	long long copy_refused_ = 0; // a COPY answered PB009: its final result is dropped
 	uv_loop_t *loop_ = nullptr;
 	uv_poll_t *poll_ = nullptr;   // owned by libuv once closing
 	bool polling_ = false;
@@ -245,8 +261,25 @@ private:
 		long long id;
 
 		while (conn_ && !worker_ && (r = pgb_try_result(conn_, &id))) {
+			int st = pgb_result_status(r);
+
+			if (id == copy_refused_) {
+				// the refused COPY's final result: its query has its answer
+				copy_refused_ = 0;
+				pgb_clear(r);
+				continue;
+			}
 			out.Set(n++, Napi::Number::New(env, (double)id));
-			out.Set(n++, ToJs(env, r));
+			if (st == PGB_COPY_IN || st == PGB_COPY_OUT) {
+				// No COPY streams in this package: end it (COPY IN fails,
+				// COPY OUT's rows are dropped by the next pgb_try_result).
+				if (st == PGB_COPY_IN)
+					pgb_put_copy_end(conn_, "COPY is not supported by the Node package");
+				copy_refused_ = id;
+				out.Set(n++, CopyRefused(env));
+			} else {
+				out.Set(n++, ToJs(env, r));
+			}
 			pgb_clear(r);
 		}
 		return out;
