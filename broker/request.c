@@ -511,8 +511,12 @@ void request_read(struct broker *b, struct agent *a, int *budget)
 			a->throttled = 1;
 			break;
 		}
-		if (ring_peek(&a->req, &h) > 0 &&
-		    (h.type == FRAME_COPY_DATA || h.type == FRAME_COPY_END)) {
+		int peeked = ring_peek(&a->req, &h);
+
+		/* Only the frame just seen: one published since may be COPY's. */
+		if (peeked == 0)
+			break;
+		if (peeked > 0 && (h.type == FRAME_COPY_DATA || h.type == FRAME_COPY_END)) {
 			enum agent_doom why;
 			int taken = copy_in_frame(b, a, &h, &why);
 

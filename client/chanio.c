@@ -216,7 +216,9 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 		enum chan_rx_rc rc;
 		pgb_result *r;
 
-		if (ring_peek(&c->resp, &fh) > 0 && fh.type == FRAME_COPY_DATA) {
+		int peeked = ring_peek(&c->resp, &fh);
+
+		if (peeked > 0 && fh.type == FRAME_COPY_DATA) {
 			int got = pgbi_copy_rx(c);
 
 			if (got < 0)
@@ -227,7 +229,9 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 				return NULL;	/* pgb_get_copy_data has a row */
 			continue;
 		}
-		rc = chan_rx_frame(&c->part, &c->resp, FRAME_RESP, 0, UINT64_MAX);
+		/* Only the frame just seen: one published since may be COPY data. */
+		rc = peeked == 0 ? CHAN_RX_EMPTY
+				 : chan_rx_frame(&c->part, &c->resp, FRAME_RESP, 0, UINT64_MAX);
 
 		switch (rc) {
 		case CHAN_RX_EMPTY:
