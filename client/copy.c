@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -262,7 +263,8 @@ PGB_API int pgb_get_copy_data(pgb_conn *c, char **buf, int async)
 		return -2;
 	for (;;) {
 		int n = copy_take_row(c, buf), was_armed = 0, signalled = 0;
-		uint64_t v;
+		char wake[64];
+		ssize_t got;
 
 		if (n != -1)
 			return n;
@@ -273,10 +275,16 @@ PGB_API int pgb_get_copy_data(pgb_conn *c, char **buf, int async)
 			return -1;
 		}
 		if (async) {
-			/* Clear the eventfd first, then look: a chunk published
-			 * after the look finds fd_armed set and signals it. */
+			/* Drain the wake-up bytes first, then look, as
+			 * pgb_try_result: a chunk published after the look finds
+			 * fd_armed set and signals the socket again. */
 			was_armed = chan_fd_armed(c->chan);
-			signalled = read(c->efd, &v, sizeof(v)) == (ssize_t)sizeof(v);
+			got = recv(c->sock, wake, sizeof(wake), MSG_DONTWAIT);
+			signalled = got > 0;
+			if (got == 0) {
+				pgbi_mark_gone(c);	/* end of file: the broker went away */
+				return -2;
+			}
 		}
 		/* What has arrived: a chunk stops it, answers are stashed. */
 		c->copy_wait = 1;
