@@ -340,7 +340,16 @@ Test(copy, inside_a_transaction)
 	char *out;
 
 	pgb_clear(h_ok(c, "create table cp_txn (k int)"));
+	/* COPY as the transaction's first statement, then as a later one */
 	pgb_clear(h_ok(c, "begin"));
+	r = copy_in(c, "copy cp_txn from stdin", "9\n", 2, NULL);
+	cr_assert_str_eq(pgb_cmd_status(r), "COPY 1", "%s", pgb_result_error(r));
+	pgb_clear(r);
+	pgb_clear(h_ok(c, "rollback"));
+	pgb_clear(h_ok(c, "begin"));
+	out = copy_out(c, "copy (select 5) to stdout", &n);
+	cr_assert_eq(n, 2);
+	free(out);
 	pgb_clear(h_ok(c, "insert into cp_txn values (0)"));
 	r = copy_in(c, "copy cp_txn from stdin", "1\n2\n", 4, NULL);
 	cr_assert_str_eq(pgb_cmd_status(r), "COPY 2", "%s", pgb_result_error(r));
