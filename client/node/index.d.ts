@@ -5,7 +5,7 @@ import { EventEmitter } from 'events';
 export interface PoolConfig {
   /** The broker's run directory; default $PGBROKER_DIR, else libpgbroker's default (/run/pgbroker for root, $XDG_RUNTIME_DIR/pgbroker or /tmp/pgbroker-UID otherwise). */
   dir?: string;
-  /** Accepted for pg compatibility; the broker sizes the pool (POSTGRES_POOL_SIZE). */
+  /** The broker sizes the pool of backends; here: how many released pool.connect() connections are kept for reuse (POSTGRES_POOL_SIZE, else 25). */
   max?: number;
   /** Statements one Pool keeps in flight at once; more wait in the Pool (128). */
   maxInFlight?: number;

@@ -144,6 +144,49 @@ async function startAgents(variant, n, target) {
 
 const VARIANTS = ['pgbroker', 'pg.Pool per process', 'pg via PgBouncer'];
 
+// The tables for the agent counts done so far (results.md is rewritten
+// after each count: a run stopped early keeps what it measured).
+function report(acc, counts) {
+  const q = (lat, f) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(f * lat.length))] : NaN);
+  const ms = (us) => (us / 1000).toFixed(2);
+  const tps = (a) => (a.secs ? a.n / a.secs : 0);
+  const fmt = (a) => (a ? `${tps(a).toFixed(0)} (p50 ${ms(q(a.lat, 0.5))} ms${a.errors ? `, ${a.errors} errors` : ''})` : 'skipped');
+  const ratio = (a, b) => {
+    if (!a || !b || !tps(b)) return '-';
+    const per = a.rounds.map((x, i) => x / b.rounds[i]).sort((x, y) => x - y);
+    return `${(tps(a) / tps(b)).toFixed(2)} (${per[0].toFixed(2)}-${per[per.length - 1].toFixed(2)})`;
+  };
+  let md = '| agents | workload | pgbroker (stmt/s) | pg.Pool per process | pg via PgBouncer | pgbroker / pool per process | pgbroker / PgBouncer |\n';
+  md += '| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n';
+  let cpu = '| agents | workload | pgbroker: agent + broker + PostgreSQL | pool per process: agent + PostgreSQL | PgBouncer: agent + PgBouncer + PostgreSQL |\n';
+  cpu += '| ---: | --- | ---: | ---: | ---: |\n';
+  const us = (a) => {
+    if (!a || !a.n) return '-';
+    const per = (x) => (x / a.n).toFixed(0);
+    const parts = [per(a.agentUs)];
+    if (a.poolerUs) parts.push(per(a.poolerUs));
+    parts.push(per(a.pgUs));
+    return `${parts.join(' + ')} = ${per(a.agentUs + a.poolerUs + a.pgUs)}`;
+  };
+  for (const n of counts) {
+    for (const w of WORKLOADS) {
+      const r = acc[n][w];
+      const b = r.pgbroker;
+      const p = r['pg.Pool per process'];
+      const g = r['pg via PgBouncer'];
+      md += `| ${n} | ${w} | ${fmt(b)} | ${fmt(p)} | ${fmt(g)} | ${ratio(b, p)} | ${ratio(b, g)} |\n`;
+      cpu += `| ${n} | ${w} | ${us(b)} | ${us(p)} | ${us(g)} |\n`;
+    }
+  }
+  const head = `Node agents, ${ROUNDS} rounds of ${SECONDS} s per workload and variant (the order rotating), ` +
+    `pool of ${POOL} backends (broker and PgBouncer), each agent one statement at a time; ` +
+    `${os.cpus().length} cores, load average ${os.loadavg()[0].toFixed(1)} at the end ` +
+    `(${new Date().toISOString()}). Ratios: of the rounds' totals (lowest-highest of single rounds).\n\n`;
+  const out = head + md + '\nCPU time per statement (microseconds):\n\n' + cpu;
+  fs.writeFileSync(path.join(__dirname, 'results.md'), out);
+  return out;
+}
+
 async function main() {
   if (!DSN) throw new Error('PGB_TEST_DSN is not set: make bench-node');
   psql('drop table if exists nb_accounts; create table nb_accounts (aid int primary key, abalance int not null); ' +
@@ -194,51 +237,15 @@ async function main() {
           await agents.end();
         }
       }
+      for (const w of WORKLOADS) for (const v of variants) acc[n][w][v].lat.sort((x, y) => x - y);
+      report(acc, AGENTS.filter((c) => acc[c]));
     }
   } finally {
     if (bouncer) await bouncer.stop();
     await br.stop();
     psql('drop table if exists nb_accounts');
   }
-  const q = (lat, f) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(f * lat.length))] : NaN);
-  const ms = (us) => (us / 1000).toFixed(2);
-  const tps = (a) => (a.secs ? a.n / a.secs : 0);
-  const fmt = (a) => (a ? `${tps(a).toFixed(0)} (p50 ${ms(q(a.lat, 0.5))} ms${a.errors ? `, ${a.errors} errors` : ''})` : 'skipped');
-  const ratio = (a, b) => {
-    if (!a || !b || !tps(b)) return '-';
-    const per = a.rounds.map((x, i) => x / b.rounds[i]).sort((x, y) => x - y);
-    return `${(tps(a) / tps(b)).toFixed(2)} (${per[0].toFixed(2)}-${per[per.length - 1].toFixed(2)})`;
-  };
-  let md = '| agents | workload | pgbroker (stmt/s) | pg.Pool per process | pg via PgBouncer | pgbroker / pool per process | pgbroker / PgBouncer |\n';
-  md += '| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n';
-  let cpu = '| agents | workload | pgbroker: agent + broker + PostgreSQL | pool per process: agent + PostgreSQL | PgBouncer: agent + PgBouncer + PostgreSQL |\n';
-  cpu += '| ---: | --- | ---: | ---: | ---: |\n';
-  const us = (a) => {
-    if (!a || !a.n) return '-';
-    const per = (x) => (x / a.n).toFixed(0);
-    const parts = [per(a.agentUs)];
-    if (a.poolerUs) parts.push(per(a.poolerUs));
-    parts.push(per(a.pgUs));
-    return `${parts.join(' + ')} = ${per(a.agentUs + a.poolerUs + a.pgUs)}`;
-  };
-  for (const n of AGENTS) {
-    for (const w of WORKLOADS) {
-      const r = acc[n][w];
-      const b = r.pgbroker;
-      const p = r['pg.Pool per process'];
-      const g = r['pg via PgBouncer'];
-      for (const a of [b, p, g]) if (a) a.lat.sort((x, y) => x - y);
-      md += `| ${n} | ${w} | ${fmt(b)} | ${fmt(p)} | ${fmt(g)} | ${ratio(b, p)} | ${ratio(b, g)} |\n`;
-      cpu += `| ${n} | ${w} | ${us(b)} | ${us(p)} | ${us(g)} |\n`;
-    }
-  }
-  const head = `Node agents, ${ROUNDS} rounds of ${SECONDS} s per workload and variant (the order rotating), ` +
-    `pool of ${POOL} backends (broker and PgBouncer), each agent one statement at a time; ` +
-    `${os.cpus().length} cores, load average ${os.loadavg()[0].toFixed(1)} at the end ` +
-    `(${new Date().toISOString()}). Ratios: of the rounds' totals (lowest-highest of single rounds).\n\n`;
-  const out = head + md + '\nCPU time per statement (microseconds):\n\n' + cpu;
-  fs.writeFileSync(path.join(__dirname, 'results.md'), out);
-  process.stdout.write(out);
+  process.stdout.write(report(acc, AGENTS));
 }
 
 main().catch((e) => {
