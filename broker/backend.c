@@ -85,6 +85,11 @@ void be_set_state(struct broker *b, struct backend *be, enum be_state to)
 	case BE_PINNED: b->npinned++; break;
 	default: break;
 	}
+	/* the pool controller's peaks (pool_ctl_tick) */
+	if (b->nbusy > b->ctl_busy_peak)
+		b->ctl_busy_peak = b->nbusy;
+	if (b->npinned > b->ctl_pinned_peak)
+		b->ctl_pinned_peak = b->npinned;
 }
 
 int be_resetting(const struct backend *be)

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "list.h"
 #include "loop.h"
+#include "policy.h"
 #include "proto.h"
 #include "ratelimit.h"
 #include "stats.h"
@@ -329,6 +330,11 @@ struct broker {
 	uint8_t *copy_buf;        /* one COPY FROM STDIN frame on its way to libpq */
 	uint32_t copy_buf_size;
 	uint32_t busy_target;     /* busy backends worth having: one per core */
+	uint32_t pool_target;     /* backends the controller allows now (pool_ctl_tick):
+				     from pool_size, within min/max_pool_size */
+	struct pool_ctl ctl;      /* its memory (policy.h) */
+	int64_t ctl_next_ns;      /* its next interval */
+	uint32_t ctl_busy_peak, ctl_pinned_peak, ctl_waited;  /* this interval's counts */
 	struct stmt_heat *heat;   /* statement texts seen lately */
 	uint32_t stmt_token;      /* random, in the names of prepared statements */
 	struct breaker breaker;   /* around connecting to PostgreSQL */

@@ -30,4 +30,39 @@ int policy_all_or_nothing(const struct req_view *v, const struct req_view *subs,
 int policy_ends_transaction(const struct req_view *v, const struct req_view *subs,
 			    uint32_t nsub);
 
+/* The pool's size controller. Once per interval the broker reports what
+ * the pool did (struct pool_sample) and policy_pool_size answers how many
+ * backends it may open now: between min_pool_size and max_pool_size. A
+ * backend pinned idle in a transaction waits on its agent and costs the
+ * server no CPU, so the backends worth having are enough busy ones to keep
+ * the cores busy plus those pinned. The pool grows at once while
+ * statements wait and the pool is full of pins (or of fewer busy backends
+ * than twice the cores); it shrinks one step at a time after
+ * POOL_CALM_TICKS intervals without a wait, never below what was in use
+ * plus headroom, and never within hold intervals after a grow. Each grow
+ * that undoes a shrink doubles hold (up to POOL_HOLD_MAX), so a load that
+ * sits at the edge settles instead of oscillating. */
+struct pool_sample {
+	uint32_t target;        /* the size allowed until now */
+	uint32_t min, max;      /* min_pool_size, max_pool_size */
+	uint32_t cores;         /* busy backends that keep the cores busy */
+	uint32_t busy_peak;     /* most backends running statements at once */
+	uint32_t pinned_peak;   /* most backends pinned idle at once */
+	uint32_t waited;        /* statements that had to wait for a backend */
+};
+
+struct pool_ctl {               /* the controller's memory; zero to start */
+	uint32_t calm;          /* intervals in a row without a wait */
+	uint32_t hold;          /* intervals left before a shrink may come */
+	uint32_t hold_base;     /* hold after a grow (doubles on a reversal) */
+	int last;               /* last move: 1 grew, -1 shrank, 0 none yet */
+};
+
+#define POOL_CALM_TICKS 5
+#define POOL_HOLD_MIN   10
+#define POOL_HOLD_MAX   640
+
+/* The size for the next interval (== s->target: no change). */
+uint32_t policy_pool_size(struct pool_ctl *c, const struct pool_sample *s);
+
 #endif

@@ -117,7 +117,7 @@ void pool_agent_reset(struct broker *b, struct agent *a)
 
 void pool_grow(struct broker *b)
 {
-	uint32_t limit = (uint32_t)b->cfg.pool_size;
+	uint32_t limit = b->pool_target;
 	uint32_t want = 0;
 
 	if (b->stopping == STOP_FAST)
@@ -163,12 +163,61 @@ static void stats_connect_error(struct broker *b)
 		 (int)sizeof(b->st.connect_error) - 1, msg);
 }
 
+#define POOL_TICK_MS 200	/* the pool controller's interval */
+
+/* Once per POOL_TICK_MS while the pool is in use: the controller's
+ * decision from the interval's peaks and waits (policy_pool_size); idle
+ * backends above a smaller size close now, busy ones when released (the
+ * oldest waiter still gets a released backend first). */
+static void pool_ctl_tick(struct broker *b, int64_t *next_ns)
+{
+	struct pool_sample s;
+	uint32_t t;
+
+	if (b->now_ns < b->ctl_next_ns) {
+		if (b->ctl_next_ns < *next_ns)
+			*next_ns = b->ctl_next_ns;
+		return;
+	}
+	s = (struct pool_sample){
+		.target = b->pool_target,
+		.min = (uint32_t)b->cfg.min_pool_size,
+		.max = (uint32_t)b->cfg.max_pool_size,
+		.cores = b->busy_target,
+		.busy_peak = b->ctl_busy_peak,
+		.pinned_peak = b->ctl_pinned_peak,
+		.waited = b->ctl_waited,
+	};
+	t = policy_pool_size(&b->ctl, &s);
+	if (t > b->pool_target) {
+		b->st.c.pool_grows++;
+		log_info("pool grows to %u backends: %u statements waited, %u pinned idle",
+			 t, s.waited, s.pinned_peak);
+	} else if (t < b->pool_target) {
+		b->st.c.pool_shrinks++;
+		log_debug("pool shrinks to %u backends: %u in use at most", t,
+			  s.busy_peak + s.pinned_peak);
+	}
+	b->pool_target = t;
+	b->ctl_busy_peak = b->nbusy;
+	b->ctl_pinned_peak = b->npinned;
+	b->ctl_waited = b->nwaiting;
+	while (b->ntotal > t && b->ntotal > (uint32_t)b->cfg.min_pool_size &&
+	       !list_empty(&b->idle))
+		be_close(b, list_entry(b->idle.prev, struct backend, link), CLOSE_IDLE);
+	/* Asleep while nothing happens at min_pool_size. */
+	b->ctl_next_ns = b->now_ns + POOL_TICK_MS * MS;
+	if ((t > s.min || b->nbusy || b->npinned || b->nwaiting) && b->ctl_next_ns < *next_ns)
+		*next_ns = b->ctl_next_ns;
+}
+
 void pool_timers(struct broker *b, int64_t *next_ns)
 {
 	int64_t idle = (int64_t)b->cfg.idle_timeout_ms * MS, retry_ns;
 	struct list *pos, *tmp;
 
 	waitq_timers(b, next_ns);
+	pool_ctl_tick(b, next_ns);
 	/* Retire idle backends past their lifetime, and ping those idle past
 	 * the validation interval so a dead one is found before it is handed
 	 * out. */
@@ -243,6 +292,7 @@ int pool_init(struct broker *b)
 		b->stmt_token = (uint32_t)getpid() ^ (uint32_t)b->now_ns;
 	b->busy_target = (uint32_t)(sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 					sysconf(_SC_NPROCESSORS_ONLN) : 1);
+	b->pool_target = (uint32_t)b->cfg.pool_size;
 	list_init(&b->flushq);
 	list_init(&b->copyq);
 	for (uint32_t i = 0; i < b->nslots; i++) {
@@ -309,6 +359,13 @@ void pool_reconfigure(struct broker *b, const struct pgb_config *old)
 		b->cfg_gen++;
 	if (b->cfg.max_pool_size > old->max_pool_size)
 		be_capacity_check(b);
+	/* a new pool_size is where the controller starts again */
+	if (old->pool_size != b->cfg.pool_size)
+		b->pool_target = (uint32_t)b->cfg.pool_size;
+	if (b->pool_target > (uint32_t)b->cfg.max_pool_size)
+		b->pool_target = (uint32_t)b->cfg.max_pool_size;
+	if (b->pool_target < (uint32_t)b->cfg.min_pool_size)
+		b->pool_target = (uint32_t)b->cfg.min_pool_size;
 	if (old->max_connection_lifetime_ms != b->cfg.max_connection_lifetime_ms)
 		for (uint32_t i = 0; i < b->nslots; i++)
 			if (b->backends[i].state != BE_FREE)

@@ -49,7 +49,11 @@ void req_set_state(struct broker *b, struct request *r, enum req_state to, struc
 	switch (to) {
 	case RQ_QUEUED: r->agent->nqueued++; list_add_tail(&r->agent->queue, &r->link); break;
 	case RQ_HELD: list_add_tail(&r->agent->held, &r->link); break;
-	case RQ_WAITING: b->nwaiting++; list_add_tail(&b->waitq, &r->link); break;
+	case RQ_WAITING:
+		b->nwaiting++;
+		b->ctl_waited++;
+		list_add_tail(&b->waitq, &r->link);
+		break;
 	case RQ_DELAYED: list_add_tail(&b->delayed, &r->link); break;
 	case RQ_PIPED: list_add_tail(&be->pipeq, &r->link); break;
 	default: break;

@@ -100,7 +100,7 @@ void stats_fill(struct broker *b)
 	p->other = p->total > known ? p->total - known : 0;
 	p->waiting = b->nwaiting;
 	p->min = (uint32_t)b->cfg.min_pool_size;
-	p->size = (uint32_t)b->cfg.pool_size;
+	p->size = b->pool_target;
 	p->max = (uint32_t)b->cfg.max_pool_size;
 	p->agents = b->nagents;
 	p->utilization = p->max ? 100.0 * (double)(p->active + p->pinned) / (double)p->max : 0;

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 6u          /* bump on any change of the structs below */
+#define STATS_VERSION 7u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
 
 /* Latency histograms: log-scaled buckets of microseconds, four per power of
@@ -43,7 +43,8 @@ struct stats_pool {
 	uint32_t connecting;
 	uint32_t other;          /* the broker's own work: rollback, validation, cancel */
 	uint32_t waiting;        /* statements (one per agent) waiting for a backend */
-	uint32_t min, size, max; /* min_pool_size, pool_size, max_pool_size */
+	uint32_t min, size, max; /* min_pool_size, the size the controller allows now
+				    (from pool_size), max_pool_size */
 	uint32_t agents;         /* agents connected */
 	uint32_t pad;
 	double utilization;      /* percent: (active + pinned) / max */
@@ -61,6 +62,7 @@ struct stats_counters {
 				      the transaction's first statement */
 	uint64_t txns_local;       /* ...of which the transaction ended (COMMIT or
 				      ROLLBACK) before any statement: no backend used */
+	uint64_t pool_grows, pool_shrinks;  /* the pool controller's decisions */
 };
 
 /* Published once per loop pass: the broker counts into its own copy

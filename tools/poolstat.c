@@ -412,8 +412,10 @@ static void print_json(struct view *v, FILE *f)
 		(unsigned long long)d->c.reloads, (unsigned long long)d->c.reload_failures);
 	fprintf(f, "\"pool\":{\"total\":%u,\"idle\":%u,\"active\":%u,\"pinned\":%u,"
 		"\"connecting\":%u,\"other\":%u,\"waiting\":%u,\"min\":%u,\"size\":%u,\"max\":%u,"
-		"\"utilization_percent\":%.2f},", p->total, p->idle, p->active, p->pinned,
-		p->connecting, p->other, p->waiting, p->min, p->size, p->max, p->utilization);
+		"\"utilization_percent\":%.2f,\"grows\":%llu,\"shrinks\":%llu},", p->total, p->idle,
+		p->active, p->pinned, p->connecting, p->other, p->waiting, p->min, p->size, p->max,
+		p->utilization, (unsigned long long)d->c.pool_grows,
+		(unsigned long long)d->c.pool_shrinks);
 	fprintf(f, "\"clients\":{\"connected\":%u,\"registered\":%llu,\"gone\":%llu,"
 		"\"refused\":%llu,\"protocol_errors\":%llu},", p->agents,
 		(unsigned long long)d->c.agents_registered, (unsigned long long)d->c.agents_gone,
