@@ -204,17 +204,17 @@ unit: $(UNIT_BIN)
 NODE_DIR   := client/node
 NODE_ADDON := $(NODE_DIR)/build/Release/pgbroker.node
 .PHONY: node test-node bench-node test-libpq
-# pgbench, psql and psycopg2, unmodified, through client/libpq/libpq.so.5
-# (tests/libpq/run.sh [SECTION...]).
-test-libpq: all $(LIBPQ_API)
-	sh tools/run-integ.sh tests/libpq/run.sh
-
 # A libpq program of our own, linked with the system's libpq (-lpq):
 # tests/libpq/run.sh compares its output direct and through the drop-in.
 LIBPQ_API := tests/libpq/api
 $(LIBPQ_API): tests/libpq/api.o
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# pgbench, psql and psycopg2, unmodified, through client/libpq/libpq.so.5
+# (tests/libpq/run.sh [SECTION...]).
+test-libpq: all $(LIBPQ_API)
+	sh tools/run-integ.sh tests/libpq/run.sh
 
 node: $(NODE_ADDON)
 
