@@ -14,6 +14,7 @@
 #include "futex.h"
 #include "listen.h"
 #include "log.h"
+#include "memory.h"
 #include "pool.h"
 #include "request.h"
 #include "response.h"
@@ -335,7 +336,10 @@ void agent_free(struct broker *b, struct agent *a)
 		request_free(r);
 	}
 	while ((pos = list_pop(&a->responses)))
-		response_free(list_entry(pos, struct response, link));
+		response_free(b, a, list_entry(pos, struct response, link));
+	mem_agent_gone(b, a);
+	if (a->rx_mem)
+		mem_uncharge(b, NULL, a->rx_mem);
 	list_del(&a->wake_link);
 	list_del(&a->kick_link);
 	list_del(&a->ready_link);

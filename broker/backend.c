@@ -20,17 +20,20 @@
 #include "clock.h"
 #include "cork.h"
 #include "log.h"
+#include "memory.h"
 #include "pipeline.h"
 #include "policy.h"
 #include "pool.h"
 #include "sqlstate.h"
 #include "request.h"
 #include "response.h"
+#include "rows.h"
 #include "waitq.h"
 
 static const char *const close_names[] = {
 	"idle timeout", "broken", "failed validation", "max_connection_lifetime_ms",
 	"settings changed by reload", "shutdown", "session state DISCARD ALL cannot undo",
+	"memory: its buffers grew large",
 };
 
 struct backend *pool_by_tag(struct broker *b, uint64_t tag)
@@ -100,12 +103,16 @@ int be_resetting(const struct backend *be)
 /* Keep exactly one poll armed per backend, for the events it needs now. */
 void be_arm(struct broker *b, struct backend *be, int events)
 {
+	if (be->paused)
+		events &= ~POLLIN;	/* not read while paused (memory.c) */
 	if (be->poll_events == events)
 		return;
 	if (be->poll_events)
 		loop_cancel(b->loop, be->fd, tag_make(TAG_BACKEND, be->slot, be->poll_seq));
 	be->poll_seq++;
 	be->poll_events = events;
+	if (!events)
+		return;
 	loop_poll(b->loop, be->fd, (unsigned)events,
 		  tag_make(TAG_BACKEND, be->slot, be->poll_seq));
 }
@@ -353,7 +360,7 @@ static enum agent_lost request_lost(const struct request *r, int in_txn)
 /* r was running (or pipelined) on a backend that is gone. Its agent
  * hears it from r, and from every later statement while what it lost is
  * unacknowledged (agent_lose). */
-static void fail_request(struct broker *b, struct request *r, int in_txn)
+static void fail_request(struct broker *b, struct request *r, int in_txn, const char *too_large)
 {
 	if (!r)
 		return;
@@ -361,6 +368,10 @@ static void fail_request(struct broker *b, struct request *r, int in_txn)
 	req_set_state(b, r, RQ_NONE, NULL);
 	if (r->agent)
 		agent_lose(r->agent, request_lost(r, in_txn));
+	if (too_large) {	/* be_close_too_large: it ran, but its answer was too large */
+		request_fail(b, r, "PB004", "%s", too_large);
+		return;
+	}
 	if (r->agent && !in_txn && !r->agent->lost && (r->flags & REQ_IDEMPOTENT) &&
 	    waitq_retry(b, r, "connection lost"))
 		return;
@@ -415,12 +426,15 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why)
 	case CLOSE_BROKEN: b->st.c.closed_broken++; break;
 	case CLOSE_VALIDATION: b->st.c.closed_validation++; break;
 	case CLOSE_LIFETIME: b->st.c.closed_lifetime++; break;
+	case CLOSE_MEMORY: b->st.c.closed_memory++; break;
 	default: break;
 	}
 	if (be->res)
 		PQclear(be->res);
 	be->res = NULL;
 	be->begin_step = 0;
+	rows_reset(b, be, be->req ? be->req->agent : NULL);
+	be->bloated = 0;
 	if (be->pg)
 		PQfinish(be->pg);
 	be->pg = NULL;
@@ -430,10 +444,17 @@ void be_close(struct broker *b, struct backend *be, enum close_reason why)
 	 * nothing reuses this slot meanwhile. */
 	head = be->req;
 	be->req = NULL;
-	fail_request(b, head, in_txn);
+	fail_request(b, head, in_txn, be->too_large);
+	be->too_large = NULL;
 	while (!list_empty(&be->pipeq))
-		fail_request(b, list_entry(be->pipeq.next, struct request, link), in_txn);
+		fail_request(b, list_entry(be->pipeq.next, struct request, link), in_txn, NULL);
 	pool_grow(b);
+}
+
+void be_close_too_large(struct broker *b, struct backend *be, const char *msg)
+{
+	be->too_large = msg;
+	be_close(b, be, CLOSE_MEMORY);
 }
 
 /* Send what is queued for the backend: its corked bytes, then libpq's.

@@ -12,6 +12,7 @@
 enum close_reason {
 	CLOSE_IDLE, CLOSE_BROKEN, CLOSE_VALIDATION, CLOSE_LIFETIME, CLOSE_RELOAD, CLOSE_SHUTDOWN,
 	CLOSE_UNCLEAN,
+	CLOSE_MEMORY,   /* its libpq buffers grew large, or a row was too large */
 };
 
 /* The backend a TAG_BACKEND completion is for; NULL when stale. */
@@ -36,6 +37,9 @@ void be_capacity_result(struct broker *b, PGresult *x);
 void be_on_connect_poll(struct broker *b, struct backend *be);
 /* Close and free the slot; its running and pipelined statements fail. */
 void be_close(struct broker *b, struct backend *be, enum close_reason why);
+/* be_close (CLOSE_MEMORY) for a statement whose rows would not fit the
+ * memory budget (rows.c): it is answered PB004 with msg. */
+void be_close_too_large(struct broker *b, struct backend *be, const char *msg);
 /* Send corked then libpq's output: 0 all out, 1 some left, -errno broken. */
 int be_flush(struct backend *be);
 /* After queuing output: flush it and arm for the answer (and POLLOUT

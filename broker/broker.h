@@ -98,6 +98,7 @@ struct request {
 	PGresult **bres;
 	uint32_t bdone;           /* results collected so far */
 	int copied;               /* a COPY of it started: never run again */
+	struct mem_budget *budget; /* blob's nbytes are counted there until request_free */
 };
 
 /* A result on its way to an agent. */
@@ -111,6 +112,8 @@ struct response {
 	char *diag;               /* packed error fields of a failed res, or NULL */
 	uint8_t *chunk;           /* COPY TO STDOUT rows (FRAME_COPY_DATA), src.head.total
 				     bytes; then res is NULL and src unused */
+	uint8_t *rows;            /* encoded rows (src.rows), or NULL */
+	uint64_t charged;         /* bytes counted in the memory budget (memory.c) */
 };
 
 /* An agent's life; agent_set_state (agent.c) is the only place that
@@ -217,9 +220,31 @@ struct agent {
 	struct list doom_link;
 
 	uint64_t statements, errors;
+	/* memory.c: bytes held for this agent besides its requests (nbytes):
+	 * responses not yet wholly in its ring (resp_mem of them) and the rows
+	 * and input of its statements being read */
+	uint64_t mem, resp_mem;
+	uint64_t rx_mem;          /* the request being reassembled, counted */
+	struct list paused;       /* backends paused until its ring drains */
 };
 
 enum { STOP_NONE = 0, STOP_DRAIN, STOP_FAST };
+
+/* The rows of the statement a backend is reading (rows.c): libpq in
+ * single-row mode, each row encoded here at once, sent ahead in rows
+ * messages (RESP_ROWS) whenever a chunk's worth has gathered. */
+struct rows {
+	uint8_t *buf;             /* encoded rows not yet sent */
+	uint64_t len, cap;        /* cap is counted in the budget */
+	uint32_t n;               /* rows in buf */
+	uint32_t nfields;
+	int set_done;             /* the row set ended (its PGRES_TUPLES_OK came) */
+	int streamed;             /* rows messages went out for this statement */
+	int too_large;            /* one could not be sent (over 2 GiB): PB004 */
+	uint64_t in_est;          /* input libpq read but not yet handed out, counted */
+};
+
+enum be_pause { PAUSE_NONE = 0, PAUSE_AGENT, PAUSE_BUDGET, PAUSE_RESUME };
 
 /* A backend's state; be_set_state (backend.c) is the only place that
  * changes it, with the idle, connecting and pipeline lists and the counts.
@@ -282,6 +307,23 @@ struct backend {
 	uint8_t *chunk;           /* COPY TO STDOUT rows being gathered, chunk_len bytes */
 	uint32_t chunk_len;
 	uint64_t served;
+	struct rows rows;         /* rows of the running statement */
+	enum be_pause paused;     /* not reading its socket: PAUSE_AGENT (on the
+				     agent's paused list), PAUSE_BUDGET (on
+				     mem.waiting), PAUSE_RESUME (on mem.resume) */
+	struct list pause_link;
+	int bloated;              /* libpq's buffers grew past BE_BUF_BLOAT: close,
+				     not reuse, after this statement */
+	const char *too_large;    /* be_close_too_large: the head's PB004 text */
+};
+
+/* The memory budget (memory.c): what the broker holds for agents. */
+struct mem_budget {
+	uint64_t used;            /* requests, responses not yet in a ring, rows
+				     and input being read */
+	uint64_t peak;
+	struct list waiting;      /* backends paused until used is under the budget */
+	struct list resume;       /* backends to read again at the end of this pass */
 };
 
 struct broker {
@@ -344,6 +386,8 @@ struct broker {
 	char last_connect_error[256];  /* libpq's first line, without the SQLSTATE */
 	char last_connect_code[6];     /* the server's SQLSTATE for it, "" none */
 	int primary;              /* the last backend connected said in_hot_standby=off */
+
+	struct mem_budget mem;
 
 	struct stats_seg *seg;
 	struct stats_data st;     /* broker's working copy, published per pass */

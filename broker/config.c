@@ -93,6 +93,10 @@ const struct key_def cfg_keys[] = {
 		"size of each agent ring"),
 	INT_KEY(max_request_kb, "PGBROKER_MAX_REQUEST_KB", KIND_KB, 65536, 64, 1048576,
 		"largest statement plus parameters accepted, and the most one agent may have queued"),
+	INT_KEY(max_memory_mb, "PGBROKER_MAX_MEMORY_MB", KIND_COUNT, 1024, 8, 1048576,
+		"memory the broker holds for all agents (requests, results not yet read); "
+		"an agent holding half of it gets PB008 for new work, a row over a quarter "
+		"of it PB004; reloadable"),
 	INT_KEY(max_agents, "PGBROKER_MAX_AGENTS", KIND_COUNT, 4096, 1, 65536,
 		"agents registered at once"),
 	INT_KEY(max_inflight_per_agent, "PGBROKER_MAX_INFLIGHT_PER_AGENT", KIND_COUNT,

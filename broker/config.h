@@ -34,6 +34,7 @@ struct pgb_config {
 	int reset_query_always;     /* DISCARD ALL after every use, not only after session state */
 	int channel_size_kb;        /* bytes per ring, in KiB (power of two) */
 	int max_request_kb;         /* largest statement + params accepted */
+	int max_memory_mb;          /* what the broker holds for agents (memory.c) */
 	int max_agents;
 	int max_inflight_per_agent;
 	int max_backends_per_agent; /* backends one agent holds at once; 0: half of max_pool_size */

@@ -11,10 +11,13 @@
 #include "copy.h"
 #include "exec.h"
 #include "log.h"
+#include "memory.h"
 #include "pipeline.h"
 #include "policy.h"
+#include "pqread.h"
 #include "request.h"
 #include "response.h"
+#include "rows.h"
 #include "waitq.h"
 
 static void be_start_batch(struct broker *b, struct backend *be, struct request *r);
@@ -71,6 +74,8 @@ static int exec_send(struct broker *b, struct backend *be, struct request *r)
 {
 	int ok;
 
+	if (r->nbytes > BE_BUF_BLOAT)
+		be->bloated = 1;	/* libpq's output buffer holds it */
 	if (r->nsub) {
 		be_start_batch(b, be, r);
 		return be->state == BE_FREE ? -1 : 0;
@@ -100,6 +105,7 @@ static int exec_send(struct broker *b, struct backend *be, struct request *r)
 		be_close(b, be, CLOSE_BROKEN);	/* fails r: its transaction or session is gone */
 		return -1;
 	}
+	rows_single(be);
 	return be_flush_arm(b, be) < 0 ? -1 : 0;
 }
 
@@ -162,6 +168,7 @@ static int begin_result(struct broker *b, struct backend *be, PGresult *x)
 		}
 		if (be->begin_pipe) {
 			be->begin_step = 2;
+			rows_single(be);	/* the statement's turn: its rows one at a time */
 			return 0;
 		}
 		be->begin_step = 0;
@@ -170,8 +177,10 @@ static int begin_result(struct broker *b, struct backend *be, PGresult *x)
 			return 1;
 		return exec_send(b, be, r) < 0 ? -1 : 0;
 	case 2:
-		if (x)
-			exec_keep_result(be, x);	/* a failed BEGIN's error wins */
+		if (x && PQresultStatus(x) == PGRES_SINGLE_TUPLE)
+			rows_add(b, be, x);
+		else if (x)
+			rows_keep(b, be, x);	/* a failed BEGIN's error wins */
 		else
 			be->begin_step = 3;
 		return 0;
@@ -322,12 +331,13 @@ static void statement_done(struct broker *b, struct backend *be)
 		 * twice. */
 		int retried = a && !ok && !be->in_txn && ts == PQTRANS_IDLE &&
 			      policy_rolled_back(state) && !be->unsupported && !r->copied &&
+			      !rows_streamed(be) &&
 			      policy_all_or_nothing(&r->v, r->subs, r->nsub) &&
 			      waitq_retry(b, r, state);
 
 		if (!retried) {
 			struct req_end e = { .res = res, .failed = !ok || be->unsupported,
-					     .state = state, .ran_since = r->start_ns };
+					     .state = state, .ran_since = r->start_ns, .rows = be };
 
 			if (ok)
 				exec_stale_forget(b, r);
@@ -339,6 +349,7 @@ static void statement_done(struct broker *b, struct backend *be)
 			request_finish(b, r, &e);
 			res = NULL;
 		}
+		rows_reset(b, be, a);
 	}
 	if (res)
 		PQclear(res);
@@ -374,7 +385,8 @@ static void statement_done(struct broker *b, struct backend *be)
 /* Read whatever the server sent; complete the statement when it is done. */
 static void drain(struct broker *b, struct backend *be)
 {
-	for (;;) {
+	/* Paused: libpq's buffer waits too (rows_before_read). */
+	while (!be->paused) {
 		PGresult *x;
 
 		/* In COPY IN libpq answers every PQgetResult with another
@@ -453,9 +465,15 @@ static void drain(struct broker *b, struct backend *be)
 			be->unsupported = 1;
 			be_close(b, be, CLOSE_BROKEN);
 			return;
+		case PGRES_SINGLE_TUPLE:
+			if (!be_resetting(be)) {
+				rows_add(b, be, x);
+				break;
+			}
+			/* fall through */
 		default:
 			if (!be_resetting(be)) {
-				exec_keep_result(be, x);
+				rows_keep(b, be, x);
 				break;
 			}
 			/* The broker's own statement must succeed, or the
@@ -476,8 +494,19 @@ void exec_drain(struct broker *b, struct backend *be)
 	drain(b, be);
 }
 
+void exec_resume(struct broker *b, struct backend *be)
+{
+	if (be->state == BE_PIPELINE)
+		pipe_drain(b, be);
+	else if (be->state == BE_BUSY)
+		drain(b, be);
+}
+
 void pool_on_poll(struct broker *b, struct backend *be, int res)
 {
+	uint64_t quota = 0;
+	int ok;
+
 	be->poll_events = 0;   /* one-shot: it fired */
 	if (be->state == BE_CONNECTING) {
 		be_on_connect_poll(b, be);
@@ -498,7 +527,22 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 		if (!be->flushing)
 			copy_flushed(b, be);
 	}
-	if ((res & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(be->pg)) {
+	/* A statement's rows wait while its agent's ring or the budget is
+	 * full; what libpq reads for it is bounded and counted. */
+	if ((res & (POLLIN | POLLERR | POLLHUP)) &&
+	    (be->state == BE_BUSY || be->state == BE_PIPELINE) && be->req) {
+		quota = rows_read_quota(b, be);
+		if (!quota) {
+			if (be->state == BE_BUSY || be->state == BE_PIPELINE)
+				be_arm(b, be, be->flushing ? POLLOUT : 0);
+			return;
+		}
+		pqread_begin(be->fd, quota);
+	}
+	ok = !(res & (POLLIN | POLLERR | POLLHUP)) || PQconsumeInput(be->pg);
+	if (quota)
+		rows_read_done(b, be, pqread_end());
+	if (!ok) {
 		log_info("backend %u (pid %d) lost: %s", be->slot, be->pg_pid,
 			 PQerrorMessage(be->pg));
 		be_close(b, be, CLOSE_BROKEN);

@@ -20,6 +20,9 @@ void pool_on_poll(struct broker *b, struct backend *be, int res);
 /* Read what be's server sent and finish its statement when it is done
  * (what a poll does after reading); COPY goes on from here (copy_run). */
 void exec_drain(struct broker *b, struct backend *be);
+/* be was paused (memory.c) and may read again: take what libpq holds
+ * already, then wait for its socket. */
+void exec_resume(struct broker *b, struct backend *be);
 /* Fold one statement's execution time into the moving average. */
 void exec_time(struct broker *b, const struct request *r, int64_t ns);
 /* PQexec's rule: keep the last result, but an error wins. */

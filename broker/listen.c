@@ -201,6 +201,7 @@ void agent_accept(struct broker *b, int fd)
 	a->efd = -1;
 	a->bell_fd = -1;
 	list_init(&a->responses);
+	list_init(&a->paused);
 	list_init(&a->wake_link);
 	list_init(&a->kick_link);
 	list_init(&a->ready_link);

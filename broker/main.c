@@ -20,6 +20,7 @@
 #include "exec.h"
 #include "health.h"
 #include "listen.h"
+#include "memory.h"
 #include "log.h"
 #include "notify.h"
 #include "pipeline.h"
@@ -289,6 +290,7 @@ static int run(struct broker *b)
 		agent_run_kicks(b);
 		agent_run_doomed(b);
 		copy_run(b);	/* agents gone mid-COPY end theirs */
+		mem_run_resumes(b);
 		pool_flush(b);
 		agent_run_wakes(b);
 		stats_publish(b);
@@ -302,7 +304,8 @@ static int run(struct broker *b)
 			return 0;
 		if (b->stopping == STOP_FAST && b->nbusy == 0)
 			return 0;
-		if (!list_empty(&b->ready) || !list_empty(&b->kicks) || !list_empty(&b->copyq))
+		if (!list_empty(&b->ready) || !list_empty(&b->kicks) || !list_empty(&b->copyq) ||
+		    !list_empty(&b->mem.resume))
 			next = b->now_ns;
 		if (b->stopping && b->stop_deadline_ns < next)
 			next = b->stop_deadline_ns;

@@ -9,10 +9,12 @@
 #include "cork.h"
 #include "exec.h"
 #include "log.h"
+#include "memory.h"
 #include "pipeline.h"
 #include "policy.h"
 #include "request.h"
 #include "response.h"
+#include "rows.h"
 #include "waitq.h"
 
 #define PIPE_MAX 32            /* statements in one backend's pipeline */
@@ -77,6 +79,9 @@ static int pipe_send(struct broker *b, struct backend *be, struct request *r)
 #endif
 	if (!ok)
 		return -EIO;
+	if (r->nbytes > BE_BUF_BLOAT)
+		be->bloated = 1;	/* libpq's output buffer holds it */
+	rows_single(be);	/* takes only when it is the statement read now */
 	/* Sent once per loop pass (pool_flush): one write for all the
 	 * statements that joined this pipeline meanwhile. */
 	if (!be->flush_due) {
@@ -218,18 +223,20 @@ static void pipe_done(struct broker *b, struct backend *be)
 	}
 	if (!retry && ok)
 		exec_stale_forget(b, r);
-	if (!retry && a && !ok && policy_rolled_back(state) && waitq_retry(b, r, state))
+	if (!retry && a && !ok && policy_rolled_back(state) && !rows_streamed(be) &&
+	    waitq_retry(b, r, state))
 		retry = 1;
 	if (a)
 		be->last_used_ns = b->now_ns;
 	if (!retry) {
 		struct req_end e = { .res = res, .failed = !ok, .state = state,
-				     .ran_since = r->start_ns };
+				     .ran_since = r->start_ns, .rows = be };
 
 		request_finish(b, r, &e);
 	} else if (res) {
 		PQclear(res);
 	}
+	rows_reset(b, be, a);
 	be->req = NULL;
 	if (!list_empty(&be->pipeq)) {
 		be->req = list_entry(be->pipeq.next, struct request, link);
@@ -259,7 +266,7 @@ void pipe_drain(struct broker *b, struct backend *be)
 {
 	int nulls = 0;
 
-	while (be->req && !PQisBusy(be->pg)) {
+	while (be->req && !be->paused && !PQisBusy(be->pg)) {
 		PGresult *x = PQgetResult(be->pg);
 
 		if (!x) {
@@ -267,6 +274,8 @@ void pipe_drain(struct broker *b, struct backend *be)
 			 * means nothing more is queued yet */
 			if (++nulls > 1)
 				break;
+			/* the next one's rows come one at a time too */
+			rows_single(be);
 			continue;
 		}
 		nulls = 0;
@@ -289,8 +298,11 @@ void pipe_drain(struct broker *b, struct backend *be)
 				be->req->prep_failed = 1;
 			exec_keep_result(be, x);
 			break;
+		case PGRES_SINGLE_TUPLE:
+			rows_add(b, be, x);
+			break;
 		default:
-			exec_keep_result(be, x);
+			rows_keep(b, be, x);
 			break;
 		}
 	}

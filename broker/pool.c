@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "copy.h"
 #include "log.h"
+#include "memory.h"
 #include "pipeline.h"
 #include "pool.h"
 #include "request.h"
@@ -300,7 +301,9 @@ int pool_init(struct broker *b)
 		list_init(&b->backends[i].pipeq);
 		list_init(&b->backends[i].plink);
 		list_init(&b->backends[i].flink);
+		list_init(&b->backends[i].pause_link);
 	}
+	mem_init(b);
 	breaker_init(&b->breaker, b->cfg.breaker_threshold, BREAKER_FIRST_WAIT_MS,
 		     b->cfg.breaker_reset_timeout_ms, BREAKER_PACE_FROM_FIRST);
 	b->cancel_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

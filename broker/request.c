@@ -10,9 +10,11 @@
 #include "broker.h"
 #include "classify.h"
 #include "copy.h"
+#include "memory.h"
 #include "pool.h"
 #include "request.h"
 #include "response.h"
+#include "rows.h"
 #include "waitq.h"
 
 static void request_queue(struct broker *b, struct agent *a, struct request *r);
@@ -64,6 +66,8 @@ void request_free(struct request *r)
 {
 	if (!r)
 		return;
+	if (r->budget)
+		mem_budget_release(r->budget, r->nbytes);
 	for (uint32_t i = 0; r->bres && i < r->nsub; i++)
 		if (r->bres[i])
 			PQclear(r->bres[i]);
@@ -120,6 +124,31 @@ static void enqueue_error(struct broker *b, struct agent *a, uint32_t id,
 	agent_respond_error(b, a, id, sqlstate, "%s", msg);
 }
 
+/* New work while the agent holds its share of max_memory_mb, or the broker
+ * all of it, is refused (never sent), except pgb_reset. 1 when r was
+ * answered (and freed). */
+static int refuse_memory(struct broker *b, struct agent *a, struct request *r)
+{
+	char msg[256];
+	uint32_t id = r->id;
+
+	if ((r->flags & REQ_RESET) || !mem_refuse(b, a))
+		return 0;
+	if (b->mem.used >= mem_budget(b))
+		snprintf(msg, sizeof(msg),
+			 "the broker's memory budget is in use (max_memory_mb=%d): results not "
+			 "yet read by agents; try again", b->cfg.max_memory_mb);
+	else
+		snprintf(msg, sizeof(msg),
+			 "this agent holds %llu MB in the broker, its share of max_memory_mb=%d "
+			 "(half): read its results first",
+			 (unsigned long long)(a->mem + a->nbytes) >> 20, b->cfg.max_memory_mb);
+	request_free(r);
+	b->st.c.memory_refused++;
+	enqueue_error(b, a, id, "PB008", msg);
+	return 1;
+}
+
 static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64_t n,
 			uint32_t id)
 {
@@ -129,11 +158,13 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 	r = calloc(1, sizeof(*r));
 	if (!r) {
 		free(blob);
+		mem_uncharge(b, NULL, n);
 		enqueue_error(b, a, id, "PB006", "broker out of memory");
 		return;
 	}
 	r->blob = blob;
 	r->nbytes = n;
+	r->budget = &b->mem;	/* counted since its first frame (request_read) */
 	r->id = id;
 	r->agent = a;
 	r->start_ns = b->now_ns;
@@ -168,6 +199,8 @@ static void request_new(struct broker *b, struct agent *a, uint8_t *blob, uint64
 		enqueue_error(b, a, id, "PB005", "broker is shutting down");
 		return;
 	}
+	if (refuse_memory(b, a, r))
+		return;
 	request_queue(b, a, r);
 }
 
@@ -280,6 +313,8 @@ static void batch_new(struct broker *b, struct agent *a, struct request *r, uint
 		enqueue_error(b, a, id, "PB005", "broker is shutting down");
 		return;
 	}
+	if (refuse_memory(b, a, r))
+		return;
 	request_queue(b, a, r);
 	return;
 bad:
@@ -467,6 +502,8 @@ void request_finish(struct broker *b, struct request *r, const struct req_end *e
 		agent_respond_error(b, a, r->id, e->sqlstate, "%s", e->msg);
 	else if (r->nsub)
 		agent_respond_batch(b, a, r);
+	else if (e->res && e->rows)
+		rows_respond(b, e->rows, a, r, e->res);
 	else if (e->res)
 		agent_respond(b, a, r->id, e->res);
 	else
@@ -540,6 +577,12 @@ void request_read(struct broker *b, struct agent *a, int *budget)
 		rc = chan_rx_frame(&a->rx, &a->req, FRAME_REQ, sizeof(struct req_head), max);
 		if (rc == CHAN_RX_EMPTY)
 			break;
+		/* A request's bytes count from its first frame: the whole
+		 * length is allocated then. */
+		if (a->rx.buf && !a->rx_mem) {
+			a->rx_mem = a->rx.total;
+			mem_charge(b, NULL, a->rx_mem);
+		}
 		(*budget)--;
 		if (rc < 0) {
 			agent_fail(b, a, broken[-rc]);
@@ -554,6 +597,7 @@ void request_read(struct broker *b, struct agent *a, int *budget)
 				 (unsigned long long)a->rx.total, b->cfg.max_request_kb);
 			enqueue_error(b, a, a->rx.id, "PB004", msg);
 		} else if (rc == CHAN_RX_DONE) {
+			a->rx_mem = 0;	/* the request's now: request_free */
 			request_new(b, a, chan_rx_take(&a->rx), a->rx.total, a->rx.id);
 		}
 	}

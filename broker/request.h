@@ -19,6 +19,7 @@ struct req_end {
 	int failed;             /* counts as a failed statement */
 	const char *state;      /* its SQLSTATE, if any (57014: a statement timeout) */
 	int64_t ran_since;      /* it ran, since then (0: it did not) */
+	struct backend *rows;   /* set: the rows gathered there (rows.c) go with res */
 };
 
 /* The one way a request ends, but for a retry: count it as a statement

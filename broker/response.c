@@ -11,14 +11,18 @@
 #include "copy.h"
 #include "errform.h"
 #include "exec.h"
+#include "memory.h"
 #include "response.h"
 #include "bnotice.h"
 
-void response_free(struct response *rs)
+void response_free(struct broker *b, struct agent *a, struct response *rs)
 {
+	if (rs->charged)
+		mem_resp_uncharge(b, a, rs->charged);
 	if (rs->res)
 		PQclear(rs->res);
 	free(rs->chunk);
+	free(rs->rows);
 	free(rs->diag);
 	free(rs);
 }
@@ -99,6 +103,8 @@ static void respond(struct broker *b, struct agent *a, struct response *rs)
 		rs->src.head.flags |= RESP_IN_TXN;
 	list_add_tail(&a->responses, &rs->link);
 	a->nresponses++;
+	rs->charged = rs->src.head.total;
+	mem_resp_charge(b, a, rs->charged);
 	agent_flush(b, a);
 }
 
@@ -143,22 +149,32 @@ void agent_respond_error(struct broker *b, struct agent *a, uint32_t id,
 	respond(b, a, rs);
 }
 
-void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res)
+/* res (now the response's) as the answer to id, or as a rows message
+ * (RESP_ROWS in flags). With rows set, the n rows encoded there (len bytes,
+ * now the response's too) stand for res's own. -1 when it is too large to
+ * deliver (res and rows are freed). */
+static int respond_result(struct broker *b, struct agent *a, uint32_t id, PGresult *res,
+			  uint8_t *rows, uint64_t len, uint32_t n, uint32_t flags)
 {
 	struct response *rs;
 	ExecStatusType st = PQresultStatus(res);
-	/* a COPY that started is no failure: its data follows */
-	int ok = result_ok(res) || st == PGRES_COPY_IN || st == PGRES_COPY_OUT;
+	/* a COPY that started is no failure: its data follows; a rows
+	 * message's rows are PGRES_SINGLE_TUPLE */
+	int ok = (flags & RESP_ROWS) || result_ok(res) || st == PGRES_COPY_IN ||
+		 st == PGRES_COPY_OUT;
 
 	rs = calloc(1, sizeof(*rs));
 	if (!rs) {
 		PQclear(res);
+		free(rows);
 		agent_fail(b, a, DOOM_RESP_NOMEM);
-		return;
+		return 0;
 	}
 	rs->id = id;
 	rs->res = res;
+	rs->rows = rows;
 	rs->src.head.ok = ok;
+	rs->src.head.flags = flags;
 	rs->src.head.status = ok ? resp_status_of(res) : RESP_FATAL_ERROR;
 	if (!ok) {
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -167,27 +183,53 @@ void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res
 			 state ? state : "XX000");
 		a->errors++;
 		if (pack_diag(rs, res) < 0) {
-			response_free(rs);
+			response_free(b, a, rs);
 			agent_fail(b, a, DOOM_RESP_NOMEM);
-			return;
+			return 0;
 		}
 	}
 	rs->src.head.ntuples = (uint32_t)PQntuples(res);
 	rs->src.head.nfields = (uint32_t)PQnfields(res);
 	rs->src.head.cmd_tuples = strtoull(PQcmdTuples(res), NULL, 10);
-	rs->src.err = PQresultErrorMessage(res);
-	rs->src.cmd = PQcmdStatus(res);
-	rs->src.notices = bnotice_of(res, &rs->src.notices_len);
+	rs->src.err = (flags & RESP_ROWS) ? "" : PQresultErrorMessage(res);
+	rs->src.cmd = (flags & RESP_ROWS) ? "" : PQcmdStatus(res);
+	if (!(flags & RESP_ROWS))
+		rs->src.notices = bnotice_of(res, &rs->src.notices_len);
 	rs->src.ctx = res;
 	rs->src.fname = pg_fname;
 	rs->src.ftype = pg_ftype;
 	rs->src.value = pg_value;
+	if (rows) {
+		rs->src.head.ntuples = n;
+		rs->src.rows = rows;
+		rs->src.rows_len = len;
+	}
+	if (flags & RESP_ROWS)
+		rs->src.head.cmd_tuples = 0;
 	if (resp_measure(&rs->src) == 0) {
-		response_free(rs);
-		agent_respond_error(b, a, id, "PB004", "result too large to deliver (over 2 GiB)");
-		return;
+		response_free(b, a, rs);
+		return -1;
 	}
 	respond(b, a, rs);
+	return 0;
+}
+
+void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res)
+{
+	agent_respond_rows(b, a, id, res, NULL, 0, 0);
+}
+
+void agent_respond_rows(struct broker *b, struct agent *a, uint32_t id, PGresult *res,
+			uint8_t *rows, uint64_t len, uint32_t n)
+{
+	if (respond_result(b, a, id, res, rows, len, n, 0) < 0)
+		agent_respond_error(b, a, id, "PB004", "result too large to deliver (over 2 GiB)");
+}
+
+int agent_send_rows(struct broker *b, struct agent *a, uint32_t id, PGresult *res,
+		    uint8_t *rows, uint64_t len, uint32_t n)
+{
+	return respond_result(b, a, id, res, rows, len, n, RESP_ROWS);
 }
 
 /* Answer a finished batch: every result, or, when one failed, its error
@@ -288,7 +330,7 @@ void agent_flush(struct broker *b, struct agent *a)
 			a->nresponses--;
 			if (rs->chunk)
 				copy_sent(b, a, (uint32_t)rs->src.head.total);
-			response_free(rs);
+			response_free(b, a, rs);
 			agent_unthrottle(b, a);
 		}
 	}

@@ -13,6 +13,15 @@ struct response;
 
 /* Queue res (now the response's) as the answer to statement id. */
 void agent_respond(struct broker *b, struct agent *a, uint32_t id, PGresult *res);
+/* The same with the n rows encoded in rows (len bytes, now the response's;
+ * NULL: none) standing for res's own. Too large to deliver: PB004 instead. */
+void agent_respond_rows(struct broker *b, struct agent *a, uint32_t id, PGresult *res,
+			uint8_t *rows, uint64_t len, uint32_t n);
+/* Queue a rows message (RESP_ROWS) for id: the n rows encoded in rows, or
+ * with rows NULL res's own rows; res gives the columns. Both are now the
+ * response's. -1 when it is too large to deliver (both freed). */
+int agent_send_rows(struct broker *b, struct agent *a, uint32_t id, PGresult *res,
+		    uint8_t *rows, uint64_t len, uint32_t n);
 /* Queue the broker's own success, a command tag and no rows. */
 void agent_respond_tag(struct broker *b, struct agent *a, uint32_t id, const char *tag);
 /* Queue the broker's own error as the answer to statement id. */
@@ -28,6 +37,7 @@ void agent_respond_chunk(struct broker *b, struct agent *a, uint32_t id, uint8_t
 			 uint32_t len);
 /* Stream queued responses into the ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a);
-void response_free(struct response *rs);
+/* Free rs, queued to a: its bytes leave the memory budget. */
+void response_free(struct broker *b, struct agent *a, struct response *rs);
 
 #endif

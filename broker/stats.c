@@ -106,6 +106,9 @@ void stats_fill(struct broker *b)
 	p->utilization = p->max ? 100.0 * (double)(p->active + p->pinned) / (double)p->max : 0;
 	b->st.connect_fails = b->connect_fails;
 	b->st.stopping = (uint32_t)b->stopping;
+	b->st.mem.used = b->mem.used;
+	b->st.mem.peak = b->mem.peak;
+	b->st.mem.budget = (uint64_t)b->cfg.max_memory_mb << 20;
 	b->st.updated_ms = wall_ms();
 }
 

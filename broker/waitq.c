@@ -42,6 +42,12 @@ void waitq_release(struct broker *b, struct backend *be)
 		be_close(b, be, CLOSE_LIFETIME);
 		return;
 	}
+	/* libpq keeps its buffers at their peak: a large result's memory
+	 * goes back only with the connection. */
+	if (be->bloated) {
+		be_close(b, be, CLOSE_MEMORY);
+		return;
+	}
 	if (be->cfg_gen != b->cfg_gen || b->ntotal > (uint32_t)b->cfg.max_pool_size) {
 		be_close(b, be, CLOSE_RELOAD);
 		return;

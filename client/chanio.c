@@ -22,11 +22,131 @@
 
 #define WAIT_SLICE_NS (250 * 1000000L)
 
+static void rowparts_free(struct rowparts *rp)
+{
+	for (uint32_t i = 0; i < rp->n; i++)
+		pgb_clear(rp->part[i]);
+	free(rp->part);
+	free(rp);
+}
+
 void pgbi_part_drop(pgb_conn *c)
 {
 	chan_rx_reset(&c->part);
 	pgbi_copy_drop(c);
+	while (c->rowparts) {
+		struct rowparts *rp = c->rowparts;
+
+		c->rowparts = rp->next;
+		rowparts_free(rp);
+	}
 }
+
+static struct rowparts **rowparts_find(pgb_conn *c, uint32_t id)
+{
+	struct rowparts **pp = &c->rowparts;
+
+	while (*pp && (*pp)->id != id)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+/* A rows message r for id, kept until its final response. 0, or -1 out of
+ * memory or when its columns differ from the ones before (r is freed). */
+static int rowparts_add(pgb_conn *c, uint32_t id, pgb_result *r)
+{
+	struct rowparts **pp = rowparts_find(c, id), *rp = *pp;
+
+	if (!rp) {
+		rp = calloc(1, sizeof(*rp));
+		if (!rp)
+			goto fail;
+		rp->id = id;
+		*pp = rp;
+	}
+	if (rp->n && rp->part[0]->v.head.nfields != r->v.head.nfields)
+		goto fail;
+	if (rp->n == rp->cap) {
+		uint32_t cap = rp->cap ? 2 * rp->cap : 8;
+		pgb_result **p = realloc(rp->part, cap * sizeof(*p));
+
+		if (!p)
+			goto fail;
+		rp->part = p;
+		rp->cap = cap;
+	}
+	rp->part[rp->n++] = r;
+	rp->rows += r->v.head.ntuples;
+	return 0;
+fail:
+	pgb_clear(r);
+	return -1;
+}
+
+/* The final response fin for id: the rows sent ahead of it come first.
+ * A failed fin voids them. */
+static pgb_result *rowparts_join(pgb_conn *c, uint32_t id, pgb_result *fin)
+{
+	struct rowparts **pp = rowparts_find(c, id), *rp = *pp;
+	uint64_t nf, total, at = 0;
+	const char **vals;
+	uint32_t *lens;
+	uint8_t **blobs;
+
+	if (!rp)
+		return fin;
+	*pp = rp->next;
+	if (!fin->blob || !fin->v.head.ok) {
+		rowparts_free(rp);
+		return fin;
+	}
+	nf = fin->v.head.nfields;
+	total = rp->rows + fin->v.head.ntuples;
+	if (nf != rp->part[0]->v.head.nfields || total > INT32_MAX) {
+		rowparts_free(rp);
+		pgb_clear(fin);
+		return pgbi_local_error(nf ? PGB_SQLSTATE_TOO_LARGE : PGB_SQLSTATE_BAD_REQUEST,
+				   nf ? "result of more rows than a pgb_result holds: send it with "
+					"PGB_CHUNKED"
+				      : "malformed response from broker (rows of another shape)");
+	}
+	vals = malloc(sizeof(*vals) * (total * nf + 1));
+	lens = malloc(sizeof(*lens) * (total * nf + 1));
+	blobs = malloc(sizeof(*blobs) * rp->n);
+	if (!vals || !lens || !blobs) {
+		free(vals);
+		free(lens);
+		free(blobs);
+		rowparts_free(rp);
+		pgb_clear(fin);
+		return pgbi_local_error(PGB_SQLSTATE_TOO_LARGE, "out of memory for a result");
+	}
+	for (uint32_t i = 0; i < rp->n; i++) {
+		pgb_result *p = rp->part[i];
+		uint64_t cells = (uint64_t)p->v.head.ntuples * nf;
+
+		memcpy(vals + at, p->vals, cells * sizeof(*vals));
+		memcpy(lens + at, p->lens, cells * sizeof(*lens));
+		at += cells;
+		blobs[i] = p->blob;	/* vals point into it: it stays */
+		p->blob = NULL;
+		pgb_clear(p);
+	}
+	memcpy(vals + at, fin->vals, (uint64_t)fin->v.head.ntuples * nf * sizeof(*vals));
+	memcpy(lens + at, fin->lens, (uint64_t)fin->v.head.ntuples * nf * sizeof(*lens));
+	free(fin->vals);
+	free(fin->lens);
+	fin->vals = vals;
+	fin->lens = lens;
+	fin->blobs = blobs;
+	fin->nblobs = rp->n;
+	fin->v.head.ntuples = (uint32_t)total;
+	free(rp->part);
+	free(rp);
+	return fin;
+}
+
+
 
 /* Wake the broker if it sleeps on our channel: the futex word its
  * io_uring loop waits on, or the eventfd its epoll loop polls. */
@@ -262,10 +382,27 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 			continue;
 		*id = c->part.id;
 		r = pgbi_build_result(chan_rx_take(&c->part), c->part.total);
+		if (r && r->blob && (r->v.head.flags & RESP_ROWS)) {
+			int chunked = pgbi_flight_chunked(c, *id);
+
+			if (!r->v.head.ok || r->v.head.status != RESP_TUPLES_OK ||
+			    (r->v.head.flags & RESP_MORE) || chunked < 0) {
+				pgb_clear(r);
+				return pgbi_broken(c, "malformed rows message from broker");
+			}
+			if (chunked)
+				return r;
+			if (rowparts_add(c, *id, r) < 0)
+				return pgbi_broken(c, "out of memory for a result, or rows of "
+						   "another shape");
+			continue;
+		}
 		if (r) {
 			c->in_txn = (r->v.head.flags & RESP_IN_TXN) != 0;
 			pgbi_copy_track(c, *id, r);
 		}
+		if (r && !(r->v.head.flags & RESP_MORE))
+			r = rowparts_join(c, *id, r);
 		return r;
 	}
 }

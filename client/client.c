@@ -78,7 +78,14 @@ static void flight_done(pgb_conn *c, uint32_t id, const pgb_result *r)
 
 static int is_final(const pgb_result *r)
 {
-	return !(r->v.head.flags & RESP_MORE);
+	return !(r->v.head.flags & (RESP_MORE | RESP_ROWS));
+}
+
+int pgbi_flight_chunked(const pgb_conn *c, uint32_t id)
+{
+	int i = flight_find(c, id);
+
+	return i < 0 ? -1 : c->flights[i].chunked;
 }
 
 static void stash_push(pgb_conn *c, uint32_t id, pgb_result *r)
@@ -313,7 +320,7 @@ PGB_API long long pgb_send(pgb_conn *c, const char *sql, int nparams,
 	pgb_result *err;
 	uint32_t rf = 0, id;
 
-	if (flags & ~(PGB_IDEMPOTENT | PGB_INDEPENDENT)) {
+	if (flags & ~(PGB_IDEMPOTENT | PGB_INDEPENDENT | PGB_CHUNKED)) {
 		if (c)
 			pgbi_set_error(c, "unknown statement flags 0x%x", flags);
 		return -1;
@@ -322,7 +329,11 @@ PGB_API long long pgb_send(pgb_conn *c, const char *sql, int nparams,
 		rf |= REQ_IDEMPOTENT;
 	if (flags & PGB_INDEPENDENT)
 		rf |= REQ_INDEPENDENT;
+	if (flags & PGB_CHUNKED)
+		rf |= REQ_CHUNKED;
 	id = send_request(c, sql, nparams, values, rf, NULL, 0, &err);
+	if (id && (flags & PGB_CHUNKED) && flight_find(c, id) >= 0)
+		c->flights[flight_find(c, id)].chunked = 1;
 	if (!id) {
 		if (c) {
 			int len;

@@ -26,7 +26,18 @@ struct stash {
 /* A request in flight: its id and when it left, for the per-agent stats. */
 struct flight {
 	uint32_t id;
+	int chunked;             /* PGB_CHUNKED: rows messages are results */
 	int64_t t0;
+};
+
+/* The rows messages of a result being reassembled (not PGB_CHUNKED): they
+ * join its final response (chanio.c). */
+struct rowparts {
+	struct rowparts *next;
+	uint32_t id;
+	pgb_result **part;
+	uint32_t n, cap;
+	uint64_t rows;
 };
 
 struct pgb_conn {
@@ -49,6 +60,7 @@ struct pgb_conn {
 	/* A response whose frames are still arriving: kept between calls, so
 	 * that pgb_try_result never waits for the rest. */
 	struct chan_rx part;
+	struct rowparts *rowparts;
 	struct flight *flights;  /* requests whose final response is outstanding */
 	uint32_t nflights, capflights;
 	struct pgb_conn_stats stats;
@@ -90,6 +102,8 @@ struct pgb_result {
 	uint32_t *lens;
 	char local_err[256];
 	char *primary;           /* an error without fields: its text alone (malloc) */
+	uint8_t **blobs;         /* rows messages whose rows vals points into too */
+	uint32_t nblobs;
 };
 
 /* connect.c */
@@ -109,7 +123,8 @@ pgb_result *pgbi_local_error(const char *sqlstate, const char *fmt, ...)
 pgb_result *pgbi_build_result(uint8_t *blob, uint64_t n);
 
 /* chanio.c */
-/* Forget a response whose frames were still arriving, and a COPY's state. */
+/* Forget a response whose frames were still arriving, a COPY's state, and
+ * the rows messages kept for results not yet whole. */
 void pgbi_part_drop(pgb_conn *c);
 /* Ring the broker's bell if it sleeps. */
 void pgbi_notify_broker(pgb_conn *c);
@@ -146,6 +161,9 @@ void pgbi_copy_track(pgb_conn *c, uint32_t id, const pgb_result *r);
 /* client.c */
 /* Free the stash of answers nobody has asked for yet. */
 void pgbi_stash_drop(pgb_conn *c);
+/* Statement id in flight: 1 when sent with PGB_CHUNKED, 0 when not, -1
+ * when it is not in flight. */
+int pgbi_flight_chunked(const pgb_conn *c, uint32_t id);
 /* Stash every response that has arrived, without waiting: 0, -EPIPE or
  * -EPROTO when the connection broke. */
 int pgbi_drain_responses(pgb_conn *c);

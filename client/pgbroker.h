@@ -68,6 +68,10 @@ enum {
 	PGB_INDEPENDENT = 1 << 1, /* may run beside this connection's other
 				     statements, on another backend, and finish
 				     out of order (autocommit only) */
+	PGB_CHUNKED = 1 << 2,     /* pgb_send only: its rows come as they are
+				     read, in PGB_TUPLES_CHUNK results from
+				     pgb_get_result, then a final result with
+				     no rows (libpq's chunked-rows mode) */
 };
 /* pgb_exec_params with flags (PGB_IDEMPOTENT). */
 pgb_result *pgb_exec_flags(pgb_conn *c, const char *sql, int nparams,
@@ -106,6 +110,8 @@ typedef enum {
 	PGB_COPY_OUT = 3,     /* COPY TO STDOUT started */
 	PGB_COPY_IN = 4,      /* COPY FROM STDIN started */
 	PGB_FATAL_ERROR = 7,  /* it failed: PostgreSQL's error or the broker's (PB...) */
+	PGB_TUPLES_CHUNK = 12, /* PGB_CHUNKED: some of the rows; more results follow.
+				  A final result that failed voids them */
 } pgb_exec_status;
 /* The result's status; PGB_FATAL_ERROR for NULL and for every failure. */
 pgb_exec_status pgb_result_status(const pgb_result *r);

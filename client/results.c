@@ -165,6 +165,8 @@ PGB_API pgb_exec_status pgb_result_status(const pgb_result *r)
 	/* Local errors and copies of errors leave status 0: ok decides. */
 	if (!r || !r->v.head.ok)
 		return PGB_FATAL_ERROR;
+	if (r->v.head.flags & RESP_ROWS)
+		return PGB_TUPLES_CHUNK;
 	return (pgb_exec_status)r->v.head.status;
 }
 
@@ -231,5 +233,8 @@ PGB_API void pgb_clear(pgb_result *r)
 	free(r->fnames);
 	free(r->vals);
 	free(r->lens);
+	for (uint32_t i = 0; i < r->nblobs; i++)
+		free(r->blobs[i]);
+	free(r->blobs);
 	free(r);
 }

@@ -9,9 +9,10 @@
 #include "ring.h"
 
 #define CHAN_MAGIC   0x43424750u /* "PGBC" */
-#define CHAN_VERSION 4u /* 2: results carry status, column types, error fields;
+#define CHAN_VERSION 5u /* 2: results carry status, column types, error fields;
 			  3: REG_F_SOCK_WAKE, notices in results, REG_F_CANCEL;
-			  4: COPY data and end frames */
+			  4: COPY data and end frames;
+			  5: rows messages (RESP_ROWS) stream large results */
 #define CHAN_HDR_SIZE 4096u
 
 /* Registration handshake over the unix socket. */

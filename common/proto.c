@@ -339,6 +339,10 @@ static void item_get(const struct resp_src *src, uint64_t item, struct item *it)
 		memcpy(it->desc, &oid, 4);
 		memcpy(it->desc + 4, &mod, 4);
 		desc = RESP_COL_DESC;
+	} else if (src->rows) {
+		/* the rows, encoded already: one piece */
+		item_put(it, src->rows, (uint32_t)src->rows_len);
+		return;
 	} else {
 		item -= ITEM_COLS + nf;
 		s = src->value(src->ctx, (uint32_t)(item / nf), (uint32_t)(item % nf), &len);
@@ -359,6 +363,8 @@ static void item_get(const struct resp_src *src, uint64_t item, struct item *it)
 
 static uint64_t item_count(const struct resp_src *src)
 {
+	if (src->rows)
+		return ITEM_COLS + (uint64_t)src->head.nfields + (src->rows_len ? 1 : 0);
 	return ITEM_COLS + (uint64_t)src->head.nfields * (1 + (uint64_t)src->head.ntuples);
 }
 
@@ -370,6 +376,8 @@ uint64_t resp_measure(struct resp_src *src)
 
 	if (src->head.nfields == 0)
 		src->head.ntuples = 0;
+	if (src->rows && (src->rows_len >= MAX_BLOB || (src->head.nfields == 0 && src->rows_len)))
+		return src->head.total = 0;
 	items = item_count(src);
 	for (uint64_t i = 1; i < items; i++) {
 		item_get(src, i, &it);

@@ -33,6 +33,7 @@ enum req_flags {
 	REQ_BATCH = 1u << 2,       /* several statements, one atomic pipeline */
 	REQ_SPREAD = 1u << 3,      /* wants a backend of its own (pgb_parallel) */
 	REQ_RESET = 1u << 4,       /* no statement: pgb_reset, a clean session */
+	REQ_CHUNKED = 1u << 5,     /* every row in rows messages (RESP_ROWS) */
 };
 
 #define REQ_MAX_BATCH 65535u
@@ -117,6 +118,16 @@ int copy_end_decode(const uint8_t *buf, uint32_t n, const char **errmsg);
 #define RESP_MORE 1u   /* resp_head.flags: more responses follow for this id (batch) */
 #define RESP_IN_TXN 2u /* ...: the agent's session was inside a transaction when
 			  this response was queued (its backend is pinned) */
+/* A rows message (resp_head.flags RESP_ROWS): some of the rows of a result
+ * too large to hold whole, streamed ahead of its final response. Its layout
+ * is a response blob's: status RESP_TUPLES_OK, ok 1, empty error, command
+ * and error fields, the columns, then ntuples rows. Rows messages of one
+ * statement id come in row order, all before its final response (the one
+ * without RESP_ROWS), whose own rows, if any, come after theirs. A final
+ * response that failed voids the rows sent ahead of it. A statement sent
+ * with REQ_CHUNKED gets every row in rows messages and a final response
+ * with none. */
+#define RESP_ROWS 4u
 #define RESP_COL_DESC 8u
 
 /* resp_head.status: libpq's ExecStatusType numbers (the public PGB_* ones). */
@@ -157,7 +168,13 @@ struct resp_src {
 	void (*ftype)(void *ctx, uint32_t col, uint32_t *oid, int32_t *typmod);
 	/* value of a cell and its length; NULL for SQL NULL */
 	const char *(*value)(void *ctx, uint32_t row, uint32_t col, uint32_t *len);
+	/* Or, when rows is set, the ntuples rows already encoded as the
+	 * blob's value items (resp_rows_put), rows_len bytes; value unused. */
+	const uint8_t *rows;
+	uint64_t rows_len;
 };
+
+void resp_row_put(uint8_t *buf, uint32_t nfields, const char *const *vals, const int32_t *lens);
 
 /* Pack error fields into buf (cap bytes) as the error-fields item wants
  * them: for each code in codes with a value from get (NULL: absent), the

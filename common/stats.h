@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define STATS_MAGIC   0x53424750u /* "PGBS" */
-#define STATS_VERSION 7u          /* bump on any change of the structs below */
+#define STATS_VERSION 8u          /* bump on any change of the structs below */
 #define STATS_FILE    "pgbroker.stats"
 
 /* Latency histograms: log-scaled buckets of microseconds, four per power of
@@ -63,6 +63,17 @@ struct stats_counters {
 	uint64_t txns_local;       /* ...of which the transaction ended (COMMIT or
 				      ROLLBACK) before any statement: no backend used */
 	uint64_t pool_grows, pool_shrinks;  /* the pool controller's decisions */
+	/* max_memory_mb (broker/memory.c): new work refused (PB008), results
+	 * streamed in rows messages, statements failed for a row too large
+	 * (PB004), backends closed to give their buffers back */
+	uint64_t memory_refused, streamed, rows_too_large, closed_memory;
+};
+
+/* What the broker holds for agents, against max_memory_mb. */
+struct stats_memory {
+	uint64_t used;           /* bytes now */
+	uint64_t peak;           /* most since start */
+	uint64_t budget;         /* max_memory_mb in bytes */
 };
 
 /* Published once per loop pass: the broker counts into its own copy
@@ -90,6 +101,7 @@ struct stats_data {
 	struct stats_counters c;
 	struct stats_hist acquire;   /* wait for a backend */
 	struct stats_hist stmt;      /* statement round trip, arrival to result */
+	struct stats_memory mem;
 	uint64_t pass_end;
 };
 

@@ -316,15 +316,21 @@ static void render(struct view *v, struct screen *sc, int live, int rows, int re
 	    ms(stats_hist_pct(&d->stmt, 0.50)), ms(stats_hist_pct(&d->stmt, 0.95)),
 	    ms(stats_hist_pct(&d->stmt, 0.99)), ms(d->stmt.max_us),
 	    stats_hist_avg(&d->acquire) / 1000.0, ms(stats_hist_pct(&d->acquire, 0.99)));
+	put(sc, "memory: %llu of %llu MB (max_memory_mb) held for agents, peak %llu MB; "
+	    "%llu refused (PB008), %llu rows too large (PB004), %llu results streamed",
+	    (unsigned long long)d->mem.used >> 20, (unsigned long long)d->mem.budget >> 20,
+	    (unsigned long long)d->mem.peak >> 20, (unsigned long long)d->c.memory_refused,
+	    (unsigned long long)d->c.rows_too_large, (unsigned long long)d->c.streamed);
 	if (!live) {
 		put(sc, "timeouts: acquire %llu statement %llu  connects %llu (failed %llu)  "
-		    "closed: idle %llu broken %llu validation %llu lifetime %llu",
+		    "closed: idle %llu broken %llu validation %llu lifetime %llu memory %llu",
 		    (unsigned long long)d->c.acquire_timeouts,
 		    (unsigned long long)d->c.statement_timeouts, (unsigned long long)d->c.connects,
 		    (unsigned long long)d->c.connect_failures, (unsigned long long)d->c.closed_idle,
 		    (unsigned long long)d->c.closed_broken,
 		    (unsigned long long)d->c.closed_validation,
-		    (unsigned long long)d->c.closed_lifetime);
+		    (unsigned long long)d->c.closed_lifetime,
+		    (unsigned long long)d->c.closed_memory);
 	}
 	spark(h, 0, 60, 100.0, sc->utf8, sp, sizeof(sp));
 	put(sc, "util %%  |%s| %.0f%%", sp, p->utilization);
@@ -435,10 +441,17 @@ static void print_json(struct view *v, FILE *f)
 	fputs(",\"acquire_ms\":", f);
 	json_hist(f, &d->acquire);
 	fprintf(f, ",\"connections\":{\"connects\":%llu,\"connect_failures\":%llu,"
-		"\"closed\":{\"idle\":%llu,\"broken\":%llu,\"validation\":%llu,\"lifetime\":%llu}},",
+		"\"closed\":{\"idle\":%llu,\"broken\":%llu,\"validation\":%llu,\"lifetime\":%llu,"
+		"\"memory\":%llu}},",
 		(unsigned long long)d->c.connects, (unsigned long long)d->c.connect_failures,
 		(unsigned long long)d->c.closed_idle, (unsigned long long)d->c.closed_broken,
-		(unsigned long long)d->c.closed_validation, (unsigned long long)d->c.closed_lifetime);
+		(unsigned long long)d->c.closed_validation, (unsigned long long)d->c.closed_lifetime,
+		(unsigned long long)d->c.closed_memory);
+	fprintf(f, "\"memory\":{\"used_bytes\":%llu,\"peak_bytes\":%llu,\"budget_bytes\":%llu,"
+		"\"refused\":%llu,\"rows_too_large\":%llu,\"streamed\":%llu},",
+		(unsigned long long)d->mem.used, (unsigned long long)d->mem.peak,
+		(unsigned long long)d->mem.budget, (unsigned long long)d->c.memory_refused,
+		(unsigned long long)d->c.rows_too_large, (unsigned long long)d->c.streamed);
 	fputs("\"breaker\":{\"state\":", f);
 	json_str(f, stats_breaker_name(d->breaker_state));
 	fprintf(f, ",\"consecutive_failures\":%u,\"times_opened\":%llu,\"last_change\":",
@@ -622,7 +635,16 @@ static void print_prometheus(struct view *v, FILE *f)
 		  .label = "reason",
 		  .by = { { "idle", c->closed_idle }, { "broken", c->closed_broken },
 			  { "validation", c->closed_validation },
-			  { "lifetime", c->closed_lifetime } } },
+			  { "lifetime", c->closed_lifetime }, { "memory", c->closed_memory } } },
+		GAUGE("memory_used_bytes", "held for agents: requests, results not yet read, rows "
+		      "being read", d->mem.used),
+		GAUGE("memory_budget_bytes", "max_memory_mb", d->mem.budget),
+		GAUGE("memory_peak_bytes", "most held for agents since start", d->mem.peak),
+		COUNTER("memory_refused_total", "statements refused (PB008): agent over its share "
+			"or the broker over its budget", c->memory_refused),
+		COUNTER("rows_too_large_total", "statements failed (PB004): a row over a quarter of "
+			"max_memory_mb, or the budget in use", c->rows_too_large),
+		COUNTER("results_streamed_total", "results sent in rows messages", c->streamed),
 		{ PROM("statement_duration_seconds", "histogram",
 		       "statement round trip in the broker, arrival to result"), .hist = &d->stmt },
 		{ PROM("acquire_wait_seconds", "histogram", "wait for a free backend"),
