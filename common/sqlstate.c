@@ -129,14 +129,16 @@ static const struct sqlstate_info table[] = {
 	E("PB003", "broker_gone", TRANSIENT, RAN_UNKNOWN,
 	  "the broker process went away, perhaps while the statement ran"),
 	E("PB004", "too_large", PERMANENT, RAN_UNKNOWN,
-	  "statement over max_request_kb (never sent) or result over 2 GiB (it ran)"),
+	  "statement over max_request_kb (never sent), or a result row over a quarter of "
+	  "max_memory_mb or 2 GiB, or a large row while the memory budget is in use (it ran)"),
 	E("PB005", "shutting_down", TRANSIENT, RAN_NO,
 	  "the broker is shutting down; never sent"),
 	E("PB006", "bad_request", PERMANENT, RAN_NO, "malformed request or bad argument; never sent"),
 	E("PB007", "not_connected", PERMANENT, RAN_NO,
 	  "the connection is closed, broken or inherited across fork(); never sent; reconnect"),
 	E("PB008", "too_many", TRANSIENT, RAN_NO,
-	  "too many statements in flight or waiting; never sent"),
+	  "too many statements in flight or waiting, or the agent holds half of max_memory_mb "
+	  "(the broker all of it) in unread results; never sent"),
 	E("PB009", "unsupported", PERMANENT, RAN_ROLLED_BACK,
 	  "not relayed: a second COPY in one statement string (aborted), COPY BOTH"),
 	E("PB010", "backend_failed", TRANSIENT, RAN_NO,

@@ -74,6 +74,7 @@ static int never_reads(void *arg)
 	pgb_conn *c = pgb_connect(br.dir);
 	char x;
 
+	close(fds[2]);	/* the parent's end: its close is the signal */
 	if (pgb_status(c) != PGB_CONNECTION_OK)
 		return 10;
 	for (int i = 0; i < 8; i++)
@@ -112,7 +113,7 @@ Test(memory, eight_unread_400mb_results_keep_the_broker_within_its_budget, .time
 	const char *args[] = { "--max-memory-mb", "32", "--min-pool-size", "1", "--pool-size", "4",
 			       "--max-pool-size", "4", "--max-backends-per-agent", "4", NULL };
 	struct watch w = { .pg = h_pg() };
-	int to_kid[2], from_kid[2], fds[2];
+	int to_kid[2], from_kid[2], fds[3];
 	struct stats_snap s;
 	long long base;
 	pid_t kid;
@@ -126,6 +127,7 @@ Test(memory, eight_unread_400mb_results_keep_the_broker_within_its_budget, .time
 	cr_assert_eq(pipe(from_kid), 0);
 	fds[0] = to_kid[0];
 	fds[1] = from_kid[1];
+	fds[2] = to_kid[1];
 	kid = h_fork(never_reads, fds);
 	close(to_kid[0]);
 	close(from_kid[1]);
