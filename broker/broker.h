@@ -98,6 +98,7 @@ struct request {
 	PGresult **bres;
 	uint32_t bdone;           /* results collected so far */
 	int copied;               /* a COPY of it started: never run again */
+	PGresult *brows;          /* rows of statement bdone that came one at a time */
 	struct mem_budget *budget; /* blob's nbytes are counted there until request_free */
 };
 

@@ -235,8 +235,43 @@ broken:
 
 /* Results of a pipelined batch: one per statement, each followed by a
  * NULL, then the Sync. Returns 1 when the batch is complete. */
+/* Append the rows of from to to; 0, or -1 out of memory. */
+static int rows_append(PGresult *to, const PGresult *from)
+{
+	int nf = PQnfields(from), at = PQntuples(to);
+
+	for (int i = 0; i < PQntuples(from); i++, at++)
+		for (int j = 0; j < nf; j++)
+			if (!PQsetvalue(to, at, j, PQgetisnull(from, i, j) ? NULL :
+					PQgetvalue(from, i, j),
+					PQgetisnull(from, i, j) ? -1 : PQgetlength(from, i, j)))
+				return -1;
+	return 0;
+}
+
 static int batch_result(struct backend *be, struct request *r, PGresult *x)
 {
+	/* The first statement of a batch may still get its rows one at a time:
+	 * libpq keeps single-row mode from the statement before it (one that
+	 * failed) until the pipeline moves on. Put them back together. */
+	if (x && PQresultStatus(x) == PGRES_SINGLE_TUPLE) {
+		if (!r->brows)
+			r->brows = PQcopyResult(x, PG_COPYRES_ATTRS);
+		if (r->brows && rows_append(r->brows, x) < 0) {
+			PQclear(r->brows);
+			r->brows = NULL;
+		}
+		PQclear(x);
+		return 0;
+	}
+	if (x && r->brows) {
+		if (PQresultStatus(x) == PGRES_TUPLES_OK && rows_append(x, r->brows) < 0) {
+			PQclear(x);
+			x = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+		}
+		PQclear(r->brows);
+		r->brows = NULL;
+	}
 	if (!x) {
 		if (r->bdone < r->nsub && r->bres[r->bdone])
 			r->bdone++;

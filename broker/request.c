@@ -68,6 +68,8 @@ void request_free(struct request *r)
 		return;
 	if (r->budget)
 		mem_budget_release(r->budget, r->nbytes);
+	if (r->brows)
+		PQclear(r->brows);
 	for (uint32_t i = 0; r->bres && i < r->nsub; i++)
 		if (r->bres[i])
 			PQclear(r->bres[i]);
