@@ -21,6 +21,12 @@
 
 static struct h_broker br;
 
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+
 /* Freed memory would stay in ASan's quarantine and count in the RSS. */
 static void no_quarantine(void)
 {
@@ -101,7 +107,7 @@ static int all_answered(void *arg)
 	struct stats_snap s;
 
 	watch_rss(w);
-	if (w->max_kb > w->below_kb)
+	if (w->max_kb > w->below_kb && !UNDER_ASAN)
 		return 1;	/* over already: no use waiting for gigabytes */
 	return snap(&s) == 0 && s.d.c.statements >= 12 &&
 	       h_backends(w->pg, &br, "query like '%never-read%' and state = 'active'") == 0;
@@ -147,9 +153,13 @@ Test(memory, eight_unread_400mb_results_keep_the_broker_within_its_budget, .time
 	watch_rss(&w);
 	fprintf(stderr, "memory: broker RSS %lld kB at rest, at most %lld kB with eight unread "
 		"400 MB results (max_memory_mb %d)\n", base, w.max_kb, BUDGET_MB);
-	cr_assert_lt(w.max_kb, w.below_kb,
-		     "broker RSS reached %lld kB (at rest %lld kB, budget %d MB)", w.max_kb, base,
-		     BUDGET_MB);
+	/* Under ASan, libpq's reservation of a 400 MB buffer (touched only as
+	 * far as it is read) gets its shadow written, 50 MB each: only the
+	 * broker's own count is checked there. */
+	if (!UNDER_ASAN)
+		cr_assert_lt(w.max_kb, w.below_kb,
+			     "broker RSS reached %lld kB (at rest %lld kB, budget %d MB)", w.max_kb,
+			     base, BUDGET_MB);
 	cr_assert_eq(snap(&s), 0);
 	cr_assert_geq(s.d.c.rows_too_large, 1, "no statement was refused its row");
 	cr_assert_leq(s.d.mem.peak, s.d.mem.budget + (SLACK_KB << 10),
