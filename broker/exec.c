@@ -565,7 +565,8 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 	/* A statement's rows wait while its agent's ring or the budget is
 	 * full; what libpq reads for it is bounded and counted. */
 	if ((res & (POLLIN | POLLERR | POLLHUP)) &&
-	    (be->state == BE_BUSY || be->state == BE_PIPELINE) && be->req) {
+	    (be->state == BE_BUSY || be->state == BE_PIPELINE) && be->req && !be->copy_out &&
+	    !be->copy_in) {	/* a COPY's data has its own pause (copy.c) */
 		quota = rows_read_quota(b, be);
 		if (!quota) {
 			if (be->state == BE_BUSY || be->state == BE_PIPELINE)
