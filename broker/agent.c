@@ -13,6 +13,7 @@
 #include "broker.h"
 #include "futex.h"
 #include "listen.h"
+#include "listener.h"
 #include "log.h"
 #include "memory.h"
 #include "pool.h"
@@ -99,7 +100,7 @@ static __attribute__((warn_unused_result)) int agent_arm(struct broker *b, struc
 		return 1;
 	/* A response waits for room: the agent may have made some while
 	 * broker_armed was clear, and then its notify rang no bell. */
-	if (a->blocked_since_ns && ring_space(&a->resp) > a->blocked_space)
+	if (!list_empty(&a->responses) && ring_space(&a->resp) > a->blocked_space)
 		return 1;
 	loop_bell_wait(b->loop, &a->chan->broker_bell, v, a->bell_fd,
 		       tag_make(TAG_BELL, a->slot, a->gen));
@@ -329,6 +330,7 @@ void agent_free(struct broker *b, struct agent *a)
 		request_free(r);
 	}
 	pool_agent_gone(b, a);
+	listener_agent_gone(b, a);
 	while (!list_empty(&a->queue)) {
 		struct request *r = list_entry(a->queue.next, struct request, link);
 

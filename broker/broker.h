@@ -30,6 +30,7 @@ enum tag_kind {
 	TAG_BELL,       /* agent channel futex wait */
 	TAG_BACKEND,    /* libpq socket poll */
 	TAG_CANCEL,     /* a cancel thread finished */
+	TAG_LISTENER,   /* the listening connection's socket (listener.c) */
 };
 
 static inline uint64_t tag_make(enum tag_kind k, uint32_t slot, uint32_t gen)
@@ -115,6 +116,7 @@ struct response {
 				     bytes; then res is NULL and src unused */
 	uint8_t *rows;            /* encoded rows (src.rows), or NULL */
 	uint64_t charged;         /* bytes counted in the memory budget (memory.c) */
+	uint8_t *nblob;           /* set: a notification (FRAME_NOTIFY), these bytes */
 };
 
 /* An agent's life; agent_set_state (agent.c) is the only place that
@@ -219,6 +221,9 @@ struct agent {
 	uint64_t copy_queued;     /* COPY TO STDOUT bytes queued in responses */
 	enum agent_doom doom;     /* set: disconnect at the end of this pass */
 	struct list doom_link;
+
+	struct lsn_agent *lsn;    /* listener.c: its channels, from its first LISTEN */
+	uint32_t nnotify;         /* notifications queued in responses */
 
 	uint64_t statements, errors;
 	/* memory.c: bytes held for this agent besides its requests (nbytes):
@@ -389,6 +394,7 @@ struct broker {
 	int primary;              /* the last backend connected said in_hot_standby=off */
 
 	struct mem_budget mem;
+	struct listener *lsn;     /* listener.c: notifications */
 
 	struct stats_seg *seg;
 	struct stats_data st;     /* broker's working copy, published per pass */

@@ -229,7 +229,7 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 	case PG_QUERY__NODE__NODE_DISCARD_STMT:
 	case PG_QUERY__NODE__NODE_LISTEN_STMT:
 	case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
-		fl |= SQL_SESSION;
+		fl |= SQL_SESSION | SQL_LISTEN;
 		break;
 	case PG_QUERY__NODE__NODE_LOAD_STMT:
 		fl |= SQL_SESSION | SQL_UNCLEAN;	/* a library cannot be unloaded */
@@ -312,20 +312,30 @@ static unsigned stmt_flags(const PgQuery__Node *n, int *walk_failed)
 static uint64_t nparses, nhits;
 static int parser_used;	/* pg_query_exit crashes before the first parse */
 
-static unsigned parse_flags(const char *sql)
+/* The parse tree of sql (free with pg_query__parse_result__free_unpacked),
+ * or NULL when the parser refuses it. */
+static PgQuery__ParseResult *parse_tree(const char *sql)
 {
 	PgQueryProtobufParseResult pr;
 	PgQuery__ParseResult *tree = NULL;
-	unsigned fl = SQL_ALL_OR_NOTHING | SQL_PIPELINABLE;
-	int walk_failed = 0;
 
-	nparses++;
 	parser_used = 1;
 	pr = pg_query_parse_protobuf(sql);
 	if (!pr.error)
 		tree = pg_query__parse_result__unpack(NULL, pr.parse_tree.len,
 						      (const uint8_t *)pr.parse_tree.data);
 	pg_query_free_protobuf_parse_result(pr);
+	return tree;
+}
+
+static unsigned parse_flags(const char *sql)
+{
+	PgQuery__ParseResult *tree;
+	unsigned fl = SQL_ALL_OR_NOTHING | SQL_PIPELINABLE;
+	int walk_failed = 0;
+
+	nparses++;
+	tree = parse_tree(sql);
 	if (!tree)
 		return SQL_WORST;
 	if (tree->n_stmts != 1)
@@ -341,7 +351,7 @@ static unsigned parse_flags(const char *sql)
 		s = stmt_flags(rs->stmt, &walk_failed);
 		fl |= s & (SQL_SESSION | SQL_UNCLEAN | SQL_TXN_CONTROL | SQL_MAY_COMMIT |
 			   (tree->n_stmts == 1 ? SQL_ROLLBACK | SQL_COMMIT | SQL_BEGIN |
-			    SQL_BEGIN_PRIMARY | SQL_START : 0u));
+			    SQL_BEGIN_PRIMARY | SQL_START | SQL_LISTEN : 0u));
 		if (tree->n_stmts == 1 && !(s & SQL_COPY))
 			fl |= SQL_SINGLE;
 		fl &= s | ~(SQL_ALL_OR_NOTHING | SQL_PIPELINABLE);
@@ -453,6 +463,52 @@ int sql_is_rollback(const char *sql)
 int sql_is_commit(const char *sql)
 {
 	return (sql_classify(sql) & SQL_COMMIT) != 0;
+}
+
+/* PostgreSQL cuts an identifier to NAMEDATALEN - 1 bytes, at a character
+ * boundary (UTF-8 here). */
+static void name_cut(char *dst, size_t n, const char *src)
+{
+	size_t len = strlen(src);
+
+	if (len > 63) {
+		len = 63;
+		while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+			len--;
+	}
+	if (len >= n)
+		len = n - 1;
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+enum sql_listen_kind sql_listen(const char *sql, char *chan, size_t n)
+{
+	PgQuery__ParseResult *tree;
+	enum sql_listen_kind kind = SQL_LISTEN_NONE;
+	const PgQuery__Node *st;
+
+	*chan = '\0';
+	if (!(sql_classify(sql) & SQL_LISTEN) || n < 64)
+		return SQL_LISTEN_NONE;
+	tree = parse_tree(sql);
+	if (!tree)
+		return SQL_LISTEN_NONE;
+	st = tree->n_stmts == 1 && tree->stmts[0] ? tree->stmts[0]->stmt : NULL;
+	if (st && st->node_case == PG_QUERY__NODE__NODE_LISTEN_STMT &&
+	    st->listen_stmt->conditionname && *st->listen_stmt->conditionname) {
+		kind = SQL_LISTEN_ON;
+		name_cut(chan, n, st->listen_stmt->conditionname);
+	} else if (st && st->node_case == PG_QUERY__NODE__NODE_UNLISTEN_STMT) {
+		/* UNLISTEN *: no name (protobuf's empty string) */
+		const char *c = st->unlisten_stmt->conditionname;
+
+		kind = c && *c ? SQL_UNLISTEN : SQL_UNLISTEN_ALL;
+		if (c && *c)
+			name_cut(chan, n, c);
+	}
+	pg_query__parse_result__free_unpacked(tree, NULL);
+	return kind;
 }
 
 void sql_class_stats(struct sql_class_stats *st)

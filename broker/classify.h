@@ -8,6 +8,7 @@
 #ifndef PGB_CLASSIFY_H
 #define PGB_CLASSIFY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define SQL_SESSION        0x01u   /* may change session state */
@@ -30,6 +31,8 @@
 #define SQL_START        0x1000u   /* ...SQL_BEGIN spelt START TRANSACTION: its tag */
 #define SQL_SINGLE        0x800u   /* exactly one statement, not COPY: it may run with
 				      the extended protocol in a pipeline */
+#define SQL_LISTEN         0x2000u /* the text is one LISTEN or UNLISTEN (still
+				      SQL_SESSION: on a backend it would be) */
 
 #define CLASS_SETS      1024              /* cache: sets of CLASS_WAYS entries */
 #define CLASS_WAYS      4
@@ -77,6 +80,13 @@ int sql_is_rollback(const char *sql);
 
 /* 1 when the text is exactly one plain COMMIT or END (not AND CHAIN). */
 int sql_is_commit(const char *sql);
+enum sql_listen_kind { SQL_LISTEN_NONE = 0, SQL_LISTEN_ON, SQL_UNLISTEN, SQL_UNLISTEN_ALL };
+
+/* For a text that is one LISTEN ch, UNLISTEN ch or UNLISTEN * (SQL_LISTEN):
+ * which, with the channel's name as PostgreSQL reads it (case folded,
+ * quotes and escapes resolved, cut to 63 bytes) in chan (n >= 64 bytes).
+ * SQL_LISTEN_NONE for any other text. Parses the text each time. */
+enum sql_listen_kind sql_listen(const char *sql, char *chan, size_t n);
 
 struct sql_class_stats {
 	uint64_t parses;    /* texts given to the parser */

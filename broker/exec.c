@@ -584,8 +584,10 @@ void pool_on_poll(struct broker *b, struct backend *be, int res)
 		be_close(b, be, CLOSE_BROKEN);
 		return;
 	}
-	/* LISTEN keeps an agent's backend, but no notification reaches the
-	 * agent: libpq would hold every one until the connection closes. */
+	/* A LISTEN inside a multi-statement text keeps an agent's backend,
+	 * but its notifications reach nobody (a lone LISTEN goes to the
+	 * listening connection, listener.c): libpq would hold every one
+	 * until the connection closes. */
 	for (PGnotify *n; (n = PQnotifies(be->pg));)
 		PQfreemem(n);
 	switch (be->state) {

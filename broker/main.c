@@ -21,6 +21,7 @@
 #include "health.h"
 #include "listen.h"
 #include "memory.h"
+#include "listener.h"
 #include "log.h"
 #include "notify.h"
 #include "pipeline.h"
@@ -196,6 +197,9 @@ static void on_event(void *arg, uint64_t tag, int res, int more)
 	case TAG_CANCEL:
 		pool_on_cancel(b);
 		break;
+	case TAG_LISTENER:
+		listener_on_poll(b, tag, res);
+		break;
 	case TAG_BACKEND:
 		if ((be = pool_by_tag(b, tag)))
 			pool_on_poll(b, be, res);
@@ -287,6 +291,7 @@ static int run(struct broker *b)
 		pool_timers(b, &next);
 		agent_timers(b, &next);
 		health_timers(b, &next);
+		listener_timers(b, &next);
 		agent_run_kicks(b);
 		agent_run_doomed(b);
 		copy_run(b);	/* agents gone mid-COPY end theirs */
@@ -440,6 +445,8 @@ static int start(struct broker *b)
 		return start_failure(rc);
 	}
 	rc = pool_init(b);
+	if (rc == 0)
+		rc = listener_init(b);
 	if (rc < 0) {
 		log_error("cannot set up the pool: %s", strerror(-rc));
 		stats_close(b);
@@ -472,6 +479,7 @@ static void stop(struct broker *b)
 	loop_flush(b->loop);	/* the last pass's wake-ups */
 	unlink(b->sock_path);
 	agent_close_all(b);
+	listener_free(b);
 	pool_close_all(b);
 	stats_close(b);
 	loop_close(b->loop);

@@ -14,6 +14,7 @@
 #include "broker.h"
 #include "clock.h"
 #include "copy.h"
+#include "listener.h"
 #include "log.h"
 #include "memory.h"
 #include "pipeline.h"
@@ -110,6 +111,7 @@ void pool_agent_gone(struct broker *b, struct agent *a)
 void pool_agent_reset(struct broker *b, struct agent *a)
 {
 	unpin(b, a);
+	listener_agent_gone(b, a);	/* a clean session listens on nothing */
 	a->session_pinned = 0;
 	a->txn_open = 0;
 	free(a->begin);	/* a transaction with nothing in it yet */

@@ -576,7 +576,7 @@ void request_read(struct broker *b, struct agent *a, int *budget)
 			consumed = 1;
 			continue;
 		}
-		rc = chan_rx_frame(&a->rx, &a->req, FRAME_REQ, sizeof(struct req_head), max);
+		rc = chan_rx_frame(&a->rx, &a->req, CHAN_TYPE(FRAME_REQ), sizeof(struct req_head), max);
 		if (rc == CHAN_RX_EMPTY)
 			break;
 		/* A request's bytes count from its first frame: the whole

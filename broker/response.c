@@ -24,7 +24,34 @@ void response_free(struct broker *b, struct agent *a, struct response *rs)
 	free(rs->chunk);
 	free(rs->rows);
 	free(rs->diag);
+	free(rs->nblob);
 	free(rs);
+}
+
+void agent_notify(struct broker *b, struct agent *a, uint8_t *blob, uint32_t len)
+{
+	struct response *rs = calloc(1, sizeof(*rs));
+
+	if (!rs) {
+		free(blob);
+		b->st.c.notify_dropped++;
+		return;
+	}
+	rs->nblob = blob;
+	rs->src.head.total = len;
+	list_add_tail(&a->responses, &rs->link);
+	a->nnotify++;
+	agent_flush(b, a);
+}
+
+/* Stop the send_timeout_ms clock: nothing but notifications wait, which an
+ * agent need not read (their queue is bounded and drops). */
+static void unblock(struct agent *a)
+{
+	if (a->blocked_since_ns) {
+		a->blocked_since_ns = 0;
+		list_del(&a->blocked_link);
+	}
 }
 
 static const char *pg_value(void *ctx, uint32_t row, uint32_t col, uint32_t *len)
@@ -291,7 +318,8 @@ void agent_flush(struct broker *b, struct agent *a)
 {
 	while (!list_empty(&a->responses) && !a->doom) {
 		struct response *rs = list_entry(a->responses.next, struct response, link);
-		struct frame_hdr h = { .type = rs->chunk ? FRAME_COPY_DATA : FRAME_RESP,
+		struct frame_hdr h = { .type = rs->chunk ? FRAME_COPY_DATA :
+					       rs->nblob ? FRAME_NOTIFY : FRAME_RESP,
 				       .id = rs->id };
 		int64_t space, n = chan_frame_next(&a->resp, &h, rs->src.head.total, rs->cur.done,
 						   &space);
@@ -302,7 +330,9 @@ void agent_flush(struct broker *b, struct agent *a)
 		}
 		if (n == 0) {
 			chan_want_space(&a->chan->resp);
-			if (!a->blocked_since_ns) {
+			if (rs->nblob) {
+				unblock(a);
+			} else if (!a->blocked_since_ns) {
 				a->blocked_since_ns = b->now_ns;
 				list_add_tail(&b->blocked, &a->blocked_link);
 			}
@@ -312,8 +342,9 @@ void agent_flush(struct broker *b, struct agent *a)
 			a->blocked_space = space;
 			return;
 		}
-		if (rs->chunk) {
-			ring_write(&a->resp, FRAME_HDR, rs->chunk + rs->cur.done, (uint32_t)n);
+		if (rs->chunk || rs->nblob) {
+			ring_write(&a->resp, FRAME_HDR,
+				   (rs->chunk ? rs->chunk : rs->nblob) + rs->cur.done, (uint32_t)n);
 			rs->cur.done += (uint64_t)n;
 		} else {
 			resp_emit(&rs->cur, &rs->src, &a->resp, FRAME_HDR, (uint32_t)n);
@@ -327,16 +358,18 @@ void agent_flush(struct broker *b, struct agent *a)
 			a->blocked_since_ns = b->now_ns;
 		if (rs->cur.done == rs->src.head.total) {
 			list_del(&rs->link);
-			a->nresponses--;
+			if (rs->nblob)
+				a->nnotify--;
+			else
+				a->nresponses--;
 			if (rs->chunk)
 				copy_sent(b, a, (uint32_t)rs->src.head.total);
 			response_free(b, a, rs);
 			agent_unthrottle(b, a);
 		}
 	}
-	if (a->blocked_since_ns) {
-		a->blocked_since_ns = 0;
-		list_del(&a->blocked_link);
+	if (list_empty(&a->responses)) {
+		unblock(a);
 		chan_space_ok(&a->chan->resp);
 	}
 }

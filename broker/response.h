@@ -35,6 +35,9 @@ void agent_respond_batch(struct broker *b, struct agent *a, struct request *r);
  * statement id; counted in a->copy_queued until written. */
 void agent_respond_chunk(struct broker *b, struct agent *a, uint32_t id, uint8_t *chunk,
 			 uint32_t len);
+/* Queue a notification (blob, len bytes, encoded by notify_encode; now
+ * the response's) for a: a FRAME_NOTIFY message of id 0 in its turn. */
+void agent_notify(struct broker *b, struct agent *a, uint8_t *blob, uint32_t len);
 /* Stream queued responses into the ring as far as it has room. */
 void agent_flush(struct broker *b, struct agent *a);
 /* Free rs, queued to a: its bytes leave the memory budget. */

@@ -8,6 +8,7 @@
 #include "broker.h"
 #include "classify.h"
 #include "exec.h"
+#include "listener.h"
 #include "log.h"
 #include "pipeline.h"
 #include "pool.h"
@@ -146,6 +147,9 @@ void pool_submit(struct broker *b, struct request *r)
 			r->pipe_ok = stmt_time_quick(b->heat, r->text_hash, PIPE_QUICK_EWMA_US,
 						     PIPE_QUICK_MAX_US);
 		}
+		/* LISTEN/UNLISTEN: the broker's listening connection, no backend */
+		if ((fl & SQL_LISTEN) && listener_take(b, r))
+			return;
 	}
 	/* The agent's statements run in its transaction or session. Not an
 	 * independent one sent before that began and back now for a retry:

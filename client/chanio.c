@@ -351,7 +351,9 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 		}
 		/* Only the frame just seen: one published since may be COPY data. */
 		rc = peeked == 0 ? CHAN_RX_EMPTY
-				 : chan_rx_frame(&c->part, &c->resp, FRAME_RESP, 0, UINT64_MAX);
+				 : chan_rx_frame(&c->part, &c->resp,
+						CHAN_TYPE(FRAME_RESP) | CHAN_TYPE(FRAME_NOTIFY), 0,
+						UINT64_MAX);
 
 		switch (rc) {
 		case CHAN_RX_EMPTY:
@@ -380,6 +382,15 @@ pgb_result *pgbi_recv_next(pgb_conn *c, int block, uint32_t *id)
 			pgbi_notify_broker(c);
 		if (rc != CHAN_RX_DONE)
 			continue;
+		if (c->part.type == FRAME_NOTIFY) {
+			uint8_t *blob = chan_rx_take(&c->part);
+			int bad = pgbi_notice_keep(c, blob, c->part.total);
+
+			free(blob);
+			if (bad)
+				return pgbi_broken(c, "malformed notification from broker");
+			continue;
+		}
 		*id = c->part.id;
 		r = pgbi_build_result(chan_rx_take(&c->part), c->part.total);
 		if (r && r->blob && (r->v.head.flags & RESP_ROWS)) {

@@ -1,7 +1,8 @@
 /* libpgbroker's connection and result, shared by the files that make up
  * the connection: connect.c (registering, fork safety, closing), chanio.c
  * (the channel: frames, bells, waiting), client.c (statements, the stash
- * of answers), results.c (pgb_result). Not exported, not part of the API. */
+ * of answers), results.c (pgb_result), notify.c (notifications received).
+ * Not exported, not part of the API. */
 #ifndef PGB_CLIENT_CONN_H
 #define PGB_CLIENT_CONN_H
 
@@ -21,6 +22,14 @@ struct stash {
 	struct stash *next;
 	uint32_t id;
 	pgb_result *r;
+};
+
+/* A notification received and not yet taken: the pgb_notify first (its
+ * address is the block pgb_freemem frees), then its strings. */
+struct notice {
+	pgb_notify n;
+	struct notice *next;
+	char text[];
 };
 
 /* A request in flight: its id and when it left, for the per-agent stats. */
@@ -57,6 +66,8 @@ struct pgb_conn {
 	struct ring resp;
 	uint32_t next_id;
 	struct stash *stash, *stash_tail;
+	struct notice *notices, *notices_tail;  /* received, for pgb_notifies; bounded
+						   by the broker's queue per agent */
 	/* A response whose frames are still arriving: kept between calls, so
 	 * that pgb_try_result never waits for the rest. */
 	struct chan_rx part;
@@ -157,6 +168,11 @@ void pgbi_copy_drop(pgb_conn *c);
 int pgbi_copy_rx(pgb_conn *c);
 /* A response r for id arrived: a COPY starts or ends. */
 void pgbi_copy_track(pgb_conn *c, uint32_t id, const pgb_result *r);
+/* notify.c */
+/* Keep a notification blob's content for pgb_notifies: 0, -1 corrupt. */
+int pgbi_notice_keep(pgb_conn *c, const uint8_t *blob, uint64_t len);
+/* Free the notifications not taken. */
+void pgbi_notices_drop(pgb_conn *c);
 
 /* client.c */
 /* Free the stash of answers nobody has asked for yet. */

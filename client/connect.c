@@ -381,6 +381,7 @@ PGB_API void pgb_finish(pgb_conn *c)
 	conn_close(c);
 	pgbi_part_drop(c);
 	pgbi_stash_drop(c);
+	pgbi_notices_drop(c);
 	free(c->flights);
 	free(c);
 }

@@ -210,7 +210,23 @@ int pgb_put_copy_end(pgb_conn *c, const char *errmsg);
  * broke). async non-zero: never blocks, 0 when no row has arrived yet
  * (then pgb_socket becomes readable when one does), as PQgetCopyData. */
 int pgb_get_copy_data(pgb_conn *c, char **buf, int async);
-/* Free what libpgbroker allocated for the caller (a COPY row). */
+
+/* --- Notifications (docs/notifications.md) --- */
+
+/* One notification, shaped after libpq's PGnotify. be_pid 0 is the
+ * broker's own notice that notifications on relname may have been missed
+ * here (its queue was full, or its listening connection was lost); extra
+ * then says which. */
+typedef struct pgb_notify {
+	const char *relname;   /* the channel */
+	int be_pid;            /* the notifying server process, 0: missed some */
+	const char *extra;     /* the payload, "" when none */
+} pgb_notify;
+/* The next notification received on a channel this connection LISTENs on
+ * (LISTEN through pgb_exec), or NULL. Never blocks; after NULL,
+ * pgb_socket becomes readable when one arrives. Free it with pgb_freemem. */
+pgb_notify *pgb_notifies(pgb_conn *c);
+/* Free what libpgbroker allocated for the caller (a COPY row, a pgb_notify). */
 void pgb_freemem(void *p);
 
 /* This connection's own statement statistics. */

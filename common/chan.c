@@ -58,7 +58,7 @@ static enum chan_rx_rc rx_fail(struct chan_rx *rx, enum chan_rx_rc rc)
 	return rc;
 }
 
-enum chan_rx_rc chan_rx_frame(struct chan_rx *rx, struct ring *r, uint16_t type, uint64_t min,
+enum chan_rx_rc chan_rx_frame(struct chan_rx *rx, struct ring *r, uint32_t types, uint64_t min,
 			      uint64_t max)
 {
 	struct frame_hdr h;
@@ -68,12 +68,13 @@ enum chan_rx_rc chan_rx_frame(struct chan_rx *rx, struct ring *r, uint16_t type,
 		return CHAN_RX_EMPTY;
 	if (rc < 0)
 		return rx_fail(rx, CHAN_RX_CORRUPT);
-	if (h.type != type)
+	if (h.type >= 32 || !(types & CHAN_TYPE(h.type)))
 		return rx_fail(rx, CHAN_RX_TYPE);
 	if (h.flags & FRAME_FIRST) {
 		if (rx->buf || rx->discard)
 			return rx_fail(rx, CHAN_RX_NESTED);
 		rx->id = h.id;
+		rx->type = h.type;
 		rx->total = h.aux;
 		rx->got = 0;
 		if (rx->total > max)
@@ -84,6 +85,8 @@ enum chan_rx_rc chan_rx_frame(struct chan_rx *rx, struct ring *r, uint16_t type,
 			return CHAN_RX_NOMEM;
 	} else if ((!rx->buf && !rx->discard) || h.id != rx->id) {
 		return rx_fail(rx, CHAN_RX_SEQUENCE);
+	} else if (h.type != rx->type) {
+		return rx_fail(rx, CHAN_RX_TYPE);
 	}
 	if (h.len > rx->total - rx->got)
 		return rx_fail(rx, CHAN_RX_LONG);

@@ -9,10 +9,11 @@
 #include "ring.h"
 
 #define CHAN_MAGIC   0x43424750u /* "PGBC" */
-#define CHAN_VERSION 5u /* 2: results carry status, column types, error fields;
+#define CHAN_VERSION 6u /* 2: results carry status, column types, error fields;
 			  3: REG_F_SOCK_WAKE, notices in results, REG_F_CANCEL;
 			  4: COPY data and end frames;
-			  5: rows messages (RESP_ROWS) stream large results */
+			  5: rows messages (RESP_ROWS) stream large results;
+			  6: notifications (FRAME_NOTIFY, notify_taken) */
 #define CHAN_HDR_SIZE 4096u
 
 /* Registration handshake over the unix socket. */
@@ -88,6 +89,11 @@ struct chan_shm {
 	 * random, written by the broker before registration ends; the broker
 	 * checks requests against its own copy. */
 	uint64_t cancel_key;
+	/* Notifications the agent has taken (pgb_notifies), counting up and
+	 * wrapping: the broker sends one only while fewer than its queue
+	 * bound are delivered and not taken. Written by the agent: a hint
+	 * the broker bounds by what it sent. */
+	_Alignas(64) uint32_t notify_taken;
 };
 
 _Static_assert(sizeof(struct chan_shm) <= CHAN_HDR_SIZE, "channel header too big");
@@ -128,6 +134,7 @@ void chan_frame_publish(struct ring *r, const struct frame_hdr *h);
 /* A message being reassembled from frames. Zeroed: none. */
 struct chan_rx {
 	uint8_t *buf;      /* the message so far; NULL when none or discarding */
+	uint16_t type;     /* its frame type (every frame of it has the same) */
 	uint64_t total;    /* announced by its first frame */
 	uint64_t got;
 	uint32_t id;
@@ -141,7 +148,7 @@ enum chan_rx_rc {
 	CHAN_RX_DROPPED = 3, /* a whole message longer than max: dropped (id, total stay) */
 	/* The peer broke the framing rules (the partial message is freed): */
 	CHAN_RX_CORRUPT = -1,  /* tail or frame length out of range */
-	CHAN_RX_TYPE = -2,     /* not the frame type expected */
+	CHAN_RX_TYPE = -2,     /* not a frame type expected, or another than its first's */
 	CHAN_RX_NESTED = -3,   /* a first frame inside an unfinished message */
 	CHAN_RX_LENGTH = -4,   /* total shorter than min */
 	CHAN_RX_NOMEM = -5,    /* no memory for the message */
@@ -150,9 +157,13 @@ enum chan_rx_rc {
 	CHAN_RX_SHORT = -8,    /* its last frame came before all its bytes */
 };
 
-/* Take at most one frame of `type` from the consumer ring r into rx.
+/* The types argument of chan_rx_frame: a set of frame types. */
+#define CHAN_TYPE(t) (1u << (t))
+
+/* Take at most one frame of a type in `types` (CHAN_TYPE(FRAME_REQ) | ...)
+ * from the consumer ring r into rx; rx->type tells the message's type.
  * Messages shorter than min are refused, longer than max dropped. */
-enum chan_rx_rc chan_rx_frame(struct chan_rx *rx, struct ring *r, uint16_t type, uint64_t min,
+enum chan_rx_rc chan_rx_frame(struct chan_rx *rx, struct ring *r, uint32_t types, uint64_t min,
 			      uint64_t max);
 /* After CHAN_RX_DONE: the message (rx->total bytes, the caller's to free). */
 uint8_t *chan_rx_take(struct chan_rx *rx);

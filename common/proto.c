@@ -544,3 +544,54 @@ int copy_end_decode(const uint8_t *buf, uint32_t n, const char **errmsg)
 	*errmsg = (const char *)buf + 1;
 	return 0;
 }
+
+/* --- notifications --- */
+
+uint64_t notify_encoded_len(const char *relname, const char *extra)
+{
+	size_t rl = strlen(relname), el = strlen(extra);
+
+	if (rl > NOTIFY_NAME_MAX || el > NOTIFY_EXTRA_MAX)
+		return 0;
+	return sizeof(struct notify_head) + rl + 1 + el + 1;
+}
+
+void notify_encode(uint8_t *buf, int32_t be_pid, uint32_t flags, const char *relname,
+		   const char *extra)
+{
+	struct notify_head h = {
+		.be_pid = be_pid,
+		.flags = flags,
+		.relname_len = (uint32_t)strlen(relname),
+		.extra_len = (uint32_t)strlen(extra),
+	};
+
+	memcpy(buf, &h, sizeof(h));
+	buf += sizeof(h);
+	memcpy(buf, relname, h.relname_len + 1);
+	buf += h.relname_len + 1;
+	memcpy(buf, extra, h.extra_len + 1);
+}
+
+int notify_decode(const uint8_t *buf, uint64_t n, struct notify_view *v)
+{
+	struct notify_head h;
+	const uint8_t *rel, *extra;
+
+	if (n < sizeof(h))
+		return -1;
+	memcpy(&h, buf, sizeof(h));
+	if (h.relname_len > NOTIFY_NAME_MAX || h.extra_len > NOTIFY_EXTRA_MAX ||
+	    n != sizeof(h) + (uint64_t)h.relname_len + 1 + h.extra_len + 1)
+		return -1;
+	rel = buf + sizeof(h);
+	extra = rel + h.relname_len + 1;
+	if (rel[h.relname_len] != '\0' || memchr(rel, '\0', h.relname_len) ||
+	    extra[h.extra_len] != '\0' || memchr(extra, '\0', h.extra_len))
+		return -1;
+	v->be_pid = h.be_pid;
+	v->flags = h.flags;
+	v->relname = (const char *)rel;
+	v->extra = (const char *)extra;
+	return 0;
+}

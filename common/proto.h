@@ -11,6 +11,7 @@
 enum frame_type {
 	FRAME_REQ = 1,    /* agent -> broker: a statement */
 	FRAME_RESP = 2,   /* broker -> agent: its result */
+	FRAME_NOTIFY = 3, /* broker -> agent: a notification (id 0), in the response ring */
 	/* Inside a COPY (docs/copy.md), tagged with the COPY's request id:
 	 * agent -> broker: raw COPY FROM STDIN data, each frame a message of
 	 * its own (FRAME_FIRST | FRAME_LAST, aux = len), forwarded as it is;
@@ -224,5 +225,35 @@ static inline void resp_col_desc(const char *fname, uint32_t *oid, int32_t *typm
 	__builtin_memcpy(oid, fname - RESP_COL_DESC, 4);
 	__builtin_memcpy(typmod, fname - RESP_COL_DESC + 4, 4);
 }
+
+/* Notification blob (FRAME_NOTIFY, id 0): notify_head, the channel name
+ * (relname_len bytes, then a NUL), the payload (extra_len bytes, then a
+ * NUL). NOTIFY_MISSED marks the broker's own notice that notifications on
+ * that channel may have been missed here (be_pid is then 0, extra says why). */
+#define NOTIFY_MISSED 1u
+#define NOTIFY_NAME_MAX 63u      /* PostgreSQL's NAMEDATALEN - 1 */
+#define NOTIFY_EXTRA_MAX 65536u  /* PostgreSQL allows under 8000 bytes */
+
+struct notify_head {
+	int32_t be_pid;
+	uint32_t flags;
+	uint32_t relname_len;
+	uint32_t extra_len;
+};
+
+struct notify_view {
+	int32_t be_pid;
+	uint32_t flags;
+	const char *relname;
+	const char *extra;
+};
+
+/* Bytes needed to encode a notification; 0 when a part is too long. */
+uint64_t notify_encoded_len(const char *relname, const char *extra);
+/* Encode into buf (notify_encoded_len bytes). */
+void notify_encode(uint8_t *buf, int32_t be_pid, uint32_t flags, const char *relname,
+		   const char *extra);
+/* Check a whole notification blob; v points into buf. 0 ok, -1 corrupt. */
+int notify_decode(const uint8_t *buf, uint64_t n, struct notify_view *v);
 
 #endif

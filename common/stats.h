@@ -67,6 +67,9 @@ struct stats_counters {
 	 * streamed in rows messages, statements failed for a row too large
 	 * (PB004), backends closed to give their buffers back */
 	uint64_t memory_refused, streamed, rows_too_large, closed_memory;
+	/* notifications: delivered to agents, dropped (an agent's queue
+	 * full), listening connections lost */
+	uint64_t notify_delivered, notify_dropped, notify_lost;
 };
 
 /* What the broker holds for agents, against max_memory_mb. */

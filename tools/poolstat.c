@@ -436,6 +436,9 @@ static void print_json(struct view *v, FILE *f)
 		(unsigned long long)d->c.statement_timeouts, (unsigned long long)d->c.session_pins,
 		(unsigned long long)d->c.begins_deferred, (unsigned long long)d->c.txns_local,
 		rate_now(h));
+	fprintf(f, "\"notifications\":{\"delivered\":%llu,\"dropped\":%llu,"
+		"\"listener_lost\":%llu},", (unsigned long long)d->c.notify_delivered,
+		(unsigned long long)d->c.notify_dropped, (unsigned long long)d->c.notify_lost);
 	fputs("\"latency_ms\":", f);
 	json_hist(f, &d->stmt);
 	fputs(",\"acquire_ms\":", f);

@@ -24,6 +24,7 @@
 #include "futex.h"
 #include "proto.h"
 
+
 long long h_now_ms(void)
 {
 	struct timespec ts;

@@ -300,8 +300,8 @@ Test(recovery, stalled_transaction_is_bounded_and_backend_recovered, .timeout = 
 	cr_assert_eq(h_broker_stop(&br), 0);
 }
 
-/* An agent may LISTEN (it keeps its backend); the broker passes no
- * notifications on, and must not keep them either. */
+/* An agent that LISTENs and never reads: the broker does not keep its
+ * notifications beyond the agent's bounded queue (docs/notifications.md). */
 Test(recovery, notifications_to_a_listening_agent_are_not_hoarded, .timeout = 60)
 {
 	const char *args[] = { "--min-pool-size", "1", "--pool-size", "2", "--max-pool-size", "2",

@@ -57,7 +57,7 @@ Test(chan, message_round_trips_in_frames_of_at_most_half_the_ring)
 		chan_frame_publish(&p.w, &h);
 		off += (uint64_t)n;
 		frames++;
-		cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_RESP, 0, UINT64_MAX),
+		cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_RESP), 0, UINT64_MAX),
 			     off == sizeof(msg) ? CHAN_RX_DONE : CHAN_RX_PART);
 	}
 	cr_assert_geq(frames, 6);
@@ -66,7 +66,7 @@ Test(chan, message_round_trips_in_frames_of_at_most_half_the_ring)
 	cr_assert_eq(p.rx.id, 5);
 	cr_assert_eq(memcmp(got, msg, sizeof(msg)), 0);
 	free(got);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_RESP, 0, UINT64_MAX), CHAN_RX_EMPTY);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_RESP), 0, UINT64_MAX), CHAN_RX_EMPTY);
 }
 
 Test(chan, writer_waits_for_a_useful_amount_of_room)
@@ -100,12 +100,12 @@ Test(chan, oversized_message_is_dropped_whole_and_the_next_one_read)
 	put(&p, FRAME_REQ, FRAME_FIRST, 3, sizeof(big), big, 200);
 	put(&p, FRAME_REQ, FRAME_LAST, 3, sizeof(big), big + 200, 200);
 	put(&p, FRAME_REQ, FRAME_FIRST | FRAME_LAST, 4, sizeof(small), small, sizeof(small));
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 16, 100), CHAN_RX_PART);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 16, 100), CHAN_RX_PART);
 	cr_assert_null(p.rx.buf);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 16, 100), CHAN_RX_DROPPED);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 16, 100), CHAN_RX_DROPPED);
 	cr_assert_eq(p.rx.id, 3);
 	cr_assert_eq(p.rx.total, sizeof(big));
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 16, 100), CHAN_RX_DONE);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 16, 100), CHAN_RX_DONE);
 	uint8_t *got = chan_rx_take(&p.rx);
 	cr_assert_eq(p.rx.id, 4);
 	cr_assert_eq(memcmp(got, small, sizeof(small)), 0);
@@ -120,45 +120,76 @@ Test(chan, broken_framing_is_reported_and_nothing_kept)
 
 	pair_init(&p, 0);
 	put(&p, FRAME_RESP, FRAME_FIRST | FRAME_LAST, 1, 32, b, 32);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_TYPE);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_TYPE);
 
 	pair_init(&p, 0);
 	put(&p, FRAME_REQ, FRAME_FIRST | FRAME_LAST, 1, 8, b, 8);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 16, 100), CHAN_RX_LENGTH);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 16, 100), CHAN_RX_LENGTH);
 
 	pair_init(&p, 0);
 	put(&p, FRAME_REQ, FRAME_FIRST, 1, 64, b, 32);
 	put(&p, FRAME_REQ, FRAME_FIRST, 2, 64, b, 32);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_PART);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_NESTED);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_PART);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_NESTED);
 	cr_assert_null(p.rx.buf);
 
 	pair_init(&p, 0);
 	put(&p, FRAME_REQ, FRAME_FIRST, 1, 64, b, 32);
 	put(&p, FRAME_REQ, FRAME_LAST, 2, 64, b, 32);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_PART);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_SEQUENCE);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_PART);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_SEQUENCE);
 	cr_assert_null(p.rx.buf);
 
 	pair_init(&p, 0);
 	put(&p, FRAME_REQ, FRAME_LAST, 1, 64, b, 32);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_SEQUENCE);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_SEQUENCE);
 
 	pair_init(&p, 0);
 	put(&p, FRAME_REQ, FRAME_FIRST, 1, 40, b, 32);
 	put(&p, FRAME_REQ, FRAME_LAST, 1, 40, b, 32);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_PART);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_LONG);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_PART);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_LONG);
 	cr_assert_null(p.rx.buf);
 
 	pair_init(&p, 0);
 	put(&p, FRAME_REQ, FRAME_FIRST | FRAME_LAST, 1, 64, b, 32);
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_SHORT);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_SHORT);
 	cr_assert_null(p.rx.buf);
 
 	pair_init(&p, 0);
 	p.ctl.tail = 8;	/* not on a frame boundary */
-	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, FRAME_REQ, 0, 100), CHAN_RX_CORRUPT);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, CHAN_TYPE(FRAME_REQ), 0, 100), CHAN_RX_CORRUPT);
+}
+
+/* A reader of several types learns each message's type; a message whose
+ * frames change type is refused. */
+Test(chan, several_types_and_no_type_change_inside_a_message)
+{
+	struct pair p;
+	uint32_t both = CHAN_TYPE(FRAME_RESP) | CHAN_TYPE(FRAME_NOTIFY);
+
+	pair_init(&p, 0);
+	put(&p, FRAME_NOTIFY, FRAME_FIRST | FRAME_LAST, 0, 3, "abc", 3);
+	put(&p, FRAME_RESP, FRAME_FIRST | FRAME_LAST, 7, 2, "de", 2);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, both, 0, 100), CHAN_RX_DONE);
+	cr_expect_eq(p.rx.type, FRAME_NOTIFY);
+	free(chan_rx_take(&p.rx));
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, both, 0, 100), CHAN_RX_DONE);
+	cr_expect_eq(p.rx.type, FRAME_RESP);
+	cr_expect_eq(p.rx.id, 7u);
+	free(chan_rx_take(&p.rx));
+	/* a type outside the set */
+	put(&p, FRAME_REQ, FRAME_FIRST | FRAME_LAST, 1, 1, "x", 1);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, both, 0, 100), CHAN_RX_TYPE);
+	pair_init(&p, 0);
+	put(&p, FRAME_RESP, FRAME_FIRST, 3, 4, "ab", 2);
+	put(&p, FRAME_NOTIFY, FRAME_LAST, 3, 4, "cd", 2);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, both, 0, 100), CHAN_RX_PART);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, both, 0, 100), CHAN_RX_TYPE);
+	cr_expect_null(p.rx.buf);
+	pair_init(&p, 0);
+	put(&p, 40, FRAME_FIRST | FRAME_LAST, 3, 1, "a", 1);
+	cr_assert_eq(chan_rx_frame(&p.rx, &p.r, 0xffffffffu, 0, 100), CHAN_RX_TYPE);
 }
 
 Test(chan, need_space_handshake)

@@ -322,3 +322,42 @@ Test(classify, plain_commit_and_single_statement)
 	for (size_t i = 0; i < sizeof(not_single) / sizeof(not_single[0]); i++)
 		cr_expect(!(sql_classify(not_single[i]) & SQL_SINGLE), "%s", not_single[i]);
 }
+
+/* LISTEN and UNLISTEN alone in their text go to the broker's listening
+ * connection, with the channel's name as PostgreSQL reads it. */
+Test(classify, listen_and_unlisten_with_their_channel)
+{
+	static const struct {
+		const char *sql;
+		enum sql_listen_kind kind;
+		const char *chan;
+	} cases[] = {
+		{ .sql = "LISTEN jobs", .kind = SQL_LISTEN_ON, .chan = "jobs" },
+		{ .sql = "listen Jobs;", .kind = SQL_LISTEN_ON, .chan = "jobs" },
+		{ .sql = " /* c */ listen \"Mixed Case\"", .kind = SQL_LISTEN_ON, .chan = "Mixed Case" },
+		{ .sql = "listen U&\"a\\0062c\"", .kind = SQL_LISTEN_ON, .chan = "abc" },
+		{ .sql = "UNLISTEN jobs", .kind = SQL_UNLISTEN, .chan = "jobs" },
+		{ .sql = "unlisten *", .kind = SQL_UNLISTEN_ALL, .chan = "" },
+		/* PostgreSQL cuts names to 63 bytes */
+		{ .sql = "listen aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		  .kind = SQL_LISTEN_ON,
+		  .chan = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" },
+		/* not alone, or not LISTEN: run on a backend as before */
+		{ .sql = "select 1; listen jobs", .kind = SQL_LISTEN_NONE },
+		{ .sql = "listen a; listen b", .kind = SQL_LISTEN_NONE },
+		{ .sql = "notify jobs", .kind = SQL_LISTEN_NONE },
+		{ .sql = "select 'listen jobs'", .kind = SQL_LISTEN_NONE },
+		{ .sql = "listen", .kind = SQL_LISTEN_NONE },
+	};
+	char chan[64];
+
+	for (size_t i = 0; i < N(cases); i++) {
+		enum sql_listen_kind k = sql_listen(cases[i].sql, chan, sizeof(chan));
+
+		cr_expect_eq(k, cases[i].kind, "%s: %d", cases[i].sql, k);
+		cr_expect_eq((sql_classify(cases[i].sql) & SQL_LISTEN) != 0,
+			     cases[i].kind != SQL_LISTEN_NONE, "%s", cases[i].sql);
+		if (cases[i].kind != SQL_LISTEN_NONE)
+			cr_expect_str_eq(chan, cases[i].chan, "%s", cases[i].sql);
+	}
+}

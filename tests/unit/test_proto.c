@@ -1241,3 +1241,35 @@ Test(proto, resp_notices_round_trip_and_reject)
 	free(bad);
 	free(blob);
 }
+
+Test(proto, notify_round_trip_and_rejects)
+{
+	char big[NOTIFY_EXTRA_MAX + 2];
+	struct notify_view v;
+	uint8_t *buf;
+	uint64_t n = notify_encoded_len("jobs", "payload");
+
+	cr_assert_eq(n, sizeof(struct notify_head) + 5 + 8);
+	buf = malloc(n);
+	cr_assert(buf);
+	notify_encode(buf, 4242, NOTIFY_MISSED, "jobs", "payload");
+	cr_assert_eq(notify_decode(buf, n, &v), 0);
+	cr_expect_eq(v.be_pid, 4242);
+	cr_expect_eq(v.flags, NOTIFY_MISSED);
+	cr_expect_str_eq(v.relname, "jobs");
+	cr_expect_str_eq(v.extra, "payload");
+	/* a length off by one either way, a missing or an inner NUL */
+	cr_expect_eq(notify_decode(buf, n - 1, &v), -1);
+	cr_expect_eq(notify_decode(buf, sizeof(struct notify_head) - 1, &v), -1);
+	buf[sizeof(struct notify_head) + 4] = 'x';
+	cr_expect_eq(notify_decode(buf, n, &v), -1);
+	buf[sizeof(struct notify_head) + 4] = '\0';
+	buf[sizeof(struct notify_head) + 1] = '\0';
+	cr_expect_eq(notify_decode(buf, n, &v), -1);
+	free(buf);
+	/* too long to encode */
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	cr_expect_eq(notify_encoded_len("jobs", big), 0);
+	cr_expect_eq(notify_encoded_len(big + sizeof(big) - 1 - 64, ""), 0);
+}
