@@ -414,6 +414,13 @@ static void *writer_thread(void *arg)
 	while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
 		uint64_t n = ++w->passes;
 
+		/* The broker publishes once per loop pass, with work between:
+		 * a writer that never pauses would starve any reader (whose
+		 * copy takes as long as the write), which is not what is tested
+		 * here. A few microseconds of work stand for the pass. */
+		for (volatile int k = 0; k < 2000; k++)
+			;
+
 		d.pass = d.pass_end = n;
 		d.c.statements = n;
 		d.pool.total = (uint32_t)n;
