@@ -31,7 +31,8 @@ void pgbi_copy_drop(pgb_conn *c)
 
 int pgbi_copy_rx(pgb_conn *c)
 {
-	enum chan_rx_rc rc = chan_rx_frame(&c->crx, &c->resp, FRAME_COPY_DATA, 4, UINT32_MAX);
+	enum chan_rx_rc rc = chan_rx_frame(&c->crx, &c->resp, CHAN_TYPE(FRAME_COPY_DATA), 4,
+						 UINT32_MAX);
 	uint64_t at = 0, n;
 	const uint8_t *row;
 	uint32_t len;

@@ -296,7 +296,7 @@ static void fuzz_chan(const uint8_t *in, size_t n)
 		enum chan_rx_rc rc;
 
 		ctl.tail = ri.tails[step % ri.k];
-		rc = chan_rx_frame(&rx, &r, FRAME_REQ, sizeof(struct req_head), max);
+		rc = chan_rx_frame(&rx, &r, CHAN_TYPE(FRAME_REQ), sizeof(struct req_head), max);
 		CHECK(rc >= CHAN_RX_SHORT && rc <= CHAN_RX_DROPPED);
 		CHECK(rx.got <= rx.total || rc < 0);
 		if (rc == CHAN_RX_DONE) {
@@ -342,7 +342,7 @@ static void fuzz_chan(const uint8_t *in, size_t n)
 		ring_write(&w, FRAME_HDR, in + off, (uint32_t)len);
 		chan_frame_publish(&w, &h);
 		off += (uint64_t)len;
-		rc = chan_rx_frame(&rx, &r, FRAME_RESP, 0, UINT64_MAX);
+		rc = chan_rx_frame(&rx, &r, CHAN_TYPE(FRAME_RESP), 0, UINT64_MAX);
 		CHECK(rc == (off == total ? CHAN_RX_DONE : CHAN_RX_PART));
 	} while (off < total);
 	got = chan_rx_take(&rx);
